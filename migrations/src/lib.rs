@@ -1,0 +1,27 @@
+//! Schema migrations of crm-iam.
+//!
+//! Every migration is written with sea-query builders, so one code path creates the same schema on
+//! SQLite and PostgreSQL. One migration per file; a migration that has shipped is never edited:
+//! changes come as new files.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_init;
+mod m20261122_000002_roles;
+mod m20261122_000003_audit;
+mod m20261122_000004_ownership;
+
+/// Applies the migrations in order (`crm-iam migrate`, or `crm-iam serve` unless `--no-migrate`).
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_init::Migration),
+            Box::new(m20261122_000002_roles::Migration),
+            Box::new(m20261122_000003_audit::Migration),
+            Box::new(m20261122_000004_ownership::Migration),
+        ]
+    }
+}
