@@ -1,0 +1,269 @@
+//! Domain ⇄ protobuf conversions.
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    domain::{
+        Violations,
+        access::{Module, Permission, Scope},
+        department::Department,
+        etag,
+        role::Role,
+        tenant::{SettingsPatch, Tenant, TenantSettings},
+        user::{User, UserState},
+    },
+    proto::v1 as pb,
+};
+
+pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}
+
+pub fn opt_ts(t: Option<DateTime<Utc>>) -> Option<prost_types::Timestamp> {
+    t.map(ts)
+}
+
+pub fn from_ts(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+}
+
+pub fn dur(secs: u64) -> prost_types::Duration {
+    prost_types::Duration { seconds: secs as i64, nanos: 0 }
+}
+
+/// A duration in whole seconds (sub-second parts are dropped); unset → 0 (the default).
+fn secs(v: &mut Violations, field: &str, d: Option<&prost_types::Duration>) -> u64 {
+    match d {
+        None => 0,
+        Some(d) if d.seconds < 0 || d.nanos < 0 => {
+            v.add(field, "must not be negative");
+            0
+        }
+        Some(d) => d.seconds as u64,
+    }
+}
+
+fn count(v: &mut Violations, field: &str, n: i32) -> u32 {
+    u32::try_from(n).unwrap_or_else(|_| {
+        v.add(field, "must not be negative");
+        0
+    })
+}
+
+pub fn state_to_proto(s: UserState) -> pb::UserState {
+    match s {
+        UserState::Invited => pb::UserState::Invited,
+        UserState::Active => pb::UserState::Active,
+        UserState::Deactivated => pb::UserState::Deactivated,
+        UserState::Deleted => pb::UserState::Deleted,
+        UserState::Purged => pb::UserState::Purged,
+    }
+}
+
+pub fn state_from_proto(s: pb::UserState) -> Option<UserState> {
+    match s {
+        pb::UserState::Unspecified => None,
+        pb::UserState::Invited => Some(UserState::Invited),
+        pb::UserState::Active => Some(UserState::Active),
+        pb::UserState::Deactivated => Some(UserState::Deactivated),
+        pb::UserState::Deleted => Some(UserState::Deleted),
+        pb::UserState::Purged => Some(UserState::Purged),
+    }
+}
+
+pub fn settings_to_proto(s: &TenantSettings) -> pb::TenantSettings {
+    pb::TenantSettings {
+        password_policy: Some(pb::PasswordPolicy { min_length: s.password_min_length as i32 }),
+        session_policy: Some(pb::SessionPolicy {
+            max_sessions_per_user: s.max_sessions_per_user as i32,
+            idle_timeout: Some(dur(s.idle_timeout_secs)),
+            absolute_lifetime: Some(dur(s.absolute_lifetime_secs)),
+            access_token_ttl: Some(dur(s.access_token_ttl_secs)),
+        }),
+        lockout_policy: Some(pb::LockoutPolicy {
+            max_failed_attempts: s.lockout_max_failed_attempts as i32,
+            lockout_duration: Some(dur(s.lockout_duration_secs)),
+        }),
+        restore_window: Some(dur(s.restore_window_secs)),
+        invitation_ttl: Some(dur(s.invitation_ttl_secs)),
+        require_mfa_for_admins: s.require_mfa_for_admins,
+        audit_retention: Some(dur(s.audit_retention_secs)),
+    }
+}
+
+/// Settings paths accepted in `UpdateTenant`'s mask.
+pub const SETTINGS_PATHS: &[&str] = &[
+    "settings",
+    "settings.password_policy",
+    "settings.session_policy",
+    "settings.lockout_policy",
+    "settings.restore_window",
+    "settings.invitation_ttl",
+    "settings.require_mfa_for_admins",
+    "settings.audit_retention",
+];
+
+/// The settings changes named by `paths` (all of them when `paths` contains "settings"), taken
+/// from `s`; unset values reset to the defaults.
+pub fn settings_patch(v: &mut Violations, s: Option<&pb::TenantSettings>, paths: &[String]) -> SettingsPatch {
+    let default = pb::TenantSettings::default();
+    let s = s.unwrap_or(&default);
+    let all = paths.iter().any(|p| p == "settings");
+    let has = |p: &str| all || paths.iter().any(|x| x == p);
+    let base = "tenant.settings";
+    let mut out = SettingsPatch::default();
+    if has("settings.password_policy") {
+        let p = s.password_policy.unwrap_or_default();
+        out.password_min_length = Some(count(v, &format!("{base}.password_policy.min_length"), p.min_length));
+    }
+    if has("settings.session_policy") {
+        let p = s.session_policy.unwrap_or_default();
+        out.max_sessions_per_user =
+            Some(count(v, &format!("{base}.session_policy.max_sessions_per_user"), p.max_sessions_per_user));
+        out.idle_timeout_secs = Some(secs(v, &format!("{base}.session_policy.idle_timeout"), p.idle_timeout.as_ref()));
+        out.absolute_lifetime_secs =
+            Some(secs(v, &format!("{base}.session_policy.absolute_lifetime"), p.absolute_lifetime.as_ref()));
+        out.access_token_ttl_secs =
+            Some(secs(v, &format!("{base}.session_policy.access_token_ttl"), p.access_token_ttl.as_ref()));
+    }
+    if has("settings.lockout_policy") {
+        let p = s.lockout_policy.unwrap_or_default();
+        out.lockout_max_failed_attempts =
+            Some(count(v, &format!("{base}.lockout_policy.max_failed_attempts"), p.max_failed_attempts));
+        out.lockout_duration_secs =
+            Some(secs(v, &format!("{base}.lockout_policy.lockout_duration"), p.lockout_duration.as_ref()));
+    }
+    if has("settings.restore_window") {
+        out.restore_window_secs = Some(secs(v, &format!("{base}.restore_window"), s.restore_window.as_ref()));
+    }
+    if has("settings.invitation_ttl") {
+        out.invitation_ttl_secs = Some(secs(v, &format!("{base}.invitation_ttl"), s.invitation_ttl.as_ref()));
+    }
+    if has("settings.require_mfa_for_admins") {
+        out.require_mfa_for_admins = Some(s.require_mfa_for_admins);
+    }
+    if has("settings.audit_retention") {
+        out.audit_retention_secs = Some(secs(v, &format!("{base}.audit_retention"), s.audit_retention.as_ref()));
+    }
+    out
+}
+
+pub fn tenant_to_proto(t: Tenant) -> pb::Tenant {
+    pb::Tenant {
+        settings: Some(settings_to_proto(&t.settings)),
+        tenant_id: t.tenant_id,
+        display_name: t.display_name,
+        seat_limit: t.seat_limit,
+        seats_used: t.seats_used,
+        create_time: Some(ts(t.create_time)),
+        update_time: Some(ts(t.update_time)),
+        etag: etag(t.version),
+    }
+}
+
+pub fn user_to_proto(u: User) -> pb::User {
+    pb::User {
+        user_id: u.user_id.to_string(),
+        tenant_id: u.tenant_id,
+        email: u.email.unwrap_or_default(),
+        given_name: u.given_name,
+        family_name: u.family_name,
+        display_name: u.display_name,
+        phone: u.phone.unwrap_or_default(),
+        position: u.position,
+        employee_number: u.employee_number.unwrap_or_default(),
+        department_id: u.department_id.map(|d| d.to_string()).unwrap_or_default(),
+        hire_date: u.hire_date.map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default(),
+        state: state_to_proto(u.state) as i32,
+        role_ids: u.role_ids.iter().map(|r| r.to_string()).collect(),
+        mfa_enrolled: u.mfa_enrolled,
+        must_change_password: u.must_change_password,
+        attributes: u.attributes,
+        last_login_time: opt_ts(u.last_login_time),
+        create_time: Some(ts(u.create_time)),
+        update_time: Some(ts(u.update_time)),
+        deactivate_time: opt_ts(u.deactivate_time),
+        delete_time: opt_ts(u.delete_time),
+        purge_after: opt_ts(u.purge_after),
+        etag: etag(u.version),
+        purge_time: opt_ts(u.purge_time),
+    }
+}
+
+pub fn department_to_proto(d: Department) -> pb::Department {
+    pb::Department {
+        department_id: d.department_id.to_string(),
+        tenant_id: d.tenant_id,
+        name: d.name,
+        parent_department_id: d.parent_department_id.map(|p| p.to_string()).unwrap_or_default(),
+        head_user_id: d.head_user_id.map(|h| h.to_string()).unwrap_or_default(),
+        create_time: Some(ts(d.create_time)),
+        update_time: Some(ts(d.update_time)),
+        etag: etag(d.version),
+    }
+}
+
+pub fn scope_to_proto(s: Scope) -> pb::Scope {
+    match s {
+        Scope::None => pb::Scope::None,
+        Scope::Own => pb::Scope::Own,
+        Scope::Department => pb::Scope::Department,
+        Scope::Tenant => pb::Scope::Tenant,
+    }
+}
+
+pub fn scope_from_proto(s: i32) -> Option<Scope> {
+    match pb::Scope::try_from(s).ok()? {
+        pb::Scope::Unspecified => None,
+        pb::Scope::None => Some(Scope::None),
+        pb::Scope::Own => Some(Scope::Own),
+        pb::Scope::Department => Some(Scope::Department),
+        pb::Scope::Tenant => Some(Scope::Tenant),
+    }
+}
+
+/// Permissions of a request; a missing scope is a violation under `field[i].scope`.
+pub fn permissions_from_proto(v: &mut Violations, field: &str, ps: &[pb::Permission]) -> Vec<Permission> {
+    let mut out = Vec::with_capacity(ps.len());
+    for (i, p) in ps.iter().enumerate() {
+        let scope = scope_from_proto(p.scope).unwrap_or_else(|| {
+            // Keep the position, so later checks name the right index (the request fails anyway).
+            v.add(
+                format!("{field}[{i}].scope"),
+                "must be one of SCOPE_NONE, SCOPE_OWN, SCOPE_DEPARTMENT, SCOPE_TENANT",
+            );
+            Scope::None
+        });
+        out.push(Permission { module: p.module.clone(), action: p.action.clone(), scope });
+    }
+    out
+}
+
+pub fn permission_to_proto(p: Permission) -> pb::Permission {
+    pb::Permission { module: p.module, action: p.action, scope: scope_to_proto(p.scope) as i32 }
+}
+
+pub fn role_to_proto(r: Role) -> pb::Role {
+    pb::Role {
+        role_id: r.role_id.to_string(),
+        tenant_id: r.tenant_id,
+        name: r.name,
+        description: r.description,
+        builtin: r.builtin.is_some(),
+        permissions: r.permissions.into_iter().map(permission_to_proto).collect(),
+        user_count: r.user_count as i64,
+        create_time: Some(ts(r.create_time)),
+        update_time: Some(ts(r.update_time)),
+        etag: etag(r.version),
+    }
+}
+
+pub fn module_to_proto(m: Module) -> pb::Module {
+    pb::Module {
+        etag: if m.builtin { String::new() } else { etag(m.version) },
+        name: m.name,
+        display_name: m.display_name,
+        actions: m.actions,
+        builtin: m.builtin,
+    }
+}

@@ -1,0 +1,138 @@
+//! The gRPC edge: one file per service. Handlers read the caller, validate and convert the
+//! request into domain values, call the service, and convert the result back; every error
+//! leaves through [`status::from_error`].
+
+pub mod access;
+pub mod audit_events;
+pub mod convert;
+pub mod role_admin;
+pub mod status;
+pub mod tenant_admin;
+pub mod user_admin;
+
+use base64::Engine;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Status};
+
+use crate::{
+    auth::Caller,
+    domain::{
+        Error, Reason, Result, Violations,
+        audit::{Idempotency, RequestContext},
+        validate,
+    },
+    telemetry,
+};
+
+/// The authenticated caller (set by the authentication interceptor).
+pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    req.extensions().get::<Caller>().cloned().ok_or_else(|| Error::unauthenticated("missing credentials").into())
+}
+
+/// Only the platform admin token may call this method.
+pub fn require_platform(caller: &Caller) -> Result<()> {
+    match caller {
+        Caller::PlatformAdmin => Ok(()),
+    }
+}
+
+/// Records the tenant on the request's span.
+pub fn record_tenant(tenant_id: &str) {
+    tracing::Span::current().record("tenant_id", tenant_id);
+}
+
+/// The context of mutating request `msg`: actor, idempotency key, trace and peer. `scope` is the tenant acted in ("" for
+/// platform-level requests); `strip` clears the request_id so the fingerprint covers the body.
+pub fn mutation<T, M>(
+    req: &Request<T>,
+    caller: &Caller,
+    scope: &str,
+    method: &'static str,
+    msg: &M,
+    request_id: &str,
+    strip: impl FnOnce(&mut M),
+) -> Result<RequestContext>
+where
+    M: Message + Clone,
+{
+    let request_id = validate::request_id(request_id).map_err(|d| Error::invalid_field("request_id", d))?;
+    let idem = request_id.as_ref().map(|key| {
+        let mut body = msg.clone();
+        strip(&mut body);
+        Idempotency {
+            scope: scope.to_owned(),
+            key: key.clone(),
+            method,
+            fingerprint: hex::encode(Sha256::digest(body.encode_to_vec())),
+        }
+    });
+    Ok(RequestContext {
+        actor: caller.actor(),
+        request_id,
+        trace_id: telemetry::current_trace_id(),
+        peer: req.remote_addr().map(|a| a.to_string()),
+        idempotency: idem,
+    })
+}
+
+/// Checks the requested page size (0 → 50, at most 1000).
+pub fn page_size(v: &mut Violations, n: i32) -> u64 {
+    v.check("page_size", validate::page_size(n)).unwrap_or(50)
+}
+
+/// Page tokens are opaque to callers: base64url of the last key of the page and a digest of the
+/// filters, so a token used with other filters is refused instead of silently skipping rows.
+/// Keys are immutable and unique (ids), so pages stay stable while rows are inserted.
+pub fn encode_page_token(last_key: &str, filters: &str) -> String {
+    let payload = serde_json::json!({ "k": last_key, "f": filter_digest(filters) });
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload.to_string())
+}
+
+/// The last key of the previous page, or None for the first page.
+pub fn decode_page_token(token: &str, filters: &str) -> Result<Option<String>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        let mut e = Error::invalid_field("page_token", "is not a page token of this query: start again without it");
+        e.reason = Reason::InvalidPageToken;
+        e
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if value.get("f").and_then(|f| f.as_str()) != Some(filter_digest(filters).as_str()) {
+        return Err(bad());
+    }
+    value.get("k").and_then(|k| k.as_str()).map(|k| Some(k.to_owned())).ok_or_else(bad)
+}
+
+fn filter_digest(filters: &str) -> String {
+    hex::encode(&Sha256::digest(filters.as_bytes())[..12])
+}
+
+/// The paths of an update mask, checked against the allowed ones (`*` means all of them).
+pub fn mask_paths(mask: Option<&prost_types::FieldMask>, allowed: &[&str]) -> Result<Vec<String>> {
+    let paths = mask.map(|m| m.paths.as_slice()).unwrap_or_default();
+    let mut v = Violations::default();
+    if paths.is_empty() {
+        v.add("update_mask", format!("is required: name the fields to change, from {}", allowed.join(", ")));
+    }
+    let mut out = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        if p == "*" {
+            out.extend(allowed.iter().map(|a| a.to_string()));
+        } else if allowed.contains(&p.as_str()) {
+            out.push(p.clone());
+        } else {
+            v.add(
+                format!("update_mask.paths[{i}]"),
+                format!("unknown or read-only field {p:?}; allowed: {}", allowed.join(", ")),
+            );
+        }
+    }
+    v.finish()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}

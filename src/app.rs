@@ -1,0 +1,363 @@
+//! Binds, assembles the server, serves, and drains on shutdown.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    server::NamedService,
+    service::{RoutesBuilder, interceptor::InterceptedService},
+    transport::Server,
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower_http::{classify::GrpcFailureClass, trace::TraceLayer};
+
+use crate::{
+    api::{
+        access::AccessApi, audit_events::AuditEventsApi, role_admin::RoleAdminApi, tenant_admin::TenantAdminApi,
+        user_admin::UserAdminApi,
+    },
+    auth::{Authenticator, password::Passwords},
+    config::{Config, redact_url},
+    jobs,
+    proto::{
+        self,
+        v1::{
+            access_server::AccessServer, audit_events_server::AuditEventsServer, role_admin_server::RoleAdminServer,
+            tenant_admin_server::TenantAdminServer, user_admin_server::UserAdminServer,
+        },
+    },
+    service::{Iam, audit, replicas},
+    store::{Db, DbConfig},
+    telemetry,
+};
+
+/// Names of the gRPC services whose health is reported (besides "").
+pub fn service_names() -> Vec<&'static str> {
+    vec![
+        <TenantAdminServer<TenantAdminApi> as NamedService>::NAME,
+        <UserAdminServer<UserAdminApi> as NamedService>::NAME,
+        <RoleAdminServer<RoleAdminApi> as NamedService>::NAME,
+        <AccessServer<AccessApi> as NamedService>::NAME,
+        <AuditEventsServer<AuditEventsApi> as NamedService>::NAME,
+    ]
+}
+
+/// Connects to the database (and migrates, if asked).
+pub async fn connect(config: &Config) -> anyhow::Result<Db> {
+    let db = Db::connect(&DbConfig {
+        url: config.database_url.clone(),
+        max_connections: config.db_max_connections,
+        connect_timeout: config.db_connect_timeout,
+        commit_delay_max: config.debug_commit_delay,
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", redact_url(&config.database_url)))?;
+    Ok(db)
+}
+
+/// Adds services to the server, behind the same layers and authentication (benchmarks use it
+/// for their echo floor).
+pub type ExtraServices = Box<dyn FnOnce(&mut RoutesBuilder, &Authenticator) + Send>;
+
+/// A built, bound, not yet serving application.
+pub struct Application {
+    extra: Option<ExtraServices>,
+    config: Config,
+    listener: TcpListener,
+    iam: Iam,
+    authenticator: Authenticator,
+    admin_token_file: Option<PathBuf>,
+    shutdown: CancellationToken,
+}
+
+/// Stops a running application: health turns NOT_SERVING, in-flight calls finish within the
+/// grace period, streams end, `run` returns.
+#[derive(Clone)]
+pub struct ShutdownHandle(CancellationToken);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.0.cancel();
+    }
+}
+
+impl Application {
+    /// Opens the database, applies migrations (unless disabled), resolves the admin token and
+    /// binds the listener (port 0 picks a free port; see [`Application::local_addr`]).
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let db = connect(&config).await?;
+        if config.migrate {
+            db.migrate().await?;
+        }
+        let (token, admin_token_file) = admin_token(&config)?;
+        let threads = match config.password_hash_threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            n => n,
+        };
+        let iam = Iam::new(db, Passwords::new(threads));
+        iam.ensure_builtin_roles().await?;
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Application {
+            extra: None,
+            authenticator: Authenticator::new(token.expose_secret()),
+            config,
+            listener,
+            iam,
+            admin_token_file,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Serves more services on the same stack.
+    pub fn with_extra_services(mut self, extra: ExtraServices) -> Application {
+        self.extra = Some(extra);
+        self
+    }
+
+    /// The application service layer (for tools that need to seed or inspect data in-process).
+    pub fn iam(&self) -> &Iam {
+        &self.iam
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// Where the generated admin token was stored (None when it came from the environment).
+    pub fn admin_token_file(&self) -> Option<&PathBuf> {
+        self.admin_token_file.as_ref()
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let handle = self.shutdown_handle();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received");
+            handle.shutdown();
+        });
+        self.run().await
+    }
+
+    /// Serves until the shutdown handle fires, then drains (bounded by `shutdown_grace`).
+    pub async fn run(self) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        let Application { config, listener, iam, authenticator, shutdown, extra, .. } = self;
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        set_health(&reporter, ServingStatus::Serving).await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        // Stops serving: tonic stops accepting, finishes in-flight calls; background jobs and
+        // streams watch the same token.
+        let stop = iam.stop.clone();
+        let background = vec![
+            tokio::spawn(health_watch(iam.clone(), reporter.clone(), config.health_check_interval, stop.clone())),
+            tokio::spawn(jobs::purge_sweeper(iam.clone(), config.purge_interval, stop.clone())),
+            tokio::spawn(jobs::idempotency_sweeper(iam.clone(), config.idempotency_retention, stop.clone())),
+            tokio::spawn(replicas::follow(iam.clone(), config.policy_poll_interval, stop.clone())),
+            tokio::spawn(audit::run_hub(iam.clone(), stop.clone())),
+            tokio::spawn(jobs::audit_retention(
+                iam.clone(),
+                config.platform_audit_retention,
+                config.audit_retention_interval,
+                stop.clone(),
+            )),
+        ];
+
+        let trace_layer = TraceLayer::new_for_grpc()
+            .make_span_with(|req: &http::Request<_>| telemetry::rpc_span(req))
+            .on_request(())
+            .on_response(|res: &http::Response<_>, latency: Duration, span: &tracing::Span| {
+                if let Some(code) = res.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()) {
+                    telemetry::record_status(span, code);
+                }
+                tracing::debug!(parent: span, latency_ms = latency.as_secs_f64() * 1e3, "response headers sent");
+            })
+            .on_eos(|trailers: Option<&http::HeaderMap>, _: Duration, span: &tracing::Span| {
+                let code = trailers.and_then(|t| t.get("grpc-status")?.to_str().ok()?.parse().ok()).unwrap_or(0);
+                telemetry::record_status(span, code);
+            })
+            .on_failure(|failure: GrpcFailureClass, latency: Duration, span: &tracing::Span| {
+                tracing::debug!(parent: span, ?failure, latency_ms = latency.as_secs_f64() * 1e3, "rpc failed");
+            });
+
+        let max_message = 8 * 1024 * 1024;
+        let mut routes = RoutesBuilder::default();
+        routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(InterceptedService::new(
+                TenantAdminServer::new(TenantAdminApi::new(iam.clone())).max_decoding_message_size(max_message),
+                authenticator.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                UserAdminServer::new(UserAdminApi::new(iam.clone())).max_decoding_message_size(max_message),
+                authenticator.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                RoleAdminServer::new(RoleAdminApi::new(iam.clone())).max_decoding_message_size(max_message),
+                authenticator.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                AccessServer::new(AccessApi::new(iam.clone())).max_decoding_message_size(max_message),
+                authenticator.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                AuditEventsServer::new(AuditEventsApi::new(iam.clone())).max_decoding_message_size(max_message),
+                authenticator.clone(),
+            ));
+        if let Some(extra) = extra {
+            extra(&mut routes, &authenticator);
+        }
+        let router = Server::builder()
+            // The default deadline of every call; a caller's shorter grpc-timeout wins.
+            .timeout(config.request_timeout)
+            // Detect dead peers (and keep idle NATs open) on long-lived connections and streams.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .tcp_nodelay(true)
+            // One span per RPC, continuing the caller's trace, with method, tenant and status.
+            .layer(trace_layer)
+            .add_routes(routes.routes());
+
+        // Our own listener (bound in `build`, so tests can use port 0): the server builder's TCP
+        // options do not reach it, so set them here. Without TCP_NODELAY, small responses wait
+        // for delayed ACKs (up to 40 ms on Linux).
+        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
+        let stop_serving = stop.clone();
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+            stop_serving.cancelled().await;
+        }));
+        if let Some(metrics) = config.metrics_listen {
+            tracing::warn!(%metrics, "metrics_listen is set, but this version does not serve metrics yet");
+        }
+        tracing::info!(%addr, database = %redact_url(&config.database_url), "crm-iam serving");
+
+        shutdown.cancelled().await;
+        // Turn NOT_SERVING first, so load balancers stop sending new calls.
+        set_health(&reporter, ServingStatus::NotServing).await;
+        stop.cancel();
+        match tokio::time::timeout(config.shutdown_grace, server).await {
+            Ok(joined) => joined??,
+            Err(_) => {
+                tracing::warn!(grace = ?config.shutdown_grace, "grace period over; remaining calls dropped")
+            }
+        }
+        for task in background {
+            let _ = task.await;
+        }
+        tracing::info!("crm-iam stopped");
+        Ok(())
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in service_names() {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Readiness follows the database: NOT_SERVING while it cannot be reached.
+async fn health_watch(iam: Iam, reporter: HealthReporter, interval: Duration, stop: CancellationToken) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let ok = tokio::time::timeout(Duration::from_secs(3), iam.db.ping()).await.unwrap_or(false);
+        if ok != serving && !stop.is_cancelled() {
+            serving = ok;
+            if ok {
+                tracing::info!("database reachable again: SERVING");
+            } else {
+                tracing::warn!("database unreachable: NOT_SERVING");
+            }
+            set_health(&reporter, if ok { ServingStatus::Serving } else { ServingStatus::NotServing }).await;
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The admin token: from the configuration, else from (or newly into) the token file.
+fn admin_token(config: &Config) -> anyhow::Result<(SecretString, Option<PathBuf>)> {
+    if let Some(token) = &config.admin_token {
+        anyhow::ensure!(token.expose_secret().len() >= 16, "CRM_IAM_ADMIN_TOKEN must be at least 16 characters");
+        return Ok((token.clone(), None));
+    }
+    let path = config.admin_token_file.clone().unwrap_or_else(|| default_token_path(&config.database_url));
+    if path.exists() {
+        let token = std::fs::read_to_string(&path)?.trim().to_owned();
+        anyhow::ensure!(token.len() >= 16, "admin token file {} is empty or too short", path.display());
+        tracing::info!(path = %path.display(), "platform admin token read from file");
+        return Ok((SecretString::from(token), Some(path)));
+    }
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+    write_private(&path, &token)?;
+    tracing::info!(path = %path.display(), "generated a platform admin token and stored it in this file (mode 0600)");
+    Ok((SecretString::from(token), Some(path)))
+}
+
+fn default_token_path(database_url: &str) -> PathBuf {
+    let file = "crm-iam.admin-token";
+    let Some(rest) = database_url.strip_prefix("sqlite:") else {
+        return PathBuf::from(file);
+    };
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or(path);
+    match std::path::Path::new(path).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(file),
+        _ => PathBuf::from(file),
+    }
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! Configuration: defaults, then a TOML file (`--config` / `CRM_IAM_CONFIG`), then `CRM_IAM_*`
+//! environment variables, then command-line flags (a flag wins).
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Every setting of the service. See the README's configuration table.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// gRPC listen address (`CRM_IAM_LISTEN`, `--listen`).
+    pub listen: SocketAddr,
+    /// `sqlite://FILE` or `postgres://…` (`CRM_IAM_DATABASE_URL`, `--database-url`).
+    pub database_url: String,
+    /// HTTP address serving Prometheus `/metrics` (`CRM_IAM_METRICS_LISTEN`, `--metrics-listen`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// The platform admin token (`CRM_IAM_ADMIN_TOKEN`). Unset: generated on first start and kept
+    /// in `admin_token_file`.
+    #[serde(skip_serializing)]
+    pub admin_token: Option<SecretString>,
+    /// Where a generated admin token is kept. Default: `crm-iam.admin-token` beside the SQLite
+    /// file (in the working directory with PostgreSQL).
+    pub admin_token_file: Option<PathBuf>,
+    /// `text` or `json` (`CRM_IAM_LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// Longest a request may run (callers' `grpc-timeout` shortens it).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// On SIGTERM/SIGINT: how long in-flight calls may take to finish before the process exits.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Database pool size.
+    pub db_max_connections: u32,
+    /// How long to wait for a database connection.
+    #[serde(with = "humantime_serde")]
+    pub db_connect_timeout: Duration,
+    /// How often readiness re-checks the database.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+    /// How often deleted users past their restore window are purged.
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
+    /// How long idempotency keys are kept (at least 24 hours).
+    #[serde(with = "humantime_serde")]
+    pub idempotency_retention: Duration,
+    /// PostgreSQL: how often each replica re-reads the tenants' policy versions, the safety net
+    /// behind LISTEN/NOTIFY (bounds how long another replica may answer with an old rule).
+    #[serde(with = "humantime_serde")]
+    pub policy_poll_interval: Duration,
+    /// Passwords hashed at once (0 = one per CPU core).
+    pub password_hash_threads: usize,
+    /// Apply pending migrations when serving (`--no-migrate` turns it off).
+    pub migrate: bool,
+    /// How long audit events of the platform itself (not of a tenant) are kept.
+    #[serde(with = "humantime_serde")]
+    pub platform_audit_retention: Duration,
+    /// How often the audit retention job runs.
+    #[serde(with = "humantime_serde")]
+    pub audit_retention_interval: Duration,
+    /// Testing aid: a random delay of up to this long before each commit (default 0).
+    #[serde(with = "humantime_serde")]
+    pub debug_commit_delay: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:50051".parse().expect("valid default address"),
+            database_url: "sqlite://crm-iam.db".into(),
+            metrics_listen: None,
+            admin_token: None,
+            admin_token_file: None,
+            log_format: LogFormat::Text,
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
+            db_max_connections: 16,
+            db_connect_timeout: Duration::from_secs(5),
+            health_check_interval: Duration::from_secs(5),
+            purge_interval: Duration::from_secs(600),
+            idempotency_retention: Duration::from_secs(48 * 3600),
+            policy_poll_interval: Duration::from_secs(1),
+            password_hash_threads: 0,
+            migrate: true,
+            platform_audit_retention: Duration::from_secs(400 * 24 * 3600),
+            audit_retention_interval: Duration::from_secs(3600),
+            debug_commit_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// The database URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("metrics_listen", &self.metrics_listen)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("admin_token_file", &self.admin_token_file)
+            .field("log_format", &self.log_format)
+            .field("request_timeout", &self.request_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("db_max_connections", &self.db_max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Values given on the command line (only those present override).
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<bool>,
+}
+
+impl Config {
+    /// Loads defaults ← file ← environment ← flags.
+    pub fn load(file: Option<&std::path::Path>, overrides: Overrides) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
+            figment = figment.merge(Toml::file(file));
+        }
+        let figment = figment
+            .merge(Env::prefixed("CRM_IAM_").ignore(&["CONFIG", "TEST_POSTGRES_URL"]))
+            .merge(Serialized::defaults(overrides));
+        let config: Config = figment.extract()?;
+        anyhow::ensure!(
+            config.idempotency_retention >= Duration::from_secs(24 * 3600),
+            "idempotency_retention must be at least 24h"
+        );
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_password_is_redacted() {
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/iam"), "postgres://app:***@db:5432/iam");
+        assert_eq!(redact_url("sqlite://crm-iam.db"), "sqlite://crm-iam.db");
+        let c = Config { database_url: "postgres://app:s3cret@db/iam".into(), ..Default::default() };
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:7000\"\nrequest_timeout = \"5s\"\n").unwrap();
+        let c = Config::load(Some(&file), Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.request_timeout, Duration::from_secs(5));
+        let c = Config::load(
+            Some(&file),
+            Overrides { listen: Some("127.0.0.1:7001".parse().unwrap()), ..Default::default() },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 7001);
+    }
+}

@@ -1,0 +1,132 @@
+//! Users (employees) and their lifecycle.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Lifecycle state. See `crm.iam.v1.UserState` for the transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UserState {
+    Invited,
+    Active,
+    Deactivated,
+    Deleted,
+    Purged,
+}
+
+impl UserState {
+    pub const ALL: [UserState; 5] =
+        [UserState::Invited, UserState::Active, UserState::Deactivated, UserState::Deleted, UserState::Purged];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserState::Invited => "INVITED",
+            UserState::Active => "ACTIVE",
+            UserState::Deactivated => "DEACTIVATED",
+            UserState::Deleted => "DELETED",
+            UserState::Purged => "PURGED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<UserState> {
+        UserState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// ACTIVE and INVITED users count against the tenant's seat limit.
+    pub fn takes_seat(self) -> bool {
+        matches!(self, UserState::Active | UserState::Invited)
+    }
+}
+
+/// A user as stored (never with a password hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub user_id: Uuid,
+    pub tenant_id: String,
+    pub email: Option<String>,
+    pub given_name: String,
+    pub family_name: String,
+    pub display_name: String,
+    pub phone: Option<String>,
+    pub position: String,
+    pub employee_number: Option<String>,
+    pub department_id: Option<Uuid>,
+    pub hire_date: Option<NaiveDate>,
+    pub state: UserState,
+    pub role_ids: Vec<Uuid>,
+    pub mfa_enrolled: bool,
+    pub must_change_password: bool,
+    pub attributes: BTreeMap<String, String>,
+    pub last_login_time: Option<DateTime<Utc>>,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+    pub deactivate_time: Option<DateTime<Utc>>,
+    pub delete_time: Option<DateTime<Utc>>,
+    pub purge_after: Option<DateTime<Utc>>,
+    pub purge_time: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+/// A validated profile of a new user.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub email: String,
+    pub email_key: String,
+    pub given_name: String,
+    pub family_name: String,
+    pub display_name: String,
+    pub phone: Option<String>,
+    pub position: String,
+    pub employee_number: Option<String>,
+    pub department_id: Option<Uuid>,
+    pub hire_date: Option<NaiveDate>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// "Given Family", the display name used when none is given.
+pub fn derived_display_name(given: &str, family: &str) -> String {
+    format!("{given} {family}").trim().to_owned()
+}
+
+/// How a new user gets in: a password set now, or an invitation accepted later.
+pub enum Credential {
+    Password { password: secrecy::SecretString, permanent: bool },
+    Invitation,
+}
+
+/// Validated profile changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    pub email: Option<(String, String)>,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    pub display_name: Option<String>,
+    pub phone: Option<Option<String>>,
+    pub position: Option<String>,
+    pub employee_number: Option<Option<String>>,
+    pub department_id: Option<Option<Uuid>>,
+    pub hire_date: Option<Option<NaiveDate>>,
+    pub attributes: Option<BTreeMap<String, String>>,
+}
+
+/// A single-use token issued to a user (invitation or password reset). The token is returned
+/// once to the caller; only its hash is stored. Never serialized, so it never reaches the
+/// idempotency store or an audit record.
+#[derive(Clone)]
+pub struct IssuedToken {
+    pub token: secrecy::SecretString,
+    pub expire_time: DateTime<Utc>,
+}
+
+/// Result of creating a user (or of resending an invitation / resetting a password).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct UserWithToken {
+    pub user: User,
+    #[serde(skip)]
+    pub token: Option<IssuedToken>,
+    /// When the token (if one was issued) expires; kept for replays, which carry no token.
+    pub token_expire_time: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,58 @@
+//! Background jobs: the purge sweeper and the idempotency-key sweeper. Each runs until shutdown.
+
+use std::time::Duration;
+
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use tokio_util::sync::CancellationToken;
+
+use crate::{domain::now, service::Iam, store::entity::idempotency_keys};
+
+/// Purges DELETED users whose restore window has passed, every `interval`.
+pub async fn purge_sweeper(iam: Iam, interval: Duration, stop: CancellationToken) {
+    loop {
+        match iam.purge_expired(now(), 200).await {
+            Ok(r) if r.purged > 0 => {
+                tracing::info!(purged = r.purged, "purged users past their restore window")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purge sweep failed; will retry"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Deletes idempotency keys older than `retention`, hourly (and at start).
+pub async fn idempotency_sweeper(iam: Iam, retention: Duration, stop: CancellationToken) {
+    loop {
+        let cutoff = now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(2));
+        let result = idempotency_keys::Entity::delete_many()
+            .filter(idempotency_keys::Column::CreateTime.lt(cutoff))
+            .exec(iam.db.conn())
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "idempotency key sweep failed; will retry");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
+/// Deletes audit events past their tenant's (or the platform's) retention, every `interval`.
+pub async fn audit_retention(iam: Iam, platform_retention: Duration, interval: Duration, stop: CancellationToken) {
+    loop {
+        match iam.enforce_audit_retention(platform_retention).await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "audit events past retention deleted"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "audit retention failed; will retry"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The `crm-iam` binary: wires configuration → telemetry → application.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+/// mimalloc: faster than glibc's allocator for the many small, short-lived allocations of
+/// request handling (measured in BENCHMARKS.md), and it returns memory to the OS promptly.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use crm_iam::{
+    app::{self, Application},
+    config::{Config, Overrides},
+    telemetry,
+};
+
+/// Identity and access service of the CRM platform: tenants, users, departments, roles,
+/// access checks, ownership transfer, audit and authentication over gRPC.
+#[derive(Parser)]
+#[command(name = "crm-iam", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC (migrating the database first unless --no-migrate). With no flags: embedded
+    /// SQLite file ./crm-iam.db, listening on 127.0.0.1:50051.
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit (for a Kubernetes init container or job).
+    Migrate(CommonArgs),
+    /// Audit trail commands (they talk to a running server over gRPC).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Follow the audit stream and print one JSON object per event on stdout: the reference
+    /// sidecar for feeding a SIEM. With --cursor-file it stores the last cursor after every
+    /// event and heartbeat and resumes from it after a restart or a lost connection, so no event
+    /// is skipped. Token: CRM_IAM_TOKEN, CRM_IAM_ADMIN_TOKEN or --token-file.
+    Tail(TailArgs),
+}
+
+#[derive(Args)]
+struct TailArgs {
+    /// The server, for example http://127.0.0.1:50051.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// Only this tenant's events (default: every tenant; needs the platform token).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Where to keep the last cursor (read at start, written after each event and heartbeat).
+    #[arg(long, value_name = "FILE")]
+    cursor_file: Option<PathBuf>,
+    /// Without a stored cursor: start with the oldest event kept instead of from now.
+    #[arg(long)]
+    from_beginning: bool,
+    /// Only actions starting with this (repeatable), for example --action-prefix auth.
+    #[arg(long = "action-prefix", value_name = "PREFIX")]
+    action_prefixes: Vec<String>,
+    /// Only targets of this kind (repeatable), for example --target-kind user.
+    #[arg(long = "target-kind", value_name = "KIND")]
+    target_kinds: Vec<String>,
+    /// Seconds between heartbeats while nothing happens.
+    #[arg(long, default_value_t = 10)]
+    heartbeat_seconds: u64,
+    /// File holding the token (default ./crm-iam.admin-token) when no token is in the environment.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Configuration file (TOML). Env: CRM_IAM_CONFIG.
+    #[arg(long, env = "CRM_IAM_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Database: sqlite://FILE or postgres://USER@HOST/DB. Env: CRM_IAM_DATABASE_URL.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// gRPC listen address. Env: CRM_IAM_LISTEN.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics over HTTP at ADDR/metrics. Env: CRM_IAM_METRICS_LISTEN.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Do not apply pending migrations on start.
+    #[arg(long)]
+    no_migrate: bool,
+}
+
+fn load(common: &CommonArgs, mut overrides: Overrides) -> anyhow::Result<Config> {
+    overrides.database_url = common.database_url.clone();
+    Config::load(common.config.as_deref(), overrides)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let overrides = Overrides {
+                listen: args.listen,
+                metrics_listen: args.metrics_listen,
+                migrate: args.no_migrate.then_some(false),
+                ..Default::default()
+            };
+            let config = load(&args.common, overrides)?;
+            let _telemetry = telemetry::init(config.log_format)?;
+            tracing::debug!(?config, "configuration");
+            let app = Application::build(config).await?;
+            app.run_until_signal().await
+        }
+        Command::Audit(AuditCommand::Tail(args)) => {
+            let _telemetry = telemetry::init(crm_iam::config::LogFormat::Text)?;
+            let opts = crm_iam::cli::audit_tail::TailOptions {
+                token: crm_iam::cli::token(args.token_file.as_deref())?,
+                server: args.server,
+                tenant: args.tenant,
+                cursor_file: args.cursor_file,
+                from_beginning: args.from_beginning,
+                action_prefixes: args.action_prefixes,
+                target_kinds: args.target_kinds,
+                heartbeat: std::time::Duration::from_secs(args.heartbeat_seconds.clamp(1, 300)),
+            };
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                app::wait_for_signal().await;
+                on_signal.cancel();
+            });
+            let mut stdout = std::io::stdout();
+            crm_iam::cli::audit_tail::tail(opts, &mut stdout, stop).await
+        }
+        Command::Migrate(common) => {
+            let config = load(&common, Overrides::default())?;
+            let _telemetry = telemetry::init(config.log_format)?;
+            let db = app::connect(&config).await?;
+            db.migrate().await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    crm_iam::tune_allocator();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("crm-iam: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async_main())
+}
+
+async fn async_main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "crm-iam failed");
+            eprintln!("crm-iam: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! Access decisions served from memory, always current.
+//!
+//! Per tenant the cache holds the compiled [`Policy`] (roles, department tree, catalog) and the
+//! facts of the users asked about (state, department, roles). A committed change invalidates what
+//! it touched before the writer is answered: `Db::write` reports the transaction's policy changes
+//! after commit and [`AccessCache::apply`] drops the affected entries, so the next check on this
+//! replica reloads them. A loader that raced with an invalidation never stores what it read: the
+//! tenant entry is replaced on tenant-wide changes, and user entries are guarded by a generation
+//! counter checked under the map's shard lock.
+//!
+//! Other replicas (PostgreSQL) hear the same changes through LISTEN/NOTIFY within milliseconds;
+//! as a safety net every replica also polls the tenants' policy versions (default every second)
+//! and flushes any tenant whose version moved past what it has seen, for example when a
+//! notification was lost while its listener reconnected.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use dashmap::DashMap;
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use super::Iam;
+use crate::{
+    domain::{
+        Result, Violations,
+        access::{Decision, Policy, ResourceFacts, Scope, UserFacts},
+    },
+    store::{ChangeScope, PolicyChange, departments, ownership, roles, tenants, users},
+};
+
+/// Tenants with at most this many users have every user's facts loaded with the policy, so
+/// every lookup is answered from memory (an id that is not there is not a user of the tenant).
+const PREFETCH_MAX_USERS: u64 = 100_000;
+/// Cached user entries of a larger tenant before the map is flushed (bounds memory when callers
+/// ask about many unknown ids).
+const MAX_LAZY_USERS: usize = 200_000;
+
+/// Cached record owners per tenant before the map is flushed.
+const MAX_CACHED_OWNERS: usize = 200_000;
+
+/// One user's facts, loaded once (concurrent lookups share the load). None: not a user here.
+type UserCell = Arc<OnceCell<Option<Arc<UserFacts>>>>;
+
+struct TenantEntry {
+    policy: OnceCell<Arc<Policy>>,
+    /// Whether `users` holds every user of the tenant (set by the prefetch).
+    complete: std::sync::atomic::AtomicBool,
+    users: DashMap<Uuid, UserCell, foldhash::fast::RandomState>,
+    /// Bumped by every user invalidation; a prefetch that saw it move stores nothing.
+    generation: AtomicU64,
+    /// Owners of records asked about: (module, resource id) → owner (None: not registered).
+    owners: DashMap<(String, String), Option<Uuid>, foldhash::fast::RandomState>,
+    /// Bumped by every ownership change; a lookup that saw it move stores nothing.
+    owner_generation: AtomicU64,
+}
+
+impl TenantEntry {
+    fn new() -> Arc<TenantEntry> {
+        Arc::new(TenantEntry {
+            policy: OnceCell::new(),
+            complete: std::sync::atomic::AtomicBool::new(false),
+            users: DashMap::default(),
+            generation: AtomicU64::new(0),
+            owners: DashMap::default(),
+            owner_generation: AtomicU64::new(0),
+        })
+    }
+}
+
+/// The in-memory access cache of one replica.
+#[derive(Default)]
+pub struct AccessCache {
+    tenants: DashMap<String, Arc<TenantEntry>, foldhash::fast::RandomState>,
+    /// Highest policy version seen per tenant (from local commits and notifications).
+    seen: DashMap<String, i64, foldhash::fast::RandomState>,
+    pub stats: CacheStats,
+}
+
+/// Counters of the access cache (exported as metrics).
+#[derive(Default, Debug)]
+pub struct CacheStats {
+    pub user_hits: AtomicU64,
+    pub user_misses: AtomicU64,
+    pub policy_loads: AtomicU64,
+    pub owner_hits: AtomicU64,
+    pub owner_misses: AtomicU64,
+    /// Loads not stored because an invalidation raced with them.
+    pub stale_loads: AtomicU64,
+    pub invalidations: AtomicU64,
+}
+
+impl AccessCache {
+    fn entry(&self, tenant_id: &str) -> Arc<TenantEntry> {
+        if let Some(e) = self.tenants.get(tenant_id) {
+            return e.clone();
+        }
+        self.tenants.entry(tenant_id.to_owned()).or_insert_with(TenantEntry::new).clone()
+    }
+
+    /// Drops everything cached for a tenant.
+    pub fn invalidate_tenant(&self, tenant_id: &str) {
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.tenants.remove(tenant_id);
+    }
+
+    /// Drops one user's cached facts: the next lookup loads them again. A load still running
+    /// from before fills a cell nobody can reach any more.
+    pub fn invalidate_user(&self, tenant_id: &str, user_id: Uuid) {
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = self.tenants.get(tenant_id) {
+            e.generation.fetch_add(1, Ordering::SeqCst);
+            e.users.insert(user_id, Arc::new(OnceCell::new()));
+        }
+    }
+
+    /// Drops the cached owners of a tenant's records.
+    pub fn invalidate_owners(&self, tenant_id: &str) {
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = self.tenants.get(tenant_id) {
+            e.owner_generation.fetch_add(1, Ordering::SeqCst);
+            e.owners.clear();
+        }
+    }
+
+    /// Drops everything (used when notifications may have been missed).
+    pub fn clear(&self) {
+        self.tenants.clear();
+    }
+
+    /// Applies committed changes (local or announced by another replica).
+    pub fn apply(&self, changes: &[PolicyChange]) {
+        for c in changes {
+            match c.scope {
+                ChangeScope::User(u) => self.invalidate_user(&c.tenant_id, u),
+                ChangeScope::Tenant => self.invalidate_tenant(&c.tenant_id),
+                ChangeScope::Owners => self.invalidate_owners(&c.tenant_id),
+            }
+            let mut seen = self.seen.entry(c.tenant_id.clone()).or_insert(0);
+            if c.version > *seen {
+                *seen = c.version;
+            }
+        }
+    }
+
+    /// From a poll of stored versions: flushes tenants that changed without us hearing of it.
+    pub fn reconcile(&self, versions: &[(String, i64)]) -> usize {
+        let mut flushed = 0;
+        for (tenant_id, version) in versions {
+            let mut seen = self.seen.entry(tenant_id.clone()).or_insert(*version);
+            if *version > *seen {
+                *seen = *version;
+                drop(seen);
+                self.invalidate_tenant(tenant_id);
+                flushed += 1;
+            }
+        }
+        flushed
+    }
+}
+
+/// A module/action to check, already parsed.
+#[derive(Debug, Clone)]
+pub struct CheckInput {
+    pub user_id: Uuid,
+    pub module: String,
+    pub action: String,
+    pub resource: ResourceFacts,
+}
+
+/// A user's rights, for sibling services that filter list queries.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    pub user_id: Uuid,
+    pub active: bool,
+    /// (module, action) → (scope, roles granting it at that scope)
+    pub permissions: Vec<(String, String, Scope, Vec<Uuid>)>,
+    /// The user's department and every department below it.
+    pub department_ids: Vec<Uuid>,
+}
+
+impl Iam {
+    /// The compiled policy of a tenant (loaded once per invalidation; concurrent callers share the load).
+    async fn policy(&self, tenant: &TenantEntry, tenant_id: &str) -> Result<Arc<Policy>> {
+        tenant.policy.get_or_try_init(|| self.load_policy(tenant, tenant_id)).await.cloned()
+    }
+
+    /// Loads the tenant's rules and, for tenants of up to [`PREFETCH_MAX_USERS`], every user's facts.
+    async fn load_policy(&self, tenant: &TenantEntry, tenant_id: &str) -> Result<Arc<Policy>> {
+        self.access.stats.policy_loads.fetch_add(1, Ordering::Relaxed);
+        let conn = self.db.conn();
+        tenants::get(conn, tenant_id).await?;
+        let catalog = roles::catalog(conn, tenant_id).await?;
+        let mut policy = Policy::new(&catalog);
+        for row in roles::all(conn, tenant_id).await? {
+            let permissions = roles::permissions(&row, &catalog)?;
+            policy.add_role(row.role_id, row.name, &permissions);
+        }
+        for d in departments::all(conn, tenant_id).await? {
+            policy.parents.insert(d.department_id, d.parent_department_id);
+            policy.department_names.insert(d.department_id, d.name);
+        }
+
+        let generation = tenant.generation.load(Ordering::SeqCst);
+        if users::count_in_tenant(conn, tenant_id).await? <= PREFETCH_MAX_USERS {
+            let all = users::facts_of_tenant(conn, tenant_id).await?;
+            let mut role_ids = roles::of_tenant_users(conn, tenant_id).await?;
+            // Store only if no user changed while we read; otherwise users load one by one.
+            if tenant.generation.load(Ordering::SeqCst) == generation {
+                for (user_id, state, department_id) in all {
+                    let facts =
+                        UserFacts { state, department_id, role_ids: role_ids.remove(&user_id).unwrap_or_default() };
+                    tenant
+                        .users
+                        .entry(user_id)
+                        .or_insert_with(|| Arc::new(OnceCell::new_with(Some(Some(Arc::new(facts))))));
+                }
+                tenant.complete.store(tenant.generation.load(Ordering::SeqCst) == generation, Ordering::SeqCst);
+            }
+        }
+        Ok(Arc::new(policy))
+    }
+
+    /// A user's facts (None: not a user of this tenant).
+    async fn user_facts(&self, tenant: &TenantEntry, tenant_id: &str, user_id: Uuid) -> Result<Option<Arc<UserFacts>>> {
+        let cell = match tenant.users.get(&user_id) {
+            Some(cell) => cell.clone(),
+            None if tenant.complete.load(Ordering::SeqCst) => {
+                self.access.stats.user_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+            None => {
+                if tenant.users.len() >= MAX_LAZY_USERS {
+                    tenant.users.clear();
+                }
+                tenant.users.entry(user_id).or_default().clone()
+            }
+        };
+        if let Some(facts) = cell.get() {
+            self.access.stats.user_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(facts.clone());
+        }
+        self.access.stats.user_misses.fetch_add(1, Ordering::Relaxed);
+        cell.get_or_try_init(|| async {
+            let conn = self.db.conn();
+            Ok::<_, crate::domain::Error>(match users::find(conn, tenant_id, user_id).await? {
+                Some(row) => Some(Arc::new(UserFacts {
+                    state: users::state(&row)?,
+                    department_id: row.department_id,
+                    role_ids: roles::of_user(conn, user_id).await?,
+                })),
+                None => None,
+            })
+        })
+        .await
+        .cloned()
+    }
+
+    /// The registered owner of a record (cached; ownership changes flush the tenant's entries).
+    async fn registered_owner(&self, tenant: &TenantEntry, tenant_id: &str, module: &str, resource_id: &str) -> Result<Option<Uuid>> {
+        let key = (module.to_owned(), resource_id.to_owned());
+        if let Some(hit) = tenant.owners.get(&key) {
+            self.access.stats.owner_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(*hit);
+        }
+        self.access.stats.owner_misses.fetch_add(1, Ordering::Relaxed);
+        let generation = tenant.owner_generation.load(Ordering::SeqCst);
+        let owner = ownership::owner_of(self.db.conn(), tenant_id, module, resource_id).await?;
+        if tenant.owners.len() >= MAX_CACHED_OWNERS {
+            tenant.owners.clear();
+        }
+        let entry = tenant.owners.entry(key);
+        if tenant.owner_generation.load(Ordering::SeqCst) == generation {
+            entry.insert(owner);
+        }
+        Ok(owner)
+    }
+
+    /// Decides one check. Unknown modules or actions are INVALID_ARGUMENT naming `field_prefix`.
+    async fn decide(
+        &self,
+        tenant: &TenantEntry,
+        tenant_id: &str,
+        policy: &Policy,
+        check: &CheckInput,
+    ) -> Result<Decision> {
+        let user = self.user_facts(tenant, tenant_id, check.user_id).await?;
+        let mut resource = std::borrow::Cow::Borrowed(&check.resource);
+        // OWN and DEPARTMENT scopes on a record whose owner the caller did not pass: ask the registry.
+        if let (Some(resource_id), None, None, Some(u)) =
+            (&resource.resource_id, resource.owner_user_id, resource.department_id, user.as_deref())
+            && let Some(p) = policy.permission(&check.module, &check.action)
+            && matches!(policy.grant(u, p).scope, Scope::Own | Scope::Department)
+        {
+            let owner = self.registered_owner(tenant, tenant_id, &check.module, resource_id).await?;
+            if owner.is_none() {
+                return Ok(Decision::deny(format!(
+                    "the owner of {}/{resource_id} is unknown: it is not in the ownership registry and the caller did not pass it",
+                    check.module
+                )));
+            }
+            resource.to_mut().owner_user_id = owner;
+        }
+        let resource = resource.as_ref();
+        // DEPARTMENT scope needs the resource's department: the owner's, when only the owner is known.
+        if resource.department_id.is_none()
+            && let (Some(owner), Some(u)) = (resource.owner_user_id, user.as_deref())
+            && owner != check.user_id
+            && policy
+                .permission(&check.module, &check.action)
+                .is_some_and(|p| policy.grant(u, p).scope == Scope::Department)
+        {
+            let department_id = self.user_facts(tenant, tenant_id, owner).await?.and_then(|o| o.department_id);
+            let resource = ResourceFacts { department_id, ..resource.clone() };
+            return Ok(policy.decide(check.user_id, user.as_deref(), &check.module, &check.action, &resource));
+        }
+        Ok(policy.decide(check.user_id, user.as_deref(), &check.module, &check.action, resource))
+    }
+
+    fn check_names(policy: &Policy, v: &mut Violations, prefix: impl Fn() -> String, module: &str, action: &str) {
+        if policy.has_action(module, action) {
+            return;
+        }
+        if !policy.has_module(module) {
+            v.add(format!("{}module", prefix()), format!("unknown module {module:?}: see GetPermissionCatalog"));
+        } else {
+            v.add(format!("{}action", prefix()), format!("module {module:?} has no action {action:?}"));
+        }
+    }
+
+    /// Module/action names unknown to the tenant's catalog, as violations (for merging with the
+    /// request's other bad fields; empty when the tenant cannot be loaded).
+    pub async fn unknown_names(&self, tenant_id: &str, checks: &[(String, &CheckInput)]) -> Violations {
+        let mut v = Violations::default();
+        let tenant = self.access.entry(tenant_id);
+        if let Ok(policy) = self.policy(&tenant, tenant_id).await {
+            for (prefix, c) in checks {
+                if !c.module.is_empty() && !c.action.is_empty() {
+                    Self::check_names(&policy, &mut v, || prefix.clone(), &c.module, &c.action);
+                }
+            }
+        }
+        v
+    }
+
+    /// `Access.Check`.
+    pub async fn check(&self, tenant_id: &str, check: CheckInput) -> Result<Decision> {
+        let tenant = self.access.entry(tenant_id);
+        let policy = self.policy(&tenant, tenant_id).await?;
+        let mut v = Violations::default();
+        Self::check_names(&policy, &mut v, String::new, &check.module, &check.action);
+        v.finish()?;
+        self.decide(&tenant, tenant_id, &policy, &check).await
+    }
+
+    /// `Access.BatchCheck`: decisions in request order.
+    pub async fn batch_check(&self, tenant_id: &str, checks: Vec<CheckInput>) -> Result<Vec<Decision>> {
+        let tenant = self.access.entry(tenant_id);
+        let policy = self.policy(&tenant, tenant_id).await?;
+        let mut v = Violations::default();
+        for (i, c) in checks.iter().enumerate() {
+            Self::check_names(&policy, &mut v, || format!("checks[{i}]."), &c.module, &c.action);
+        }
+        v.finish()?;
+        let mut out = Vec::with_capacity(checks.len());
+        for c in &checks {
+            out.push(self.decide(&tenant, tenant_id, &policy, c).await?);
+        }
+        Ok(out)
+    }
+
+    /// `RoleAdmin.GetEffectivePermissions`.
+    pub async fn effective_permissions(&self, tenant_id: &str, user_id: Uuid) -> Result<Effective> {
+        let tenant = self.access.entry(tenant_id);
+        let policy = self.policy(&tenant, tenant_id).await?;
+        let user = self.user_facts(&tenant, tenant_id, user_id).await?.ok_or_else(|| users::not_found(user_id))?;
+        let permissions = policy.effective(&user).into_iter().map(|((m, a), (s, r))| (m, a, s, r)).collect();
+        let department_ids = user.department_id.map(|d| policy.subtree(d)).unwrap_or_default();
+        Ok(Effective {
+            user_id,
+            active: user.state == crate::domain::user::UserState::Active,
+            permissions,
+            department_ids,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconcile_flushes_only_tenants_that_moved() {
+        let cache = AccessCache::default();
+        cache.apply(&[PolicyChange { tenant_id: "a".into(), scope: ChangeScope::Tenant, version: 3 }]);
+        cache.entry("a");
+        cache.entry("b");
+        assert_eq!(cache.reconcile(&[("a".into(), 3), ("b".into(), 7)]), 0, "first sight of b sets its baseline");
+        assert!(cache.tenants.contains_key("a") && cache.tenants.contains_key("b"));
+        assert_eq!(cache.reconcile(&[("a".into(), 4), ("b".into(), 7)]), 1);
+        assert!(!cache.tenants.contains_key("a") && cache.tenants.contains_key("b"));
+    }
+
+    #[test]
+    fn user_invalidation_replaces_the_cell() {
+        let cache = AccessCache::default();
+        let e = cache.entry("a");
+        let u = Uuid::now_v7();
+        let old: UserCell = Arc::new(OnceCell::new_with(Some(None)));
+        e.users.insert(u, old.clone());
+        cache.invalidate_user("a", u);
+        let new = e.users.get(&u).unwrap().clone();
+        assert!(!Arc::ptr_eq(&old, &new) && new.get().is_none(), "the next lookup loads again");
+        assert_eq!(e.generation.load(Ordering::SeqCst), 1);
+    }
+}

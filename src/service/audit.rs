@@ -1,0 +1,370 @@
+//! The audit trail: listing, the gap-free stream, and retention.
+//!
+//! **Why the stream cannot skip.** Every transaction appends its audit events as its last
+//! statements, holding a lock until commit (`store::audit`), so the stream order (`seq`) is the
+//! commit order: once an event with seq N is visible, every event below N is committed (or was
+//! rolled back and never exists). A consumer's cursor is the seq it has seen (or scanned) through;
+//! resuming asks for `seq > cursor`, which therefore contains every later event exactly once.
+//!
+//! **Fan-out.** One hub per process follows the tail (woken by local commits, by PostgreSQL
+//! NOTIFY from other replicas, and by a short poll as the safety net) and keeps the latest events
+//! in a bounded ring. Streams that are caught up read from the ring; a stream that falls behind
+//! the ring (a slow consumer, or one resuming from an old cursor) reads pages from the database
+//! until it catches up. Sending waits for the consumer (a bounded channel), so a slow consumer
+//! costs neither memory nor other streams anything.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{Iam, Page};
+use crate::{
+    domain::{
+        Error, Kind, Reason, Result,
+        audit::{AuditEvent, EventFilter, EventScope, RequestContext},
+        now,
+    },
+    store::{audit, tenants},
+};
+
+/// Events kept in memory for caught-up streams.
+const RING_CAPACITY: usize = 4096;
+/// Events read from the database per page when a stream catches up.
+const PAGE: u64 = 500;
+/// The hub looks for new events at least this often, whatever it was told.
+const HUB_POLL: Duration = Duration::from_millis(250);
+
+/// One message of a stream.
+#[derive(Debug, Clone)]
+pub enum StreamItem {
+    Event(Arc<AuditEvent>),
+    /// Everything up to this seq has been sent or did not match.
+    Heartbeat(i64),
+}
+
+struct Ring {
+    /// The ring holds every event with `base < seq <= head` (-1: not started).
+    base: i64,
+    events: VecDeque<Arc<AuditEvent>>,
+}
+
+/// The per-process follower of the audit tail.
+pub struct AuditHub {
+    ring: RwLock<Ring>,
+    head: watch::Sender<i64>,
+    wake: Notify,
+    subscribers: AtomicUsize,
+}
+
+impl Default for AuditHub {
+    fn default() -> Self {
+        AuditHub {
+            ring: RwLock::new(Ring { base: -1, events: VecDeque::new() }),
+            head: watch::channel(-1).0,
+            wake: Notify::new(),
+            subscribers: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl AuditHub {
+    /// Something was committed (here or on another replica): look for new events now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Streams currently open.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// The last seq the hub has read through (-1 before it started).
+    pub fn head(&self) -> i64 {
+        *self.head.borrow()
+    }
+
+    /// From the ring: matching events after `after` (at most `limit`) and the seq scanned
+    /// through; None when the ring does not reach back to `after`.
+    fn read(
+        &self,
+        after: i64,
+        scope: &EventScope,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Option<(Vec<Arc<AuditEvent>>, i64)> {
+        let ring = self.ring.read().expect("ring lock");
+        let head = self.head();
+        if ring.base < 0 || after < ring.base || after > head {
+            return None;
+        }
+        let start = ring.events.partition_point(|e| e.seq <= after);
+        let mut out = Vec::new();
+        for e in ring.events.iter().skip(start) {
+            if filter.matches(scope, e) {
+                out.push(e.clone());
+                if out.len() == limit {
+                    return Some((out, e.seq));
+                }
+            }
+        }
+        Some((out, head))
+    }
+
+    fn push(&self, events: Vec<AuditEvent>, head: i64) {
+        {
+            let mut ring = self.ring.write().expect("ring lock");
+            for e in events {
+                ring.events.push_back(Arc::new(e));
+            }
+            while ring.events.len() > RING_CAPACITY {
+                if let Some(old) = ring.events.pop_front() {
+                    ring.base = old.seq;
+                }
+            }
+        }
+        self.head.send_replace(head);
+    }
+}
+
+/// Follows the audit tail until stopped.
+pub async fn run_hub(iam: Iam, stop: CancellationToken) {
+    let hub = iam.audit.clone();
+    let mut local = iam.db.audit_commits();
+    // Start at the current end: streams that need older events read them from the database.
+    loop {
+        match audit::max_seq(iam.db.conn()).await {
+            Ok(m) => {
+                hub.ring.write().expect("ring lock").base = m;
+                hub.head.send_replace(m);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "audit hub cannot read the tail yet");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+    let all = EventScope::All;
+    let no_filter = EventFilter::default();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hub.wake.notified() => {}
+            _ = local.changed() => {}
+            _ = tokio::time::sleep(HUB_POLL) => {}
+        }
+        loop {
+            let head = hub.head();
+            // Everything up to the current maximum is committed; read the gap in pages.
+            let result = async {
+                let max = audit::max_seq(iam.db.conn()).await?;
+                if max <= head {
+                    return Ok(None);
+                }
+                let events = audit::range(iam.db.conn(), &all, &no_filter, head, max, PAGE).await?;
+                let through =
+                    if (events.len() as u64) < PAGE { max } else { events.last().map(|e| e.seq).unwrap_or(max) };
+                Ok::<_, Error>(Some((events, through)))
+            }
+            .await;
+            match result {
+                Ok(Some((events, through))) => {
+                    if let Some(first) = events.first() {
+                        let lag = (crate::domain::now() - first.occur_time).num_milliseconds();
+                        if lag > 20 {
+                            tracing::debug!(lag_ms = lag, n = events.len(), "audit hub lag");
+                        }
+                    }
+                    hub.push(events, through)
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit hub cannot read new events; will retry");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Where a stream starts.
+#[derive(Debug, Clone)]
+pub enum StreamStart {
+    AfterCursor(i64),
+    SinceTime(chrono::DateTime<chrono::Utc>),
+    Now,
+}
+
+fn out_of_range() -> Error {
+    Error::new(
+        Kind::OutOfRange,
+        Reason::CursorExpired,
+        "events after this cursor have been removed by retention: restart from since_time or from now",
+    )
+}
+
+impl Iam {
+    /// `AuditEvents.ListEvents`.
+    pub async fn list_events(
+        &self,
+        scope: &EventScope,
+        filter: &EventFilter,
+        newest_first: bool,
+        after: Option<i64>,
+        limit: u64,
+    ) -> Result<Page<AuditEvent>> {
+        if let EventScope::Tenant(t) = scope {
+            tenants::get(self.db.conn(), t).await?;
+        }
+        let rows = audit::page(self.db.conn(), scope, filter, newest_first, after, limit + 1).await?;
+        Ok(Page::from_rows(rows, limit))
+    }
+
+    /// `AuditEvents.StreamEvents`: validates the start, then streams from a task of its own.
+    pub async fn stream_events(
+        &self,
+        scope: EventScope,
+        filter: EventFilter,
+        start: StreamStart,
+        heartbeat: Duration,
+        stop: CancellationToken,
+    ) -> Result<ReceiverStream<Result<StreamItem>>> {
+        if let EventScope::Tenant(t) = &scope {
+            tenants::get(self.db.conn(), t).await?;
+        }
+        let conn = self.db.conn();
+        let head = audit::max_seq(conn).await?;
+        let cursor = match start {
+            StreamStart::AfterCursor(c) => {
+                if c < audit::watermark(conn, &scope).await? {
+                    return Err(out_of_range());
+                }
+                if c > head {
+                    return Err(Error::new(
+                        Kind::OutOfRange,
+                        Reason::CursorExpired,
+                        "the cursor is ahead of this server's audit stream (from another installation?): restart from since_time or from now",
+                    ));
+                }
+                c
+            }
+            StreamStart::SinceTime(t) => audit::position_at(conn, &scope, t, head).await?,
+            StreamStart::Now => head,
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let iam = self.clone();
+        self.audit.subscribers.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let hub = iam.audit.clone();
+            if let Err(e) = iam.follow(scope, filter, cursor, heartbeat, &tx, stop).await {
+                let _ = tx.send(Err(e)).await;
+            }
+            hub.subscribers.fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    async fn follow(
+        &self,
+        scope: EventScope,
+        filter: EventFilter,
+        mut cursor: i64,
+        heartbeat: Duration,
+        tx: &mpsc::Sender<Result<StreamItem>>,
+        stop: CancellationToken,
+    ) -> Result<()> {
+        let hub = self.audit.clone();
+        let mut head_rx = hub.head.subscribe();
+        let mut last_sent = tokio::time::Instant::now();
+        loop {
+            if tx.is_closed() || stop.is_cancelled() {
+                return Ok(());
+            }
+            if last_sent.elapsed() >= heartbeat {
+                if tx.send(Ok(StreamItem::Heartbeat(cursor))).await.is_err() {
+                    return Ok(());
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+            // Caught up enough to be served from memory?
+            let (events, through) = match hub.read(cursor, &scope, &filter, PAGE as usize) {
+                Some(found) => found,
+                None => {
+                    // Behind the ring: from the database, checking retention has not passed us.
+                    let conn = self.db.conn();
+                    if cursor < audit::watermark(conn, &scope).await? {
+                        return Err(out_of_range());
+                    }
+                    let max = audit::max_seq(conn).await?;
+                    let events = audit::range(conn, &scope, &filter, cursor, max, PAGE).await?;
+                    let through =
+                        if (events.len() as u64) < PAGE { max } else { events.last().map(|e| e.seq).unwrap_or(max) };
+                    (events.into_iter().map(Arc::new).collect(), through)
+                }
+            };
+            let progressed = through > cursor;
+            for e in events {
+                let seq = e.seq;
+                if tx.send(Ok(StreamItem::Event(e))).await.is_err() {
+                    return Ok(());
+                }
+                cursor = seq;
+                last_sent = tokio::time::Instant::now();
+            }
+            cursor = cursor.max(through);
+            if progressed && hub.head() > cursor {
+                continue;
+            }
+            // Caught up: wait for news, a heartbeat deadline, or the end.
+            let deadline = last_sent + heartbeat;
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tx.closed() => return Ok(()),
+                changed = head_rx.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Deletes audit events past their retention, in small batches; returns how many.
+    pub async fn enforce_audit_retention(&self, platform_retention: Duration) -> Result<u64> {
+        let ctx = RequestContext::system("audit-retention");
+        let mut scopes: Vec<(String, u64)> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = tenants::list(self.db.conn(), after.as_deref(), 500).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.tenant_id.clone());
+            scopes.extend(page.iter().map(|t| (t.tenant_id.clone(), t.settings.audit_retention_secs)));
+        }
+        scopes.push((String::new(), platform_retention.as_secs()));
+        let mut total = 0;
+        for (scope, secs) in scopes {
+            let cutoff = now() - chrono::Duration::seconds(secs as i64);
+            loop {
+                let n = self.db.write(&ctx, async |tx| audit::purge_before(tx, &scope, cutoff, PAGE).await).await?;
+                total += n;
+                if n < PAGE {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,60 @@
+//! Application services: each operation validates what needs the database, runs in one
+//! [`Db::write`] transaction (which also writes its audit events and idempotency record), and
+//! returns domain values. The gRPC layer above only converts and authorizes.
+
+pub mod access;
+pub mod audit;
+mod departments;
+pub mod replicas;
+pub mod roles;
+mod tenants;
+mod users;
+
+use std::sync::Arc;
+
+pub use users::PurgeReport;
+
+use crate::{auth::password::Passwords, store::Db};
+
+/// The crm-iam application: storage, the password hashing pool and the access cache.
+#[derive(Clone)]
+pub struct Iam {
+    pub db: Db,
+    pub passwords: Passwords,
+    pub access: Arc<access::AccessCache>,
+    pub audit: Arc<audit::AuditHub>,
+    /// Cancelled when the server shuts down: streams and background jobs end.
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+impl Iam {
+    pub fn new(db: Db, passwords: Passwords) -> Iam {
+        let access = Arc::new(access::AccessCache::default());
+        let cache = access.clone();
+        // Every committed change to access rules reaches the cache before the caller is answered.
+        db.on_policy_change(Box::new(move |changes| cache.apply(changes)));
+        Iam {
+            db,
+            passwords,
+            access,
+            audit: Arc::new(audit::AuditHub::default()),
+            stop: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+}
+
+/// A page of results and whether more follow.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub more: bool,
+}
+
+impl<T> Page<T> {
+    /// From up to `limit + 1` rows: the extra row only says that another page exists.
+    pub fn from_rows(mut rows: Vec<T>, limit: u64) -> Page<T> {
+        let more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        Page { items: rows, more }
+    }
+}

@@ -1,0 +1,539 @@
+use std::collections::HashSet;
+
+use uuid::Uuid;
+
+use super::{Iam, Page};
+use crate::{
+    domain::{
+        Error, Kind, Reason, Result, Violations,
+        access::{ACTIONS, Module, Permission, Scope, Template},
+        audit::{AuditRecord, RequestContext},
+        check_etag,
+        error::PreconditionViolation,
+        now,
+        role::{NewModule, NewRole, Role, RolePatch},
+        user::{User, UserState},
+    },
+    store::{Tx, roles, tenants, users},
+};
+
+const ROLE_DIFF_IGNORE: &[&str] = &["version", "update_time", "create_time", "role_id", "tenant_id", "user_count"];
+
+fn builtin_error(role: &roles::Row) -> Error {
+    Error::precondition(
+        Reason::BuiltinRole,
+        "BUILTIN_ROLE",
+        format!("roles/{}", role.role_id),
+        format!(
+            "{:?} is a built-in role and cannot be changed or deleted; copy it into a custom role instead",
+            role.name
+        ),
+    )
+}
+
+/// Checks permissions against the tenant's catalog; every bad entry becomes a field violation.
+pub fn check_permissions(v: &mut Violations, field: &str, permissions: &[Permission], catalog: &[Module]) {
+    let mut seen = HashSet::new();
+    for (i, p) in permissions.iter().enumerate() {
+        let path = format!("{field}[{i}]");
+        match catalog.iter().find(|m| m.name == p.module) {
+            None => v.add(format!("{path}.module"), format!("unknown module {:?}: see GetPermissionCatalog", p.module)),
+            Some(m) if !m.actions.contains(&p.action) => {
+                v.add(format!("{path}.action"), format!("module {:?} has no action {:?}", p.module, p.action))
+            }
+            Some(_) if !seen.insert((p.module.as_str(), p.action.as_str())) => {
+                v.add(path, format!("{}.{} is listed twice", p.module, p.action))
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+impl Iam {
+    /// Refuses a change that would leave the tenant without an ACTIVE administrator.
+    pub(super) async fn ensure_not_last_admin(&self, tx: &Tx, tenant_id: &str, user: &users::Row) -> Result<()> {
+        let admin = roles::builtin_role_id(tenant_id, Template::Administrator);
+        if users::state(user)? != UserState::Active || !roles::of_user(&**tx, user.user_id).await?.contains(&admin) {
+            return Ok(());
+        }
+        if roles::other_active_admins(&**tx, tenant_id, user.user_id).await? == 0 {
+            return Err(Error::precondition(
+                Reason::LastAdministrator,
+                "LAST_ADMINISTRATOR",
+                format!("users/{}", user.user_id),
+                "this is the tenant's last ACTIVE administrator; make another user administrator first",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates the built-in roles of tenants that lack them (tenants created by older versions).
+    pub async fn ensure_builtin_roles(&self) -> Result<()> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, sea_query::Query};
+
+        use crate::store::entity::{roles as roles_entity, tenants as tenants_entity};
+        let with_roles = Query::select()
+            .column(roles_entity::Column::TenantId)
+            .from(roles_entity::Entity)
+            .and_where(roles_entity::Column::Builtin.eq(Template::Administrator.name()))
+            .to_owned();
+        let missing: Vec<String> = tenants_entity::Entity::find()
+            .select_only()
+            .column(tenants_entity::Column::TenantId)
+            .filter(tenants_entity::Column::TenantId.not_in_subquery(with_roles))
+            .into_tuple()
+            .all(self.db.conn())
+            .await?;
+        for tenant_id in missing {
+            roles::ensure_builtin(self.db.conn(), &tenant_id).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn permission_catalog(&self, tenant_id: &str) -> Result<Vec<Module>> {
+        tenants::get(self.db.conn(), tenant_id).await?;
+        roles::catalog(self.db.conn(), tenant_id).await
+    }
+
+    // ---- modules ----
+
+    pub async fn create_module(&self, ctx: &RequestContext, tenant_id: &str, new: NewModule) -> Result<Module> {
+        self.db
+            .write(ctx, async |tx| {
+                tenants::lock(tx, tenant_id).await?;
+                if roles::catalog(&**tx, tenant_id).await?.iter().any(|m| m.name == new.name && m.builtin) {
+                    return Err(Error::invalid_field("module.name", format!("{:?} is a built-in module", new.name)));
+                }
+                let m = Module {
+                    name: new.name,
+                    display_name: new.display_name,
+                    actions: new.actions,
+                    builtin: false,
+                    version: 1,
+                };
+                let m = roles::insert_module(tx, tenant_id, &m).await?;
+                tx.policy_changed(tenant_id, None);
+                tx.audit(AuditRecord::new(Some(tenant_id), "module.created", "module", &m.name).with_changes(
+                    None,
+                    Some(&m),
+                    &["version", "builtin"],
+                ));
+                Ok(m)
+            })
+            .await
+    }
+
+    /// Roles (other than built-in ones) whose permissions use `module` (and `action`, if given).
+    async fn roles_using(
+        &self,
+        tx: &Tx,
+        tenant_id: &str,
+        module: &str,
+        actions: Option<&[String]>,
+    ) -> Result<Vec<roles::Row>> {
+        let mut out = Vec::new();
+        for r in roles::all(&**tx, tenant_id).await? {
+            if r.builtin.is_some() {
+                continue;
+            }
+            let uses = roles::permissions(&r, &[])?
+                .iter()
+                .any(|p| p.module == module && p.scope > Scope::None && actions.is_none_or(|a| a.contains(&p.action)));
+            if uses {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    fn module_in_use(module: &str, using: &[roles::Row], what: &str) -> Error {
+        let mut e = Error::new(
+            Kind::FailedPrecondition,
+            Reason::ModuleInUse,
+            format!("{} role(s) still grant {what} of module {module:?}: change them first", using.len()),
+        );
+        for r in using {
+            e.precondition_violations.push(PreconditionViolation {
+                kind: "ROLE_USES_MODULE".into(),
+                subject: format!("roles/{}", r.role_id),
+                description: format!("role {:?} grants {what}", r.name),
+            });
+        }
+        e
+    }
+
+    pub async fn update_module(
+        &self,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        name: &str,
+        display_name: Option<String>,
+        actions: Option<Vec<String>>,
+        etag: &str,
+    ) -> Result<Module> {
+        self.db
+            .write(ctx, async |tx| {
+                tenants::lock(tx, tenant_id).await?;
+                let before =
+                    roles::find_module(&**tx, tenant_id, name).await?.ok_or_else(|| roles::module_not_found(name))?;
+                check_etag(etag, before.version, "module")?;
+                let mut after = before.clone();
+                if let Some(d) = display_name {
+                    after.display_name = d;
+                }
+                if let Some(a) = actions {
+                    let removed: Vec<String> = before.actions.iter().filter(|x| !a.contains(x)).cloned().collect();
+                    if !removed.is_empty() {
+                        let using = self.roles_using(tx, tenant_id, name, Some(&removed)).await?;
+                        if !using.is_empty() {
+                            return Err(Self::module_in_use(name, &using, &format!("actions {removed:?}")));
+                        }
+                    }
+                    after.actions = a;
+                }
+                let after = roles::update_module(tx, tenant_id, &after).await?;
+                tx.policy_changed(tenant_id, None);
+                tx.audit(AuditRecord::new(Some(tenant_id), "module.updated", "module", name).with_changes(
+                    Some(&before),
+                    Some(&after),
+                    &["version", "builtin"],
+                ));
+                Ok(after)
+            })
+            .await
+    }
+
+    pub async fn delete_module(&self, ctx: &RequestContext, tenant_id: &str, name: &str, etag: &str) -> Result<()> {
+        self.db
+            .write(ctx, async |tx| {
+                tenants::lock(tx, tenant_id).await?;
+                let before =
+                    roles::find_module(&**tx, tenant_id, name).await?.ok_or_else(|| roles::module_not_found(name))?;
+                check_etag(etag, before.version, "module")?;
+                let using = self.roles_using(tx, tenant_id, name, None).await?;
+                if !using.is_empty() {
+                    return Err(Self::module_in_use(name, &using, "rights"));
+                }
+                roles::delete_module(tx, tenant_id, name).await?;
+                tx.policy_changed(tenant_id, None);
+                tx.audit(AuditRecord::new(Some(tenant_id), "module.deleted", "module", name).with_changes(
+                    Some(&before),
+                    None,
+                    &["version", "builtin"],
+                ));
+                Ok(())
+            })
+            .await
+    }
+
+    // ---- roles ----
+
+    async fn role_out(&self, conn: &impl sea_orm::ConnectionTrait, row: roles::Row) -> Result<Role> {
+        let catalog = roles::catalog(conn, &row.tenant_id).await?;
+        let count = roles::user_count(conn, row.role_id).await?;
+        roles::to_domain(row, &catalog, count)
+    }
+
+    async fn role_row(
+        &self,
+        conn: &impl sea_orm::ConnectionTrait,
+        tenant_id: &str,
+        role_id: Uuid,
+    ) -> Result<roles::Row> {
+        match roles::find(conn, tenant_id, role_id).await? {
+            Some(r) => Ok(r),
+            None => {
+                tenants::get(conn, tenant_id).await?;
+                Err(roles::not_found(role_id))
+            }
+        }
+    }
+
+    pub async fn create_role(&self, ctx: &RequestContext, tenant_id: &str, new: NewRole) -> Result<Role> {
+        self.db
+            .write(ctx, async |tx| {
+                tenants::lock(tx, tenant_id).await?;
+                let catalog = roles::catalog(&**tx, tenant_id).await?;
+                let permissions = match new.source_role_id {
+                    Some(source) => {
+                        let row = roles::find(&**tx, tenant_id, source).await?.ok_or_else(|| {
+                            Error::invalid_field("source_role_id", "role does not exist in this tenant")
+                        })?;
+                        roles::permissions(&row, &catalog)?
+                    }
+                    None => {
+                        let mut v = Violations::default();
+                        check_permissions(&mut v, "role.permissions", &new.permissions, &catalog);
+                        v.finish()?;
+                        new.permissions
+                    }
+                };
+                let t = now();
+                let row = roles::insert(
+                    tx,
+                    roles::Row {
+                        role_id: Uuid::now_v7(),
+                        tenant_id: tenant_id.to_owned(),
+                        name_key: new.name.to_lowercase(),
+                        name: new.name,
+                        description: new.description,
+                        builtin: None,
+                        permissions: serde_json::to_string(&permissions).map_err(Error::internal)?,
+                        version: 1,
+                        create_time: t,
+                        update_time: t,
+                    },
+                )
+                .await?;
+                let role = roles::to_domain(row, &catalog, 0)?;
+                tx.policy_changed(tenant_id, None);
+                let mut record = AuditRecord::new(Some(tenant_id), "role.created", "role", role.role_id).with_changes(
+                    None,
+                    Some(&role),
+                    ROLE_DIFF_IGNORE,
+                );
+                if let Some(source) = new.source_role_id {
+                    record = record.with_detail("source_role_id", source.to_string());
+                }
+                tx.audit(record);
+                Ok(role)
+            })
+            .await
+    }
+
+    pub async fn get_role(&self, tenant_id: &str, role_id: Uuid) -> Result<Role> {
+        let row = self.role_row(self.db.conn(), tenant_id, role_id).await?;
+        self.role_out(self.db.conn(), row).await
+    }
+
+    pub async fn list_roles(&self, tenant_id: &str, after: Option<Uuid>, limit: u64) -> Result<Page<Role>> {
+        let conn = self.db.conn();
+        tenants::get(conn, tenant_id).await?;
+        let catalog = roles::catalog(conn, tenant_id).await?;
+        let counts = roles::user_counts(conn, tenant_id).await?;
+        let rows = roles::list(conn, tenant_id, after, limit + 1).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let n = counts.get(&r.role_id).copied().unwrap_or(0);
+            out.push(roles::to_domain(r, &catalog, n)?);
+        }
+        Ok(Page::from_rows(out, limit))
+    }
+
+    pub async fn update_role(
+        &self,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        role_id: Uuid,
+        patch: RolePatch,
+        etag: &str,
+    ) -> Result<Role> {
+        self.db
+            .write(ctx, async |tx| {
+                tenants::lock(tx, tenant_id).await?;
+                let row = self.role_row(&**tx, tenant_id, role_id).await?;
+                if row.builtin.is_some() {
+                    return Err(builtin_error(&row));
+                }
+                check_etag(etag, row.version, "role")?;
+                let catalog = roles::catalog(&**tx, tenant_id).await?;
+                let count = roles::user_count(&**tx, role_id).await?;
+                let before = roles::to_domain(row.clone(), &catalog, count)?;
+                let mut new = row.clone();
+                if let Some(name) = patch.name {
+                    new.name_key = name.to_lowercase();
+                    new.name = name;
+                }
+                if let Some(d) = patch.description {
+                    new.description = d;
+                }
+                if let Some(p) = patch.permissions {
+                    let mut v = Violations::default();
+                    check_permissions(&mut v, "role.permissions", &p, &catalog);
+                    v.finish()?;
+                    new.permissions = serde_json::to_string(&p).map_err(Error::internal)?;
+                }
+                let after = roles::to_domain(roles::update(tx, new, row.version).await?, &catalog, count)?;
+                tx.policy_changed(tenant_id, None);
+                tx.audit(AuditRecord::new(Some(tenant_id), "role.updated", "role", role_id).with_changes(
+                    Some(&before),
+                    Some(&after),
+                    ROLE_DIFF_IGNORE,
+                ));
+                Ok(after)
+            })
+            .await
+    }
+
+    pub async fn delete_role(
+        &self,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        role_id: Uuid,
+        etag: &str,
+        replacement: Option<Uuid>,
+    ) -> Result<()> {
+        self.db
+            .write(ctx, async |tx| {
+                tenants::lock(tx, tenant_id).await?;
+                let row = self.role_row(&**tx, tenant_id, role_id).await?;
+                if row.builtin.is_some() {
+                    return Err(builtin_error(&row));
+                }
+                check_etag(etag, row.version, "role")?;
+                let holders = roles::holders(&**tx, role_id).await?;
+                let mut record = AuditRecord::new(Some(tenant_id), "role.deleted", "role", role_id);
+                match replacement {
+                    _ if holders.is_empty() => {}
+                    None => {
+                        return Err(Error::precondition(
+                            Reason::RoleInUse,
+                            "ROLE_ASSIGNED",
+                            format!("roles/{role_id}"),
+                            format!(
+                                "the role is assigned to {} user(s): name a replacement_role_id to move them to another role",
+                                holders.len()
+                            ),
+                        ));
+                    }
+                    Some(r) if r == role_id => {
+                        return Err(Error::invalid_field("replacement_role_id", "must be another role"));
+                    }
+                    Some(r) => {
+                        if roles::find(&**tx, tenant_id, r).await?.is_none() {
+                            return Err(Error::invalid_field("replacement_role_id", "role does not exist in this tenant"));
+                        }
+                        for u in &holders {
+                            roles::assign(tx, tenant_id, *u, r).await?;
+                            roles::unassign(tx, *u, role_id).await?;
+                        }
+                        record = record
+                            .with_detail("replacement_role_id", r.to_string())
+                            .with_detail("reassigned_user_ids", holders.iter().map(|u| u.to_string()).collect::<Vec<_>>());
+                    }
+                }
+                roles::delete(tx, role_id).await?;
+                tx.policy_changed(tenant_id, None);
+                let catalog = roles::catalog(&**tx, tenant_id).await?;
+                let before = roles::to_domain(row, &catalog, holders.len() as u64)?;
+                tx.audit(record.with_changes(Some(&before), None, ROLE_DIFF_IGNORE));
+                Ok(())
+            })
+            .await
+    }
+
+    pub async fn assign_role(
+        &self,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        user_id: Uuid,
+        role_id: Uuid,
+    ) -> Result<User> {
+        self.db
+            .write(ctx, async |tx| {
+                tenants::lock(tx, tenant_id).await?;
+                let user = self.user_row(&**tx, tenant_id, user_id).await?;
+                let state = users::state(&user)?;
+                if matches!(state, UserState::Deleted | UserState::Purged) {
+                    return Err(Error::precondition(
+                        Reason::InvalidUserState,
+                        "USER_STATE",
+                        format!("users/{user_id}"),
+                        format!(
+                            "the user is {}; roles can be given to INVITED, ACTIVE or DEACTIVATED users",
+                            state.as_str()
+                        ),
+                    ));
+                }
+                let role = self.role_row(&**tx, tenant_id, role_id).await?;
+                if roles::assign(tx, tenant_id, user_id, role_id).await? {
+                    tx.policy_changed(tenant_id, Some(user_id));
+                    tx.audit(
+                        AuditRecord::new(Some(tenant_id), "role.assigned", "user", user_id)
+                            .with_detail("role_id", role_id.to_string())
+                            .with_detail("role_name", role.name),
+                    );
+                }
+                self.to_user_in(&**tx, user).await
+            })
+            .await
+    }
+
+    pub async fn unassign_role(
+        &self,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        user_id: Uuid,
+        role_id: Uuid,
+    ) -> Result<User> {
+        self.db
+            .write(ctx, async |tx| {
+                tenants::lock(tx, tenant_id).await?;
+                let user = self.user_row(&**tx, tenant_id, user_id).await?;
+                let role = self.role_row(&**tx, tenant_id, role_id).await?;
+                if role_id == roles::builtin_role_id(tenant_id, Template::Administrator) {
+                    self.ensure_not_last_admin(tx, tenant_id, &user).await?;
+                }
+                if !roles::unassign(tx, user_id, role_id).await? {
+                    return Err(Error::not_found(
+                        Reason::RoleNotAssigned,
+                        format!("user {user_id} does not hold role {:?}", role.name),
+                    ));
+                }
+                tx.policy_changed(tenant_id, Some(user_id));
+                tx.audit(
+                    AuditRecord::new(Some(tenant_id), "role.unassigned", "user", user_id)
+                        .with_detail("role_id", role_id.to_string())
+                        .with_detail("role_name", role.name),
+                );
+                self.to_user_in(&**tx, user).await
+            })
+            .await
+    }
+}
+
+/// Checks what can be checked without the catalog: no scope-less or duplicate entries.
+pub fn check_permission_shape(v: &mut Violations, field: &str, permissions: &[Permission]) {
+    let mut seen = HashSet::new();
+    for (i, p) in permissions.iter().enumerate() {
+        if p.module.is_empty() {
+            v.add(format!("{field}[{i}].module"), "is required");
+        }
+        if p.action.is_empty() {
+            v.add(format!("{field}[{i}].action"), "is required");
+        }
+        if !seen.insert((p.module.as_str(), p.action.as_str())) {
+            v.add(format!("{field}[{i}]"), format!("{}.{} is listed twice", p.module, p.action));
+        }
+    }
+}
+
+/// Checks a module name and its actions (custom modules may define their own action names).
+pub fn check_module(v: &mut Violations, name: Option<&str>, actions: Option<&[String]>) {
+    let word = |s: &str, max: usize| {
+        (1..=max).contains(&s.len())
+            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    if let Some(name) = name
+        && !word(name, 63)
+    {
+        v.add("module.name", "must match [a-z][a-z0-9_]{0,62}");
+    }
+    if let Some(actions) = actions {
+        if actions.is_empty() || actions.len() > 32 {
+            v.add("module.actions", "must list 1 to 32 actions");
+        }
+        let mut seen = HashSet::new();
+        for (i, a) in actions.iter().enumerate() {
+            if !word(a, 32) {
+                v.add(
+                    format!("module.actions[{i}]"),
+                    format!("must match [a-z][a-z0-9_]{{0,31}} (for example {})", ACTIONS.join(", ")),
+                );
+            } else if !seen.insert(a) {
+                v.add(format!("module.actions[{i}]"), format!("{a:?} is listed twice"));
+            }
+        }
+    }
+}

@@ -1,0 +1,617 @@
+use chrono::{DateTime, Utc};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+use super::{Iam, Page};
+use crate::{
+    domain::{
+        Error, Kind, Reason, Result,
+        audit::{AuditRecord, RequestContext},
+        check_etag,
+        error::QuotaViolation,
+        now,
+        tenant::Tenant,
+        user::{Credential, Profile, User, UserPatch, UserState, UserWithToken, derived_display_name},
+        validate,
+    },
+    store::{
+        Tx, departments,
+        entity::users as users_entity,
+        roles, tenants,
+        tokens::{self, TokenKind},
+        users::{self, Row, UserFilter},
+    },
+};
+
+/// Fields of a user that are bookkeeping, not content, in audit diffs.
+const USER_DIFF_IGNORE: &[&str] = &["version", "update_time", "create_time", "role_ids", "user_id", "tenant_id"];
+
+/// What the purge sweeper did in one pass.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PurgeReport {
+    pub purged: usize,
+}
+
+fn state_error(user_id: Uuid, state: UserState, wanted: &str) -> Error {
+    Error::precondition(
+        Reason::InvalidUserState,
+        "USER_STATE",
+        format!("users/{user_id}"),
+        format!("the user is {}; this operation needs a user that is {wanted}", state.as_str()),
+    )
+}
+
+fn seat_check(tenant: &Tenant) -> Result<()> {
+    if tenant.seat_limit > 0 && tenant.seats_used >= tenant.seat_limit {
+        let mut e = Error::new(
+            Kind::ResourceExhausted,
+            Reason::SeatLimitReached,
+            format!(
+                "tenant {:?} has no free seat ({} of {} in use): deactivate or delete a user, or raise the seat limit",
+                tenant.tenant_id, tenant.seats_used, tenant.seat_limit
+            ),
+        );
+        e.quota_violations.push(QuotaViolation {
+            subject: format!("tenants/{}/seats", tenant.tenant_id),
+            description: format!("seat limit {} reached", tenant.seat_limit),
+        });
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn not_available(field: &str) -> Error {
+    Error::precondition(
+        Reason::NotAvailable,
+        "FEATURE",
+        field,
+        format!("{field} needs the ownership registry, which this version does not have yet; leave it empty"),
+    )
+}
+
+impl Iam {
+    /// Loads a user row of the tenant, telling a missing tenant from a missing user.
+    pub(super) async fn user_row(
+        &self,
+        conn: &impl sea_orm::ConnectionTrait,
+        tenant_id: &str,
+        user_id: Uuid,
+    ) -> Result<Row> {
+        match users::find(conn, tenant_id, user_id).await? {
+            Some(row) => Ok(row),
+            None => {
+                tenants::get(conn, tenant_id).await?;
+                Err(users::not_found(user_id))
+            }
+        }
+    }
+
+    /// The user with its roles.
+    pub(super) async fn to_user_in(&self, conn: &impl sea_orm::ConnectionTrait, row: Row) -> Result<User> {
+        let role_ids = roles::of_user(conn, row.user_id).await?;
+        users::to_domain(row, role_ids)
+    }
+
+    /// Checks references of a profile (department) inside the transaction.
+    async fn check_department_ref(
+        &self,
+        tx: &Tx,
+        tenant_id: &str,
+        department_id: Option<Uuid>,
+        field: &str,
+    ) -> Result<()> {
+        if let Some(d) = department_id
+            && departments::find(&**tx, tenant_id, d).await?.is_none()
+        {
+            return Err(Error::invalid_field(field, "department does not exist in this tenant"));
+        }
+        Ok(())
+    }
+
+    /// Reads the tenant's password policy and checks a password against it, outside any transaction.
+    pub async fn check_password_policy(
+        &self,
+        tenant_id: &str,
+        field: &str,
+        password: &SecretString,
+        email_key: Option<&str>,
+    ) -> Result<()> {
+        let tenant = tenants::get(self.db.conn(), tenant_id).await?;
+        validate::password(password.expose_secret(), tenant.settings.password_min_length as usize, email_key)
+            .map_err(|d| Error::invalid_field(field, d))
+    }
+
+    pub async fn create_user(
+        &self,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        profile: Profile,
+        credential: Credential,
+        role_ids: Vec<Uuid>,
+    ) -> Result<UserWithToken> {
+        // Hash before the transaction: the writer lock is never held during argon2 work.
+        let (password_hash, permanent, invited) = match credential {
+            Credential::Password { password, permanent } => {
+                self.check_password_policy(tenant_id, "initial_password", &password, Some(&profile.email_key)).await?;
+                (Some(self.passwords.hash(password).await?), permanent, false)
+            }
+            Credential::Invitation => (None, false, true),
+        };
+        self.db
+            .write(ctx, async |tx| {
+                let tenant = tenants::lock(tx, tenant_id).await?;
+                self.check_department_ref(tx, tenant_id, profile.department_id, "user.department_id").await?;
+                seat_check(&tenant)?;
+                let t = now();
+                let state = if invited { UserState::Invited } else { UserState::Active };
+                let row = Row {
+                    user_id: Uuid::now_v7(),
+                    tenant_id: tenant_id.to_owned(),
+                    email: Some(profile.email),
+                    email_key: Some(profile.email_key),
+                    given_name: profile.given_name,
+                    family_name: profile.family_name,
+                    display_name: profile.display_name,
+                    phone: profile.phone,
+                    position: profile.position,
+                    employee_number: profile.employee_number,
+                    department_id: profile.department_id,
+                    hire_date: users::date_text(profile.hire_date),
+                    state: state.as_str().to_owned(),
+                    mfa_enrolled: false,
+                    must_change_password: password_hash.is_some() && !permanent,
+                    attributes: users::attributes_json(&profile.attributes),
+                    password_hash,
+                    last_login_time: None,
+                    deactivate_time: None,
+                    delete_time: None,
+                    purge_after: None,
+                    purge_time: None,
+                    version: 1,
+                    create_time: t,
+                    update_time: t,
+                };
+                let row = users::insert(tx, row).await?;
+                for (i, role_id) in role_ids.iter().enumerate() {
+                    if roles::find(&**tx, tenant_id, *role_id).await?.is_none() {
+                        return Err(Error::invalid_field(
+                            format!("role_ids[{i}]"),
+                            "role does not exist in this tenant",
+                        ));
+                    }
+                    roles::assign(tx, tenant_id, row.user_id, *role_id).await?;
+                }
+                tx.policy_changed(tenant_id, Some(row.user_id));
+                let token = if invited {
+                    let expire = t + chrono::Duration::seconds(tenant.settings.invitation_ttl_secs as i64);
+                    Some(tokens::issue(tx, tenant_id, row.user_id, TokenKind::Invitation, expire).await?)
+                } else {
+                    None
+                };
+                let user = self.to_user_in(&**tx, row).await?;
+                tx.audit(
+                    AuditRecord::new(Some(tenant_id), "user.created", "user", user.user_id)
+                        .with_changes(None, Some(&user), USER_DIFF_IGNORE)
+                        .with_detail("credential", if invited { "invitation" } else { "password" }),
+                );
+                let token_expire_time = token.as_ref().map(|t| t.expire_time);
+                Ok(UserWithToken { user, token, token_expire_time })
+            })
+            .await
+    }
+
+    pub async fn get_user(&self, tenant_id: &str, user_id: Uuid) -> Result<User> {
+        let row = self.user_row(self.db.conn(), tenant_id, user_id).await?;
+        self.to_user_in(self.db.conn(), row).await
+    }
+
+    pub async fn list_users(
+        &self,
+        tenant_id: &str,
+        mut filter: UserFilter,
+        department: Option<(Uuid, bool)>,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Page<User>> {
+        let conn = self.db.conn();
+        tenants::get(conn, tenant_id).await?;
+        if let Some((department_id, include_sub)) = department {
+            departments::get(conn, tenant_id, department_id).await?;
+            filter.department_ids = Some(if include_sub {
+                departments::subtree(&departments::parents(conn, tenant_id).await?, department_id)
+            } else {
+                vec![department_id]
+            });
+        }
+        let rows = users::list(conn, tenant_id, &filter, after, limit + 1).await?;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
+        let mut role_ids = roles::of_users(conn, &ids).await?;
+        let mut users = Vec::with_capacity(rows.len());
+        for row in rows {
+            let r = role_ids.remove(&row.user_id).unwrap_or_default();
+            users.push(users::to_domain(row, r)?);
+        }
+        Ok(Page::from_rows(users, limit))
+    }
+
+    pub async fn update_user(
+        &self,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        user_id: Uuid,
+        patch: UserPatch,
+        etag: &str,
+    ) -> Result<User> {
+        self.db
+            .write(ctx, async |tx| {
+                tenants::lock(tx, tenant_id).await?;
+                let row = self.user_row(&**tx, tenant_id, user_id).await?;
+                check_etag(etag, row.version, "user")?;
+                let state = users::state(&row)?;
+                if matches!(state, UserState::Deleted | UserState::Purged) {
+                    return Err(state_error(user_id, state, "INVITED, ACTIVE or DEACTIVATED"));
+                }
+                let before = self.to_user_in(&**tx, row.clone()).await?;
+                let mut new = row.clone();
+                if let Some((email, key)) = patch.email {
+                    new.email = Some(email);
+                    new.email_key = Some(key);
+                }
+                if let Some(v) = patch.given_name {
+                    new.given_name = v;
+                }
+                if let Some(v) = patch.family_name {
+                    new.family_name = v;
+                }
+                if let Some(v) = patch.display_name {
+                    new.display_name = v;
+                }
+                if new.display_name.is_empty() {
+                    new.display_name = derived_display_name(&new.given_name, &new.family_name);
+                }
+                if let Some(v) = patch.phone {
+                    new.phone = v;
+                }
+                if let Some(v) = patch.position {
+                    new.position = v;
+                }
+                if let Some(v) = patch.employee_number {
+                    new.employee_number = v;
+                }
+                if let Some(v) = patch.department_id {
+                    self.check_department_ref(tx, tenant_id, v, "user.department_id").await?;
+                    new.department_id = v;
+                }
+                if let Some(v) = patch.hire_date {
+                    new.hire_date = users::date_text(v);
+                }
+                if let Some(v) = patch.attributes {
+                    new.attributes = users::attributes_json(&v);
+                }
+                let row = users::update(tx, new, row.version).await?;
+                let after = self.to_user_in(&**tx, row).await?;
+                tx.policy_changed(tenant_id, Some(user_id));
+                tx.audit(AuditRecord::new(Some(tenant_id), "user.updated", "user", user_id).with_changes(
+                    Some(&before),
+                    Some(&after),
+                    USER_DIFF_IGNORE,
+                ));
+                Ok(after)
+            })
+            .await
+    }
+
+    /// Applies a lifecycle transition under the tenant lock and records it.
+    async fn transition(
+        &self,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        user_id: Uuid,
+        etag: &str,
+        action: &str,
+        reason: Option<String>,
+        change: impl AsyncFnOnce(&Tx, &Tenant, &mut Row, UserState) -> Result<()>,
+    ) -> Result<User> {
+        self.db
+            .write(ctx, async |tx| {
+                let tenant = tenants::lock(tx, tenant_id).await?;
+                let row = self.user_row(&**tx, tenant_id, user_id).await?;
+                check_etag(etag, row.version, "user")?;
+                let before = self.to_user_in(&**tx, row.clone()).await?;
+                let mut new = row.clone();
+                change(tx, &tenant, &mut new, before.state).await?;
+                let row = users::update(tx, new, row.version).await?;
+                let after = self.to_user_in(&**tx, row).await?;
+                tx.policy_changed(tenant_id, Some(user_id));
+                let mut record = AuditRecord::new(Some(tenant_id), action, "user", user_id).with_changes(
+                    Some(&before),
+                    Some(&after),
+                    USER_DIFF_IGNORE,
+                );
+                if let Some(reason) = reason.filter(|r| !r.is_empty()) {
+                    record = record.with_detail("reason", reason);
+                }
+                tx.audit(record);
+                Ok(after)
+            })
+            .await
+    }
+
+    pub async fn deactivate_user(
+        &self,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        user_id: Uuid,
+        etag: &str,
+        reason: String,
+        transfer_to: Option<Uuid>,
+    ) -> Result<User> {
+        if transfer_to.is_some() {
+            return Err(not_available("transfer_to_user_id"));
+        }
+        self.transition(ctx, tenant_id, user_id, etag, "user.deactivated", Some(reason), async |tx, _, row, state| {
+            if !matches!(state, UserState::Active | UserState::Invited) {
+                return Err(state_error(user_id, state, "ACTIVE or INVITED"));
+            }
+            self.ensure_not_last_admin(tx, tenant_id, row).await?;
+            tokens::revoke(tx, user_id, None).await?;
+            row.state = UserState::Deactivated.as_str().into();
+            row.deactivate_time = Some(now());
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn reactivate_user(
+        &self,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        user_id: Uuid,
+        etag: &str,
+        reason: String,
+    ) -> Result<User> {
+        self.transition(
+            ctx,
+            tenant_id,
+            user_id,
+            etag,
+            "user.reactivated",
+            Some(reason),
+            async |_, tenant, row, state| {
+                if state != UserState::Deactivated {
+                    return Err(state_error(user_id, state, "DEACTIVATED"));
+                }
+                seat_check(tenant)?;
+                row.state = UserState::Active.as_str().into();
+                row.deactivate_time = None;
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    pub async fn delete_user(
+        &self,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        user_id: Uuid,
+        etag: &str,
+        reason: String,
+        transfer_to: Option<Uuid>,
+    ) -> Result<User> {
+        if transfer_to.is_some() {
+            return Err(not_available("transfer_to_user_id"));
+        }
+        self.transition(ctx, tenant_id, user_id, etag, "user.deleted", Some(reason), async |tx, tenant, row, state| {
+            if !matches!(state, UserState::Active | UserState::Invited | UserState::Deactivated) {
+                return Err(state_error(user_id, state, "INVITED, ACTIVE or DEACTIVATED"));
+            }
+            self.ensure_not_last_admin(tx, tenant_id, row).await?;
+            tokens::revoke(tx, user_id, None).await?;
+            let t = now();
+            row.state = UserState::Deleted.as_str().into();
+            row.delete_time = Some(t);
+            row.purge_after = Some(t + chrono::Duration::seconds(tenant.settings.restore_window_secs as i64));
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn undelete_user(
+        &self,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        user_id: Uuid,
+        etag: &str,
+    ) -> Result<User> {
+        self.transition(ctx, tenant_id, user_id, etag, "user.undeleted", None, async |_, _, row, state| {
+            if state != UserState::Deleted {
+                return Err(state_error(user_id, state, "DELETED"));
+            }
+            if row.purge_after.is_some_and(|p| p <= now()) {
+                return Err(Error::precondition(
+                    Reason::RestoreWindowPassed,
+                    "RESTORE_WINDOW",
+                    format!("users/{user_id}"),
+                    "the restore window of this deleted user has passed; it can no longer be restored",
+                ));
+            }
+            row.state = UserState::Deactivated.as_str().into();
+            row.deactivate_time = Some(now());
+            row.delete_time = None;
+            row.purge_after = None;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn purge_user(&self, ctx: &RequestContext, tenant_id: &str, user_id: Uuid, etag: &str) -> Result<User> {
+        self.db
+            .write(ctx, async |tx| {
+                tenants::lock(tx, tenant_id).await?;
+                let row = self.user_row(&**tx, tenant_id, user_id).await?;
+                check_etag(etag, row.version, "user")?;
+                let state = users::state(&row)?;
+                if state != UserState::Deleted {
+                    return Err(state_error(user_id, state, "DELETED"));
+                }
+                self.purge_row(tx, row).await
+            })
+            .await
+    }
+
+    /// Erases the personal data of a DELETED user. The audit event names the erased fields but
+    /// carries none of their values.
+    async fn purge_row(&self, tx: &Tx, row: Row) -> Result<User> {
+        tokens::revoke(tx, row.user_id, None).await?;
+        roles::unassign_all(tx, row.user_id).await?;
+        tx.policy_changed(&row.tenant_id, Some(row.user_id));
+        let version = row.version;
+        let mut new = row.clone();
+        new.email = None;
+        new.email_key = None;
+        new.given_name = String::new();
+        new.family_name = String::new();
+        new.display_name = String::new();
+        new.phone = None;
+        new.position = String::new();
+        new.employee_number = None;
+        new.department_id = None;
+        new.hire_date = None;
+        new.attributes = "{}".into();
+        new.password_hash = None;
+        new.mfa_enrolled = false;
+        new.must_change_password = false;
+        new.state = UserState::Purged.as_str().into();
+        new.purge_after = None;
+        new.purge_time = Some(now());
+        let row = users::update(tx, new, version).await?;
+        let user = self.to_user_in(&**tx, row).await?;
+        let erased = [
+            "email",
+            "given_name",
+            "family_name",
+            "display_name",
+            "phone",
+            "position",
+            "employee_number",
+            "department_id",
+            "hire_date",
+            "attributes",
+            "credentials",
+        ];
+        tx.audit(
+            AuditRecord::new(Some(&user.tenant_id), "user.purged", "user", user.user_id)
+                .with_detail("erased_fields", erased.to_vec()),
+        );
+        Ok(user)
+    }
+
+    /// Purges DELETED users whose restore window has passed, each in its own transaction; returns
+    /// how many. Run periodically by the purge sweeper.
+    pub async fn purge_expired(&self, at: DateTime<Utc>, batch: u64) -> Result<PurgeReport> {
+        let due: Vec<(Uuid, String)> = users_entity::Entity::find()
+            .select_only()
+            .column(users_entity::Column::UserId)
+            .column(users_entity::Column::TenantId)
+            .filter(users_entity::Column::State.eq(UserState::Deleted.as_str()))
+            .filter(users_entity::Column::PurgeAfter.lte(at))
+            .order_by_asc(users_entity::Column::PurgeAfter)
+            .limit(batch)
+            .into_tuple()
+            .all(self.db.conn())
+            .await?;
+        let ctx = RequestContext::system("purge-sweeper");
+        let mut report = PurgeReport::default();
+        for (user_id, tenant_id) in due {
+            let purged = self
+                .db
+                .write(&ctx, async |tx| {
+                    tenants::lock(tx, &tenant_id).await?;
+                    let row = users::get(&**tx, &tenant_id, user_id).await?;
+                    // Re-check under the lock: the user may have been restored meanwhile.
+                    let due = users::state(&row)? == UserState::Deleted && row.purge_after.is_some_and(|p| p <= at);
+                    if due { self.purge_row(tx, row).await.map(|_| true) } else { Ok(false) }
+                })
+                .await?;
+            report.purged += usize::from(purged);
+        }
+        Ok(report)
+    }
+
+    pub async fn reset_password(
+        &self,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        user_id: Uuid,
+        temporary_password: Option<SecretString>,
+    ) -> Result<UserWithToken> {
+        let hash = match temporary_password {
+            Some(password) => {
+                let row = self.user_row(self.db.conn(), tenant_id, user_id).await?;
+                self.check_password_policy(tenant_id, "temporary_password", &password, row.email_key.as_deref())
+                    .await?;
+                Some(self.passwords.hash(password).await?)
+            }
+            None => None,
+        };
+        self.db
+            .write(ctx, async |tx| {
+                let tenant = tenants::lock(tx, tenant_id).await?;
+                let row = self.user_row(&**tx, tenant_id, user_id).await?;
+                let state = users::state(&row)?;
+                if state != UserState::Active {
+                    return Err(state_error(user_id, state, "ACTIVE"));
+                }
+                let version = row.version;
+                let mut new = row;
+                let method = if hash.is_some() { "temporary_password" } else { "reset_token" };
+                new.must_change_password = hash.is_some();
+                new.password_hash = hash;
+                tokens::revoke(tx, user_id, Some(TokenKind::PasswordReset)).await?;
+                let token = if new.password_hash.is_none() {
+                    let expire = now() + chrono::Duration::seconds(tenant.settings.invitation_ttl_secs as i64);
+                    Some(tokens::issue(tx, tenant_id, user_id, TokenKind::PasswordReset, expire).await?)
+                } else {
+                    None
+                };
+                let user = self.to_user_in(&**tx, users::update(tx, new, version).await?).await?;
+                tx.audit(
+                    AuditRecord::new(Some(tenant_id), "user.password_reset", "user", user_id)
+                        .with_detail("method", method),
+                );
+                let token_expire_time = token.as_ref().map(|t| t.expire_time);
+                Ok(UserWithToken { user, token, token_expire_time })
+            })
+            .await
+    }
+
+    pub async fn resend_invitation(
+        &self,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        user_id: Uuid,
+    ) -> Result<UserWithToken> {
+        self.db
+            .write(ctx, async |tx| {
+                let tenant = tenants::lock(tx, tenant_id).await?;
+                let row = self.user_row(&**tx, tenant_id, user_id).await?;
+                let state = users::state(&row)?;
+                if state != UserState::Invited {
+                    return Err(Error::precondition(
+                        Reason::NotInvited,
+                        "USER_STATE",
+                        format!("users/{user_id}"),
+                        format!("the user is {}, not INVITED: there is no invitation to resend", state.as_str()),
+                    ));
+                }
+                let expire = now() + chrono::Duration::seconds(tenant.settings.invitation_ttl_secs as i64);
+                let token = tokens::issue(tx, tenant_id, user_id, TokenKind::Invitation, expire).await?;
+                tx.audit(AuditRecord::new(Some(tenant_id), "user.invitation_resent", "user", user_id));
+                let user = self.to_user_in(&**tx, row).await?;
+                Ok(UserWithToken { user, token: Some(token), token_expire_time: Some(expire) })
+            })
+            .await
+    }
+}

@@ -1,0 +1,197 @@
+//! Ownership rows.
+
+use std::collections::BTreeMap;
+
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{Expr, OnConflict, Query},
+};
+use uuid::Uuid;
+
+use super::{
+    db::Tx,
+    entity::{ownerships, users},
+};
+use crate::domain::{Result, now, ownership::Ownership, user::UserState};
+
+/// Rows per INSERT statement (5 parameters each: well under both databases' parameter limits).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Inserts or re-owns records; returns how many rows were written.
+pub async fn upsert(tx: &Tx, tenant_id: &str, rows: &[Ownership]) -> Result<u64> {
+    let t = now();
+    let mut written = 0;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = Query::insert();
+        insert
+            .into_table(ownerships::Entity)
+            .columns([
+                ownerships::Column::TenantId,
+                ownerships::Column::Module,
+                ownerships::Column::ResourceId,
+                ownerships::Column::OwnerUserId,
+                ownerships::Column::UpdateTime,
+            ])
+            .on_conflict(
+                OnConflict::columns([ownerships::Column::TenantId, ownerships::Column::Module, ownerships::Column::ResourceId])
+                    .update_columns([ownerships::Column::OwnerUserId, ownerships::Column::UpdateTime])
+                    .to_owned(),
+            );
+        for r in chunk {
+            insert.values_panic([
+                tenant_id.into(),
+                r.module.clone().into(),
+                r.resource_id.clone().into(),
+                r.owner_user_id.into(),
+                t.into(),
+            ]);
+        }
+        written += tx.execute(&insert).await?.rows_affected();
+    }
+    Ok(written)
+}
+
+/// Removes records; returns how many existed.
+pub async fn forget(tx: &Tx, tenant_id: &str, refs: &[(String, String)]) -> Result<u64> {
+    let mut by_module: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (m, r) in refs {
+        by_module.entry(m.as_str()).or_default().push(r.as_str());
+    }
+    let mut removed = 0;
+    for (module, ids) in by_module {
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            removed += ownerships::Entity::delete_many()
+                .filter(ownerships::Column::TenantId.eq(tenant_id))
+                .filter(ownerships::Column::Module.eq(module))
+                .filter(ownerships::Column::ResourceId.is_in(chunk.iter().copied()))
+                .exec(&**tx)
+                .await?
+                .rows_affected;
+        }
+    }
+    Ok(removed)
+}
+
+/// The owner of a record, if it is registered.
+pub async fn owner_of(conn: &impl ConnectionTrait, tenant_id: &str, module: &str, resource_id: &str) -> Result<Option<Uuid>> {
+    Ok(ownerships::Entity::find_by_id((tenant_id.to_owned(), module.to_owned(), resource_id.to_owned()))
+        .select_only()
+        .column(ownerships::Column::OwnerUserId)
+        .into_tuple()
+        .one(conn)
+        .await?)
+}
+
+/// A user's records after `(module, resource_id)`, in that order.
+pub async fn list(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    user_id: Uuid,
+    module: Option<&str>,
+    after: Option<(String, String)>,
+    limit: u64,
+) -> Result<Vec<Ownership>> {
+    let mut q = ownerships::Entity::find()
+        .filter(ownerships::Column::TenantId.eq(tenant_id))
+        .filter(ownerships::Column::OwnerUserId.eq(user_id))
+        .order_by_asc(ownerships::Column::Module)
+        .order_by_asc(ownerships::Column::ResourceId)
+        .limit(limit);
+    if let Some(m) = module {
+        q = q.filter(ownerships::Column::Module.eq(m));
+    }
+    if let Some((m, r)) = after {
+        q = q.filter(
+            Condition::any()
+                .add(ownerships::Column::Module.gt(m.clone()))
+                .add(Condition::all().add(ownerships::Column::Module.eq(m)).add(ownerships::Column::ResourceId.gt(r))),
+        );
+    }
+    Ok(q.all(conn)
+        .await?
+        .into_iter()
+        .map(|m| Ownership { module: m.module, resource_id: m.resource_id, owner_user_id: m.owner_user_id })
+        .collect())
+}
+
+/// Records per module of one user (modules with records only, in module order).
+pub async fn counts(conn: &impl ConnectionTrait, tenant_id: &str, user_id: Uuid) -> Result<Vec<(String, i64)>> {
+    let rows: Vec<(String, i64)> = ownerships::Entity::find()
+        .select_only()
+        .column(ownerships::Column::Module)
+        .column_as(ownerships::Column::ResourceId.count(), "n")
+        .filter(ownerships::Column::TenantId.eq(tenant_id))
+        .filter(ownerships::Column::OwnerUserId.eq(user_id))
+        .group_by(ownerships::Column::Module)
+        .order_by_asc(ownerships::Column::Module)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    Ok(rows)
+}
+
+/// Users after `after` who are neither ACTIVE nor INVITED but own records, with their counts.
+pub async fn orphaned(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    after: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<(Uuid, Vec<(String, i64)>)>> {
+    let inactive = Query::select()
+        .column(users::Column::UserId)
+        .from(users::Entity)
+        .and_where(users::Column::TenantId.eq(tenant_id))
+        .and_where(users::Column::State.is_not_in([UserState::Active.as_str(), UserState::Invited.as_str()]))
+        .to_owned();
+    let mut q = ownerships::Entity::find()
+        .select_only()
+        .column(ownerships::Column::OwnerUserId)
+        .distinct()
+        .filter(ownerships::Column::TenantId.eq(tenant_id))
+        .filter(ownerships::Column::OwnerUserId.in_subquery(inactive))
+        .order_by_asc(ownerships::Column::OwnerUserId)
+        .limit(limit);
+    if let Some(a) = after {
+        q = q.filter(ownerships::Column::OwnerUserId.gt(a));
+    }
+    let owners: Vec<Uuid> = q.into_tuple().all(conn).await?;
+    let mut out = Vec::with_capacity(owners.len());
+    for o in owners {
+        out.push((o, counts(conn, tenant_id, o).await?));
+    }
+    Ok(out)
+}
+
+/// Up to `limit` record ids of a module owned by `from`, oldest id first.
+pub async fn owned_ids(tx: &Tx, tenant_id: &str, module: &str, from: Uuid, limit: u64) -> Result<Vec<String>> {
+    Ok(ownerships::Entity::find()
+        .select_only()
+        .column(ownerships::Column::ResourceId)
+        .filter(ownerships::Column::TenantId.eq(tenant_id))
+        .filter(ownerships::Column::OwnerUserId.eq(from))
+        .filter(ownerships::Column::Module.eq(module))
+        .order_by_asc(ownerships::Column::ResourceId)
+        .limit(limit)
+        .into_tuple()
+        .all(&**tx)
+        .await?)
+}
+
+/// Gives records still owned by `from` to `to`; returns how many moved.
+pub async fn reassign(tx: &Tx, tenant_id: &str, module: &str, from: Uuid, to: Uuid, ids: &[String]) -> Result<u64> {
+    let mut moved = 0;
+    let t = now();
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        moved += ownerships::Entity::update_many()
+            .col_expr(ownerships::Column::OwnerUserId, Expr::value(to))
+            .col_expr(ownerships::Column::UpdateTime, Expr::value(t))
+            .filter(ownerships::Column::TenantId.eq(tenant_id))
+            .filter(ownerships::Column::Module.eq(module))
+            .filter(ownerships::Column::OwnerUserId.eq(from))
+            .filter(ownerships::Column::ResourceId.is_in(chunk.iter().map(String::as_str)))
+            .exec(&**tx)
+            .await?
+            .rows_affected;
+    }
+    Ok(moved)
+}

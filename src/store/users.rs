@@ -1,0 +1,201 @@
+//! User rows.
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{Expr, ExprTrait, Func, LikeExpr},
+};
+use uuid::Uuid;
+
+use super::{
+    db::{Tx, map_unique},
+    entity::users,
+};
+use crate::domain::{
+    Error, Reason, Result,
+    user::{User, UserState},
+};
+
+pub use users::Model as Row;
+
+pub fn not_found(user_id: impl std::fmt::Display) -> Error {
+    Error::not_found(Reason::UserNotFound, format!("user {user_id} does not exist in this tenant"))
+}
+
+pub fn state(row: &Row) -> Result<UserState> {
+    UserState::parse(&row.state)
+        .ok_or_else(|| Error::internal(anyhow::anyhow!("bad stored user state {:?}", row.state)))
+}
+
+pub fn to_domain(m: Row, role_ids: Vec<Uuid>) -> Result<User> {
+    let state = state(&m)?;
+    let attributes: BTreeMap<String, String> = serde_json::from_str(&m.attributes).map_err(Error::internal)?;
+    let hire_date = match m.hire_date.as_deref() {
+        Some(d) => Some(NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(Error::internal)?),
+        None => None,
+    };
+    Ok(User {
+        user_id: m.user_id,
+        tenant_id: m.tenant_id,
+        email: m.email,
+        given_name: m.given_name,
+        family_name: m.family_name,
+        display_name: m.display_name,
+        phone: m.phone,
+        position: m.position,
+        employee_number: m.employee_number,
+        department_id: m.department_id,
+        hire_date,
+        state,
+        role_ids,
+        mfa_enrolled: m.mfa_enrolled,
+        must_change_password: m.must_change_password,
+        attributes,
+        last_login_time: m.last_login_time,
+        create_time: m.create_time,
+        update_time: m.update_time,
+        deactivate_time: m.deactivate_time,
+        delete_time: m.delete_time,
+        purge_after: m.purge_after,
+        purge_time: m.purge_time,
+        version: m.version,
+    })
+}
+
+pub fn attributes_json(a: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(a).expect("string map serializes")
+}
+
+pub fn date_text(d: Option<NaiveDate>) -> Option<String> {
+    d.map(|d| d.format("%Y-%m-%d").to_string())
+}
+
+/// The user's row, if it belongs to the tenant.
+pub async fn find(conn: &impl ConnectionTrait, tenant_id: &str, user_id: Uuid) -> Result<Option<Row>> {
+    Ok(users::Entity::find_by_id(user_id).filter(users::Column::TenantId.eq(tenant_id)).one(conn).await?)
+}
+
+pub async fn get(conn: &impl ConnectionTrait, tenant_id: &str, user_id: Uuid) -> Result<Row> {
+    find(conn, tenant_id, user_id).await?.ok_or_else(|| not_found(user_id))
+}
+
+fn unique_error(e: sea_orm::DbErr) -> Error {
+    let e = match e.sql_err() {
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(msg)) if msg.contains("employee_number") => {
+            return Error::already_exists(
+                Reason::EmployeeNumberTaken,
+                "another user of this tenant has this employee number",
+            );
+        }
+        _ => e,
+    };
+    map_unique(e, &["email_key", "ux_users_tenant_email"], || {
+        Error::already_exists(Reason::EmailTaken, "another user of this tenant has this email address")
+    })
+}
+
+pub async fn insert(tx: &Tx, row: Row) -> Result<Row> {
+    row.into_active_model().reset_all().insert(&**tx).await.map_err(unique_error)
+}
+
+/// Writes `row` (whose `version` is already the new one) if the stored version is still
+/// `expected_version`; otherwise ABORTED.
+pub async fn update(tx: &Tx, mut row: Row, expected_version: i64) -> Result<Row> {
+    row.version = expected_version + 1;
+    row.update_time = crate::domain::now();
+    let done = users::Entity::update_many()
+        .set(row.clone().into_active_model().reset_all())
+        .filter(users::Column::UserId.eq(row.user_id))
+        .filter(users::Column::Version.eq(expected_version))
+        .exec(&**tx)
+        .await
+        .map_err(unique_error)?;
+    if done.rows_affected != 1 {
+        return Err(Error::etag_mismatch("user"));
+    }
+    Ok(row)
+}
+
+/// Filters of a user listing.
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    pub states: Vec<UserState>,
+    /// Users of any of these departments (None: any department or none).
+    pub department_ids: Option<Vec<Uuid>>,
+    /// Case-insensitive substring of email or a name.
+    pub query: Option<String>,
+}
+
+/// Users after `after` in creation (id) order, at most `limit`.
+pub async fn list(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    filter: &UserFilter,
+    after: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<Row>> {
+    let mut q = users::Entity::find()
+        .filter(users::Column::TenantId.eq(tenant_id))
+        .filter(users::Column::State.is_in(filter.states.iter().map(|s| s.as_str())))
+        .order_by_asc(users::Column::UserId)
+        .limit(limit);
+    if let Some(ids) = &filter.department_ids {
+        q = q.filter(users::Column::DepartmentId.is_in(ids.iter().copied()));
+    }
+    if let Some(text) = &filter.query {
+        let escaped = text.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        let pattern = format!("%{escaped}%");
+        let mut any = Condition::any();
+        for col in
+            [users::Column::Email, users::Column::GivenName, users::Column::FamilyName, users::Column::DisplayName]
+        {
+            any = any.add(Expr::expr(Func::lower(Expr::col(col))).like(LikeExpr::new(pattern.clone()).escape('\\')));
+        }
+        q = q.filter(any);
+    }
+    if let Some(after) = after {
+        q = q.filter(users::Column::UserId.gt(after));
+    }
+    Ok(q.all(conn).await?)
+}
+
+/// Users of a tenant.
+pub async fn count_in_tenant(conn: &impl ConnectionTrait, tenant_id: &str) -> Result<u64> {
+    Ok(users::Entity::find().filter(users::Column::TenantId.eq(tenant_id)).count(conn).await?)
+}
+
+/// (user, state, department) of every user of a tenant.
+pub async fn facts_of_tenant(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+) -> Result<Vec<(Uuid, UserState, Option<Uuid>)>> {
+    let rows: Vec<(Uuid, String, Option<Uuid>)> = users::Entity::find()
+        .select_only()
+        .column(users::Column::UserId)
+        .column(users::Column::State)
+        .column(users::Column::DepartmentId)
+        .filter(users::Column::TenantId.eq(tenant_id))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    rows.into_iter()
+        .map(|(u, s, d)| {
+            let state =
+                UserState::parse(&s).ok_or_else(|| Error::internal(anyhow::anyhow!("bad stored user state {s:?}")))?;
+            Ok((u, state, d))
+        })
+        .collect()
+}
+
+/// Users (in any state but PURGED) in a department.
+pub async fn count_in_department(conn: &impl ConnectionTrait, tenant_id: &str, department_id: Uuid) -> Result<u64> {
+    Ok(users::Entity::find()
+        .filter(users::Column::TenantId.eq(tenant_id))
+        .filter(users::Column::DepartmentId.eq(department_id))
+        .filter(users::Column::State.ne(UserState::Purged.as_str()))
+        .count(conn)
+        .await?)
+}
