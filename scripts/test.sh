@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The test command: makes a PostgreSQL server reachable, then runs the whole test suite, every
+# integration test on SQLite and on PostgreSQL. It never skips the PostgreSQL leg: if no
+# PostgreSQL can be provided it fails.
+#
+#   scripts/test.sh [extra cargo test arguments]
+#
+# PostgreSQL: CRM_IAM_TEST_POSTGRES_URL when set (a URL with rights to CREATE DATABASE); otherwise
+# a local server on 127.0.0.1:5432 with trust authentication (started with pg_ctlcluster if it is
+# installed but stopped); otherwise a private throwaway cluster under target/ (installing Debian's
+# postgresql package first if no PostgreSQL is installed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'test.sh: %s\n' "$*" >&2; }
+
+can_connect() { # URL
+  psql "$1" -Atqc 'SELECT 1' >/dev/null 2>&1
+}
+
+install_postgres() {
+  if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
+    log "installing PostgreSQL (Debian package postgresql)"
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null
+  fi
+}
+
+private_cluster() {
+  local bin data port=55432 run=()
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  data="$PWD/target/test-postgres"
+  if [ "$(id -u)" -eq 0 ]; then run=(runuser -u postgres --); fi
+  mkdir -p "$data"
+  [ "$(id -u)" -eq 0 ] && chown postgres "$data"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "creating a private PostgreSQL cluster in $data"
+    "${run[@]}" "$bin/initdb" -D "$data" -U postgres --auth=trust >/dev/null
+  fi
+  if ! "${run[@]}" "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    "${run[@]}" "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w \
+      -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on" start >/dev/null
+  fi
+  echo "postgres://postgres@127.0.0.1:$port/postgres"
+}
+
+ensure_postgres() {
+  local url="postgres://postgres@127.0.0.1:5432/postgres"
+  if command -v psql >/dev/null 2>&1 && can_connect "$url"; then echo "$url"; return; fi
+  if command -v pg_lsclusters >/dev/null 2>&1; then
+    local ver
+    ver=$(pg_lsclusters -h 2>/dev/null | awk '$2 == "main" { print $1; exit }')
+    if [ -n "$ver" ]; then
+      log "starting the local PostgreSQL $ver cluster"
+      pg_ctlcluster --skip-systemctl-redirect "$ver" main start >/dev/null 2>&1 || true
+      for _ in $(seq 1 30); do can_connect "$url" && { echo "$url"; return; }; sleep 0.5; done
+    fi
+  fi
+  install_postgres
+  url=$(private_cluster)
+  for _ in $(seq 1 30); do can_connect "$url" && { echo "$url"; return; }; sleep 0.5; done
+  log "could not provide PostgreSQL"; return 1
+}
+
+if [ -z "${CRM_IAM_TEST_POSTGRES_URL:-}" ]; then
+  install_postgres # psql is needed to check and clean up
+  CRM_IAM_TEST_POSTGRES_URL=$(ensure_postgres)
+fi
+export CRM_IAM_TEST_POSTGRES_URL
+can_connect "$CRM_IAM_TEST_POSTGRES_URL" || { log "PostgreSQL at CRM_IAM_TEST_POSTGRES_URL is not reachable"; exit 1; }
+log "PostgreSQL: ${CRM_IAM_TEST_POSTGRES_URL%%@*}@${CRM_IAM_TEST_POSTGRES_URL#*@}"
+
+# Remove databases left behind by interrupted runs.
+for db in $(psql "$CRM_IAM_TEST_POSTGRES_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'crm\_iam\_test\_%'"); do
+  psql "$CRM_IAM_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+done
+
+# Tests mostly wait on I/O, so more run at once than there are cores.
+cargo test --workspace --locked "$@" -- --test-threads "${CRM_IAM_TEST_THREADS:-6}"

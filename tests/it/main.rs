@@ -1,0 +1,13 @@
+//! Integration tests: every test starts a real crm-iam server on an ephemeral port over a fresh
+//! database and talks to it over gRPC. Each test runs on SQLite and on PostgreSQL.
+
+mod access;
+mod audit;
+mod common;
+mod departments;
+mod roles;
+mod server;
+mod tenants;
+mod tracing;
+mod users;
+mod users_concurrency;
