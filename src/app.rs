@@ -15,8 +15,8 @@ use tower_http::{classify::GrpcFailureClass, trace::TraceLayer};
 
 use crate::{
     api::{
-        access::AccessApi, audit_events::AuditEventsApi, role_admin::RoleAdminApi, tenant_admin::TenantAdminApi,
-        user_admin::UserAdminApi,
+        access::AccessApi, audit_events::AuditEventsApi, ownership_transfer::OwnershipTransferApi,
+        role_admin::RoleAdminApi, tenant_admin::TenantAdminApi, user_admin::UserAdminApi,
     },
     auth::{Authenticator, password::Passwords},
     config::{Config, redact_url},
@@ -24,11 +24,15 @@ use crate::{
     proto::{
         self,
         v1::{
-            access_server::AccessServer, audit_events_server::AuditEventsServer, role_admin_server::RoleAdminServer,
+            access_server::AccessServer, audit_events_server::AuditEventsServer,
+            ownership_transfer_server::OwnershipTransferServer, role_admin_server::RoleAdminServer,
             tenant_admin_server::TenantAdminServer, user_admin_server::UserAdminServer,
         },
     },
-    service::{Iam, audit, replicas},
+    service::{
+        Iam, audit, replicas,
+        transfers::{self, TransferSettings},
+    },
     store::{Db, DbConfig},
     telemetry,
 };
@@ -41,6 +45,7 @@ pub fn service_names() -> Vec<&'static str> {
         <RoleAdminServer<RoleAdminApi> as NamedService>::NAME,
         <AccessServer<AccessApi> as NamedService>::NAME,
         <AuditEventsServer<AuditEventsApi> as NamedService>::NAME,
+        <OwnershipTransferServer<OwnershipTransferApi> as NamedService>::NAME,
     ]
 }
 
@@ -171,6 +176,15 @@ impl Application {
             tokio::spawn(jobs::idempotency_sweeper(iam.clone(), config.idempotency_retention, stop.clone())),
             tokio::spawn(replicas::follow(iam.clone(), config.policy_poll_interval, stop.clone())),
             tokio::spawn(audit::run_hub(iam.clone(), stop.clone())),
+            tokio::spawn(transfers::run_worker(
+                iam.clone(),
+                TransferSettings {
+                    batch_size: config.transfer_batch_size,
+                    lease: config.transfer_lease,
+                    poll_interval: config.transfer_poll_interval,
+                },
+                stop.clone(),
+            )),
             tokio::spawn(jobs::audit_retention(
                 iam.clone(),
                 config.platform_audit_retention,
@@ -220,6 +234,11 @@ impl Application {
             ))
             .add_service(InterceptedService::new(
                 AuditEventsServer::new(AuditEventsApi::new(iam.clone())).max_decoding_message_size(max_message),
+                authenticator.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                OwnershipTransferServer::new(OwnershipTransferApi::new(iam.clone()))
+                    .max_decoding_message_size(max_message),
                 authenticator.clone(),
             ));
         if let Some(extra) = extra {

@@ -71,6 +71,15 @@ pub struct Config {
     /// How often the audit retention job runs.
     #[serde(with = "humantime_serde")]
     pub audit_retention_interval: Duration,
+    /// Records a transfer job moves per transaction (and lists in one `ownership.transferred` event).
+    pub transfer_batch_size: u64,
+    /// How long a replica's claim on a transfer job lasts without renewal: after a crash, another
+    /// replica (or the restarted one) resumes the job this long after its last batch.
+    #[serde(with = "humantime_serde")]
+    pub transfer_lease: Duration,
+    /// How often an idle replica looks for transfer jobs created elsewhere or left by a crash.
+    #[serde(with = "humantime_serde")]
+    pub transfer_poll_interval: Duration,
     /// Testing aid: a random delay of up to this long before each commit (default 0).
     #[serde(with = "humantime_serde")]
     pub debug_commit_delay: Duration,
@@ -97,6 +106,9 @@ impl Default for Config {
             migrate: true,
             platform_audit_retention: Duration::from_secs(400 * 24 * 3600),
             audit_retention_interval: Duration::from_secs(3600),
+            transfer_batch_size: 2000,
+            transfer_lease: Duration::from_secs(30),
+            transfer_poll_interval: Duration::from_secs(1),
             debug_commit_delay: Duration::ZERO,
         }
     }
@@ -157,6 +169,11 @@ impl Config {
             .merge(Env::prefixed("CRM_IAM_").ignore(&["CONFIG", "TEST_POSTGRES_URL"]))
             .merge(Serialized::defaults(overrides));
         let config: Config = figment.extract()?;
+        anyhow::ensure!(
+            (1..=10_000).contains(&config.transfer_batch_size),
+            "transfer_batch_size must be between 1 and 10000"
+        );
+        anyhow::ensure!(config.transfer_lease >= Duration::from_secs(1), "transfer_lease must be at least 1s");
         anyhow::ensure!(
             config.idempotency_retention >= Duration::from_secs(24 * 3600),
             "idempotency_retention must be at least 24h"

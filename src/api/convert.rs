@@ -8,9 +8,11 @@ use crate::{
         access::{Module, Permission, Scope},
         department::Department,
         etag,
+        ownership::{RuleTarget, Transfer, TransferRule, TransferState},
         role::Role,
         tenant::{SettingsPatch, Tenant, TenantSettings},
         user::{User, UserState},
+        validate,
     },
     proto::v1 as pb,
 };
@@ -266,4 +268,104 @@ pub fn module_to_proto(m: Module) -> pb::Module {
         actions: m.actions,
         builtin: m.builtin,
     }
+}
+
+pub fn transfer_state_to_proto(s: TransferState) -> pb::TransferState {
+    match s {
+        TransferState::Pending => pb::TransferState::Pending,
+        TransferState::Running => pb::TransferState::Running,
+        TransferState::Succeeded => pb::TransferState::Succeeded,
+        TransferState::Failed => pb::TransferState::Failed,
+        TransferState::Cancelled => pb::TransferState::Cancelled,
+    }
+}
+
+pub fn transfer_state_from_proto(s: pb::TransferState) -> Option<TransferState> {
+    match s {
+        pb::TransferState::Unspecified => None,
+        pb::TransferState::Pending => Some(TransferState::Pending),
+        pb::TransferState::Running => Some(TransferState::Running),
+        pb::TransferState::Succeeded => Some(TransferState::Succeeded),
+        pb::TransferState::Failed => Some(TransferState::Failed),
+        pb::TransferState::Cancelled => Some(TransferState::Cancelled),
+    }
+}
+
+pub fn rule_to_proto(r: &TransferRule) -> pb::TransferRule {
+    pb::TransferRule {
+        module: r.module.clone().unwrap_or_default(),
+        target: Some(match r.target {
+            RuleTarget::User(u) => pb::transfer_rule::Target::ToUserId(u.to_string()),
+            RuleTarget::RoundRobin(d) => pb::transfer_rule::Target::RoundRobinDepartmentId(d.to_string()),
+        }),
+    }
+}
+
+/// Rules of a request; each bad one is a field violation under `rules[i]`.
+pub fn rules_from_proto(v: &mut Violations, rules: &[pb::TransferRule]) -> Vec<TransferRule> {
+    let mut out = Vec::with_capacity(rules.len());
+    for (i, r) in rules.iter().enumerate() {
+        let module = (!r.module.is_empty()).then(|| r.module.clone());
+        if r.module.len() > 63 {
+            v.add(format!("rules[{i}].module"), "is not a module name (at most 63 characters)");
+        }
+        let target = match &r.target {
+            None => {
+                v.add(format!("rules[{i}].target"), "give to_user_id or round_robin_department_id");
+                continue;
+            }
+            Some(pb::transfer_rule::Target::ToUserId(u)) => {
+                match v.check(&format!("rules[{i}].to_user_id"), validate::uuid(u)) {
+                    Some(u) => RuleTarget::User(u),
+                    None => continue,
+                }
+            }
+            Some(pb::transfer_rule::Target::RoundRobinDepartmentId(d)) => {
+                match v.check(&format!("rules[{i}].round_robin_department_id"), validate::uuid(d)) {
+                    Some(d) => RuleTarget::RoundRobin(d),
+                    None => continue,
+                }
+            }
+        };
+        out.push(TransferRule { module, target });
+    }
+    if rules.len() > 100 {
+        v.add("rules", "at most 100 rules");
+    }
+    out
+}
+
+pub fn transfer_to_proto(t: Transfer) -> pb::Transfer {
+    pb::Transfer {
+        transfer_id: t.transfer_id.to_string(),
+        tenant_id: t.tenant_id,
+        from_user_id: t.from_user_id.to_string(),
+        rules: t.rules.iter().map(rule_to_proto).collect(),
+        state: transfer_state_to_proto(t.state) as i32,
+        total: t.total,
+        moved: t.moved,
+        progress: t
+            .progress
+            .into_iter()
+            .map(|p| pb::ModuleProgress {
+                module: p.module,
+                moved: p.moved,
+                to_user_ids: p.targets.iter().map(|u| u.to_string()).collect(),
+            })
+            .collect(),
+        error: t.error,
+        create_time: Some(ts(t.create_time)),
+        start_time: opt_ts(t.start_time),
+        end_time: opt_ts(t.end_time),
+        update_time: Some(ts(t.update_time)),
+    }
+}
+
+pub fn precondition_to_proto(v: crate::domain::error::PreconditionViolation) -> pb::TransferViolation {
+    pb::TransferViolation { r#type: v.kind, subject: v.subject, description: v.description }
+}
+
+pub fn counts_to_proto(counts: Vec<(String, i64)>) -> (Vec<pb::ModuleCount>, i64) {
+    let total = counts.iter().map(|(_, n)| n).sum();
+    (counts.into_iter().map(|(module, count)| pb::ModuleCount { module, count }).collect(), total)
 }

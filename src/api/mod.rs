@@ -5,6 +5,7 @@
 pub mod access;
 pub mod audit_events;
 pub mod convert;
+pub mod ownership_transfer;
 pub mod role_admin;
 pub mod status;
 pub mod tenant_admin;

@@ -311,8 +311,12 @@ impl UserAdmin for UserAdminApi {
         let ctx = mutation(&req, &caller, &tenant_id, method("DeactivateUser"), msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
-        let user = self.iam.deactivate_user(&ctx, &tenant_id, user_id, &msg.etag, reason, transfer_to).await?;
-        Ok(Response::new(pb::DeactivateUserResponse { user: user_response(user), transfer: None }))
+        let (user, transfer) =
+            self.iam.deactivate_user(&ctx, &tenant_id, user_id, &msg.etag, reason, transfer_to).await?;
+        Ok(Response::new(pb::DeactivateUserResponse {
+            user: user_response(user),
+            transfer: transfer.map(convert::transfer_to_proto),
+        }))
     }
 
     async fn reactivate_user(
@@ -342,8 +346,11 @@ impl UserAdmin for UserAdminApi {
             .map_err(|d| Error::invalid_field("transfer_to_user_id", d))?;
         let ctx =
             mutation(&req, &caller, &tenant_id, method("DeleteUser"), msg, &msg.request_id, |m| m.request_id.clear())?;
-        let user = self.iam.delete_user(&ctx, &tenant_id, user_id, &msg.etag, reason, transfer_to).await?;
-        Ok(Response::new(pb::DeleteUserResponse { user: user_response(user), transfer: None }))
+        let (user, transfer) = self.iam.delete_user(&ctx, &tenant_id, user_id, &msg.etag, reason, transfer_to).await?;
+        Ok(Response::new(pb::DeleteUserResponse {
+            user: user_response(user),
+            transfer: transfer.map(convert::transfer_to_proto),
+        }))
     }
 
     async fn undelete_user(

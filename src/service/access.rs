@@ -181,6 +181,23 @@ pub struct Effective {
     pub department_ids: Vec<Uuid>,
 }
 
+/// Reads and compiles a tenant's rules (catalog, roles, department tree) through `conn`: the
+/// pool for the cache, or a transaction when a write must decide on current rules.
+pub async fn compile_policy(conn: &impl sea_orm::ConnectionTrait, tenant_id: &str) -> Result<Policy> {
+    tenants::get(conn, tenant_id).await?;
+    let catalog = roles::catalog(conn, tenant_id).await?;
+    let mut policy = Policy::new(&catalog);
+    for row in roles::all(conn, tenant_id).await? {
+        let permissions = roles::permissions(&row, &catalog)?;
+        policy.add_role(row.role_id, row.name, &permissions);
+    }
+    for d in departments::all(conn, tenant_id).await? {
+        policy.parents.insert(d.department_id, d.parent_department_id);
+        policy.department_names.insert(d.department_id, d.name);
+    }
+    Ok(policy)
+}
+
 impl Iam {
     /// The compiled policy of a tenant (loaded once per invalidation; concurrent callers share the load).
     async fn policy(&self, tenant: &TenantEntry, tenant_id: &str) -> Result<Arc<Policy>> {
@@ -191,17 +208,7 @@ impl Iam {
     async fn load_policy(&self, tenant: &TenantEntry, tenant_id: &str) -> Result<Arc<Policy>> {
         self.access.stats.policy_loads.fetch_add(1, Ordering::Relaxed);
         let conn = self.db.conn();
-        tenants::get(conn, tenant_id).await?;
-        let catalog = roles::catalog(conn, tenant_id).await?;
-        let mut policy = Policy::new(&catalog);
-        for row in roles::all(conn, tenant_id).await? {
-            let permissions = roles::permissions(&row, &catalog)?;
-            policy.add_role(row.role_id, row.name, &permissions);
-        }
-        for d in departments::all(conn, tenant_id).await? {
-            policy.parents.insert(d.department_id, d.parent_department_id);
-            policy.department_names.insert(d.department_id, d.name);
-        }
+        let policy = compile_policy(conn, tenant_id).await?;
 
         let generation = tenant.generation.load(Ordering::SeqCst);
         if users::count_in_tenant(conn, tenant_id).await? <= PREFETCH_MAX_USERS {
@@ -259,7 +266,13 @@ impl Iam {
     }
 
     /// The registered owner of a record (cached; ownership changes flush the tenant's entries).
-    async fn registered_owner(&self, tenant: &TenantEntry, tenant_id: &str, module: &str, resource_id: &str) -> Result<Option<Uuid>> {
+    async fn registered_owner(
+        &self,
+        tenant: &TenantEntry,
+        tenant_id: &str,
+        module: &str,
+        resource_id: &str,
+    ) -> Result<Option<Uuid>> {
         let key = (module.to_owned(), resource_id.to_owned());
         if let Some(hit) = tenant.owners.get(&key) {
             self.access.stats.owner_hits.fetch_add(1, Ordering::Relaxed);

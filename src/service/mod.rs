@@ -5,9 +5,11 @@
 pub mod access;
 pub mod audit;
 mod departments;
+mod ownership;
 pub mod replicas;
 pub mod roles;
 mod tenants;
+pub mod transfers;
 mod users;
 
 use std::sync::Arc;
@@ -25,6 +27,8 @@ pub struct Iam {
     pub audit: Arc<audit::AuditHub>,
     /// Cancelled when the server shuts down: streams and background jobs end.
     pub stop: tokio_util::sync::CancellationToken,
+    /// Wakes this replica's transfer worker when a job is created here.
+    pub transfer_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Iam {
@@ -39,6 +43,7 @@ impl Iam {
             access,
             audit: Arc::new(audit::AuditHub::default()),
             stop: tokio_util::sync::CancellationToken::new(),
+            transfer_wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }

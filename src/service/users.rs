@@ -1,5 +1,5 @@
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::ExprTrait};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
@@ -11,14 +11,15 @@ use crate::{
         check_etag,
         error::QuotaViolation,
         now,
+        ownership::{RuleTarget, Transfer, TransferRule},
         tenant::Tenant,
         user::{Credential, Profile, User, UserPatch, UserState, UserWithToken, derived_display_name},
         validate,
     },
     store::{
         Tx, departments,
-        entity::users as users_entity,
-        roles, tenants,
+        entity::{ownerships as ownerships_entity, users as users_entity},
+        ownership, roles, tenants,
         tokens::{self, TokenKind},
         users::{self, Row, UserFilter},
     },
@@ -59,15 +60,6 @@ fn seat_check(tenant: &Tenant) -> Result<()> {
         return Err(e);
     }
     Ok(())
-}
-
-fn not_available(field: &str) -> Error {
-    Error::precondition(
-        Reason::NotAvailable,
-        "FEATURE",
-        field,
-        format!("{field} needs the ownership registry, which this version does not have yet; leave it empty"),
-    )
 }
 
 impl Iam {
@@ -302,8 +294,9 @@ impl Iam {
             .await
     }
 
-    /// Applies a lifecycle transition under the tenant lock and records it.
-    async fn transition(
+    /// Applies a lifecycle transition under the tenant lock and records it. `change` may do more
+    /// in the same transaction and return what it made (a transfer job).
+    async fn transition<X: serde::Serialize + serde::de::DeserializeOwned>(
         &self,
         ctx: &RequestContext,
         tenant_id: &str,
@@ -311,8 +304,8 @@ impl Iam {
         etag: &str,
         action: &str,
         reason: Option<String>,
-        change: impl AsyncFnOnce(&Tx, &Tenant, &mut Row, UserState) -> Result<()>,
-    ) -> Result<User> {
+        change: impl AsyncFnOnce(&Tx, &Tenant, &mut Row, UserState) -> Result<X>,
+    ) -> Result<(User, X)> {
         self.db
             .write(ctx, async |tx| {
                 let tenant = tenants::lock(tx, tenant_id).await?;
@@ -320,7 +313,7 @@ impl Iam {
                 check_etag(etag, row.version, "user")?;
                 let before = self.to_user_in(&**tx, row.clone()).await?;
                 let mut new = row.clone();
-                change(tx, &tenant, &mut new, before.state).await?;
+                let made = change(tx, &tenant, &mut new, before.state).await?;
                 let row = users::update(tx, new, row.version).await?;
                 let after = self.to_user_in(&**tx, row).await?;
                 tx.policy_changed(tenant_id, Some(user_id));
@@ -333,7 +326,7 @@ impl Iam {
                     record = record.with_detail("reason", reason);
                 }
                 tx.audit(record);
-                Ok(after)
+                Ok((after, made))
             })
             .await
     }
@@ -346,21 +339,37 @@ impl Iam {
         etag: &str,
         reason: String,
         transfer_to: Option<Uuid>,
-    ) -> Result<User> {
-        if transfer_to.is_some() {
-            return Err(not_available("transfer_to_user_id"));
+    ) -> Result<(User, Option<Transfer>)> {
+        let result = self
+            .transition(ctx, tenant_id, user_id, etag, "user.deactivated", Some(reason), async |tx, _, row, state| {
+                if !matches!(state, UserState::Active | UserState::Invited) {
+                    return Err(state_error(user_id, state, "ACTIVE or INVITED"));
+                }
+                self.ensure_not_last_admin(tx, tenant_id, row).await?;
+                tokens::revoke(tx, user_id, None).await?;
+                row.state = UserState::Deactivated.as_str().into();
+                row.deactivate_time = Some(now());
+                self.transfer_everything(tx, ctx, tenant_id, user_id, transfer_to).await
+            })
+            .await?;
+        if result.1.is_some() {
+            self.transfer_wake.notify_one();
         }
-        self.transition(ctx, tenant_id, user_id, etag, "user.deactivated", Some(reason), async |tx, _, row, state| {
-            if !matches!(state, UserState::Active | UserState::Invited) {
-                return Err(state_error(user_id, state, "ACTIVE or INVITED"));
-            }
-            self.ensure_not_last_admin(tx, tenant_id, row).await?;
-            tokens::revoke(tx, user_id, None).await?;
-            row.state = UserState::Deactivated.as_str().into();
-            row.deactivate_time = Some(now());
-            Ok(())
-        })
-        .await
+        Ok(result)
+    }
+
+    /// With a target: a transfer of everything the user owns, created in `tx`.
+    async fn transfer_everything(
+        &self,
+        tx: &Tx,
+        ctx: &RequestContext,
+        tenant_id: &str,
+        user_id: Uuid,
+        transfer_to: Option<Uuid>,
+    ) -> Result<Option<Transfer>> {
+        let Some(to) = transfer_to else { return Ok(None) };
+        let rules = [TransferRule { module: None, target: RuleTarget::User(to) }];
+        Ok(Some(self.create_transfer(tx, ctx, tenant_id, user_id, &rules).await?))
     }
 
     pub async fn reactivate_user(
@@ -389,6 +398,7 @@ impl Iam {
             },
         )
         .await
+        .map(|(u, ())| u)
     }
 
     pub async fn delete_user(
@@ -399,23 +409,34 @@ impl Iam {
         etag: &str,
         reason: String,
         transfer_to: Option<Uuid>,
-    ) -> Result<User> {
-        if transfer_to.is_some() {
-            return Err(not_available("transfer_to_user_id"));
+    ) -> Result<(User, Option<Transfer>)> {
+        let result = self
+            .transition(ctx, tenant_id, user_id, etag, "user.deleted", Some(reason), async |tx, tenant, row, state| {
+                if !matches!(state, UserState::Active | UserState::Invited | UserState::Deactivated) {
+                    return Err(state_error(user_id, state, "INVITED, ACTIVE or DEACTIVATED"));
+                }
+                self.ensure_not_last_admin(tx, tenant_id, row).await?;
+                if transfer_to.is_none() {
+                    self.ensure_owns_nothing(
+                        tx,
+                        tenant_id,
+                        user_id,
+                        "transfer them first (PlanTransfer/StartTransfer) or name transfer_to_user_id",
+                    )
+                    .await?;
+                }
+                tokens::revoke(tx, user_id, None).await?;
+                let t = now();
+                row.state = UserState::Deleted.as_str().into();
+                row.delete_time = Some(t);
+                row.purge_after = Some(t + chrono::Duration::seconds(tenant.settings.restore_window_secs as i64));
+                self.transfer_everything(tx, ctx, tenant_id, user_id, transfer_to).await
+            })
+            .await?;
+        if result.1.is_some() {
+            self.transfer_wake.notify_one();
         }
-        self.transition(ctx, tenant_id, user_id, etag, "user.deleted", Some(reason), async |tx, tenant, row, state| {
-            if !matches!(state, UserState::Active | UserState::Invited | UserState::Deactivated) {
-                return Err(state_error(user_id, state, "INVITED, ACTIVE or DEACTIVATED"));
-            }
-            self.ensure_not_last_admin(tx, tenant_id, row).await?;
-            tokens::revoke(tx, user_id, None).await?;
-            let t = now();
-            row.state = UserState::Deleted.as_str().into();
-            row.delete_time = Some(t);
-            row.purge_after = Some(t + chrono::Duration::seconds(tenant.settings.restore_window_secs as i64));
-            Ok(())
-        })
-        .await
+        Ok(result)
     }
 
     pub async fn undelete_user(
@@ -444,6 +465,7 @@ impl Iam {
             Ok(())
         })
         .await
+        .map(|(u, ())| u)
     }
 
     pub async fn purge_user(&self, ctx: &RequestContext, tenant_id: &str, user_id: Uuid, etag: &str) -> Result<User> {
@@ -456,6 +478,13 @@ impl Iam {
                 if state != UserState::Deleted {
                     return Err(state_error(user_id, state, "DELETED"));
                 }
+                self.ensure_owns_nothing(
+                    tx,
+                    tenant_id,
+                    user_id,
+                    "a user is purged only when nothing is left to transfer",
+                )
+                .await?;
                 self.purge_row(tx, row).await
             })
             .await
@@ -517,6 +546,23 @@ impl Iam {
             .column(users_entity::Column::TenantId)
             .filter(users_entity::Column::State.eq(UserState::Deleted.as_str()))
             .filter(users_entity::Column::PurgeAfter.lte(at))
+            // Users who still own records wait until a transfer has taken them.
+            .filter(
+                sea_orm::sea_query::Expr::exists(
+                    sea_orm::sea_query::Query::select()
+                        .expr(sea_orm::sea_query::Expr::val(1))
+                        .from(ownerships_entity::Entity)
+                        .and_where(
+                            sea_orm::sea_query::Expr::col((
+                                ownerships_entity::Entity,
+                                ownerships_entity::Column::OwnerUserId,
+                            ))
+                            .equals((users_entity::Entity, users_entity::Column::UserId)),
+                        )
+                        .to_owned(),
+                )
+                .not(),
+            )
             .order_by_asc(users_entity::Column::PurgeAfter)
             .limit(batch)
             .into_tuple()
@@ -532,7 +578,9 @@ impl Iam {
                     let row = users::get(&**tx, &tenant_id, user_id).await?;
                     // Re-check under the lock: the user may have been restored meanwhile.
                     let due = users::state(&row)? == UserState::Deleted && row.purge_after.is_some_and(|p| p <= at);
-                    if due { self.purge_row(tx, row).await.map(|_| true) } else { Ok(false) }
+                    // A user who still owns records (a transfer still running or failed) waits.
+                    let owns = !ownership::counts(&**tx, &tenant_id, user_id).await?.is_empty();
+                    if due && !owns { self.purge_row(tx, row).await.map(|_| true) } else { Ok(false) }
                 })
                 .await?;
             report.purged += usize::from(purged);

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::{Expr, OnConflict, Query},
+    sea_query::{OnConflict, Query},
 };
 use uuid::Uuid;
 
@@ -17,7 +17,8 @@ use crate::domain::{Result, now, ownership::Ownership, user::UserState};
 /// Rows per INSERT statement (5 parameters each: well under both databases' parameter limits).
 const ROWS_PER_STATEMENT: usize = 1000;
 
-/// Inserts or re-owns records; returns how many rows were written.
+/// Inserts or re-owns records; returns how many rows were written. Every writer of ownership rows
+/// holds the tenant lock ([`super::tenants::lock`]), so transfer batches see no concurrent change.
 pub async fn upsert(tx: &Tx, tenant_id: &str, rows: &[Ownership]) -> Result<u64> {
     let t = now();
     let mut written = 0;
@@ -33,9 +34,13 @@ pub async fn upsert(tx: &Tx, tenant_id: &str, rows: &[Ownership]) -> Result<u64>
                 ownerships::Column::UpdateTime,
             ])
             .on_conflict(
-                OnConflict::columns([ownerships::Column::TenantId, ownerships::Column::Module, ownerships::Column::ResourceId])
-                    .update_columns([ownerships::Column::OwnerUserId, ownerships::Column::UpdateTime])
-                    .to_owned(),
+                OnConflict::columns([
+                    ownerships::Column::TenantId,
+                    ownerships::Column::Module,
+                    ownerships::Column::ResourceId,
+                ])
+                .update_columns([ownerships::Column::OwnerUserId, ownerships::Column::UpdateTime])
+                .to_owned(),
             );
         for r in chunk {
             insert.values_panic([
@@ -73,7 +78,12 @@ pub async fn forget(tx: &Tx, tenant_id: &str, refs: &[(String, String)]) -> Resu
 }
 
 /// The owner of a record, if it is registered.
-pub async fn owner_of(conn: &impl ConnectionTrait, tenant_id: &str, module: &str, resource_id: &str) -> Result<Option<Uuid>> {
+pub async fn owner_of(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    module: &str,
+    resource_id: &str,
+) -> Result<Option<Uuid>> {
     Ok(ownerships::Entity::find_by_id((tenant_id.to_owned(), module.to_owned(), resource_id.to_owned()))
         .select_only()
         .column(ownerships::Column::OwnerUserId)
@@ -162,9 +172,68 @@ pub async fn orphaned(
     Ok(out)
 }
 
-/// Up to `limit` record ids of a module owned by `from`, oldest id first.
-pub async fn owned_ids(tx: &Tx, tenant_id: &str, module: &str, from: Uuid, limit: u64) -> Result<Vec<String>> {
-    Ok(ownerships::Entity::find()
+/// The first module (in name order, among `modules` when given) in which `user` owns records.
+pub async fn first_owned_module(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    user_id: Uuid,
+    modules: Option<&[String]>,
+) -> Result<Option<String>> {
+    let mut q = ownerships::Entity::find()
+        .select_only()
+        .column(ownerships::Column::Module)
+        .filter(ownerships::Column::TenantId.eq(tenant_id))
+        .filter(ownerships::Column::OwnerUserId.eq(user_id))
+        .order_by_asc(ownerships::Column::Module)
+        .limit(1);
+    if let Some(m) = modules {
+        q = q.filter(ownerships::Column::Module.is_in(m.iter().map(String::as_str)));
+    }
+    Ok(q.into_tuple().one(conn).await?)
+}
+
+/// How many records of a module `user` owns, counting no further than `limit`.
+pub async fn count_up_to(tx: &Tx, tenant_id: &str, module: &str, user_id: Uuid, limit: u64) -> Result<u64> {
+    let ids: Vec<String> = ownerships::Entity::find()
+        .select_only()
+        .column(ownerships::Column::ResourceId)
+        .filter(ownerships::Column::TenantId.eq(tenant_id))
+        .filter(ownerships::Column::OwnerUserId.eq(user_id))
+        .filter(ownerships::Column::Module.eq(module))
+        .limit(limit)
+        .into_tuple()
+        .all(&**tx)
+        .await?;
+    Ok(ids.len() as u64)
+}
+
+/// PostgreSQL: refreshes the planner's statistics of the registry. A table that was just bulk
+/// loaded has none until autovacuum gets to it, and without them PostgreSQL plans the transfer's
+/// primary-key updates as scans of the whole module (seconds per batch instead of milliseconds).
+pub async fn refresh_statistics(db: &super::Db) -> Result<()> {
+    if db.backend() == super::Backend::Postgres {
+        db.conn().execute_unprepared("ANALYZE ownerships").await?;
+    }
+    Ok(())
+}
+
+/// Moves up to `limit` records of a module from `from` to `to` (lowest record ids first) and
+/// returns the ids that moved (`UPDATE … RETURNING`: exactly what changed). The caller holds
+/// the tenant lock.
+pub async fn move_batch(
+    tx: &Tx,
+    tenant_id: &str,
+    module: &str,
+    from: Uuid,
+    to: Uuid,
+    limit: u64,
+) -> Result<Vec<String>> {
+    // Two steps, each an index lookup whatever the planner's statistics: pick the ids in order
+    // (covering index on owner), then update them by primary key. (A single UPDATE joined to a
+    // LIMIT subquery was planned as a scan per picked row on SQLite; an extra `owner = from`
+    // condition made PostgreSQL walk the owner's whole index range per statement.) The picked
+    // rows cannot change in between: every writer of a tenant's ownerships holds the tenant lock.
+    let picked: Vec<String> = ownerships::Entity::find()
         .select_only()
         .column(ownerships::Column::ResourceId)
         .filter(ownerships::Column::TenantId.eq(tenant_id))
@@ -174,24 +243,63 @@ pub async fn owned_ids(tx: &Tx, tenant_id: &str, module: &str, from: Uuid, limit
         .limit(limit)
         .into_tuple()
         .all(&**tx)
-        .await?)
+        .await?;
+    let t = now();
+    let mut ids = Vec::with_capacity(picked.len());
+    for chunk in picked.chunks(ROWS_PER_STATEMENT) {
+        let update = Query::update()
+            .table(ownerships::Entity)
+            .value(ownerships::Column::OwnerUserId, to)
+            .value(ownerships::Column::UpdateTime, t)
+            .and_where(ownerships::Column::TenantId.eq(tenant_id))
+            .and_where(ownerships::Column::Module.eq(module))
+            .and_where(ownerships::Column::ResourceId.is_in(chunk.iter().map(String::as_str)))
+            .returning_col(ownerships::Column::ResourceId)
+            .to_owned();
+        for r in tx.query_all(&update).await? {
+            ids.push(r.try_get_by_index::<String>(0)?);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
 }
 
-/// Gives records still owned by `from` to `to`; returns how many moved.
-pub async fn reassign(tx: &Tx, tenant_id: &str, module: &str, from: Uuid, to: Uuid, ids: &[String]) -> Result<u64> {
-    let mut moved = 0;
-    let t = now();
+/// The states of the given users of a tenant (users not found are absent).
+pub async fn user_states(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, UserState>> {
+    let mut out = std::collections::HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        moved += ownerships::Entity::update_many()
-            .col_expr(ownerships::Column::OwnerUserId, Expr::value(to))
-            .col_expr(ownerships::Column::UpdateTime, Expr::value(t))
-            .filter(ownerships::Column::TenantId.eq(tenant_id))
-            .filter(ownerships::Column::Module.eq(module))
-            .filter(ownerships::Column::OwnerUserId.eq(from))
-            .filter(ownerships::Column::ResourceId.is_in(chunk.iter().map(String::as_str)))
-            .exec(&**tx)
-            .await?
-            .rows_affected;
+        let rows: Vec<(Uuid, String)> = users::Entity::find()
+            .select_only()
+            .column(users::Column::UserId)
+            .column(users::Column::State)
+            .filter(users::Column::TenantId.eq(tenant_id))
+            .filter(users::Column::UserId.is_in(chunk.iter().copied()))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        for (u, s) in rows {
+            if let Some(state) = UserState::parse(&s) {
+                out.insert(u, state);
+            }
+        }
     }
-    Ok(moved)
+    Ok(out)
+}
+
+/// ACTIVE direct members of a department, in user id order.
+pub async fn active_members(conn: &impl ConnectionTrait, tenant_id: &str, department_id: Uuid) -> Result<Vec<Uuid>> {
+    Ok(users::Entity::find()
+        .select_only()
+        .column(users::Column::UserId)
+        .filter(users::Column::TenantId.eq(tenant_id))
+        .filter(users::Column::DepartmentId.eq(department_id))
+        .filter(users::Column::State.eq(UserState::Active.as_str()))
+        .order_by_asc(users::Column::UserId)
+        .into_tuple()
+        .all(conn)
+        .await?)
 }

@@ -40,7 +40,14 @@ pub fn to_domain(m: Row) -> Result<Transfer> {
     })
 }
 
-pub async fn insert(tx: &Tx, tenant_id: &str, from: Uuid, rules: &[TransferRule], total: i64, request_id: Option<String>) -> Result<Transfer> {
+pub async fn insert(
+    tx: &Tx,
+    tenant_id: &str,
+    from: Uuid,
+    rules: &[TransferRule],
+    total: i64,
+    request_id: Option<String>,
+) -> Result<Transfer> {
     let t = now();
     let row = transfers::ActiveModel {
         transfer_id: Set(Uuid::now_v7()),
@@ -74,6 +81,23 @@ pub async fn find(conn: &impl ConnectionTrait, tenant_id: &str, id: Uuid) -> Res
 
 pub async fn row(conn: &impl ConnectionTrait, id: Uuid) -> Result<Option<Row>> {
     Ok(transfers::Entity::find_by_id(id).one(conn).await?)
+}
+
+/// The job row, locked until the transaction ends (PostgreSQL; SQLite has one writer anyway).
+pub async fn row_for_update(tx: &Tx, id: Uuid) -> Result<Option<Row>> {
+    Ok(transfers::Entity::find_by_id(id).lock_exclusive().one(&**tx).await?)
+}
+
+/// Gives up `owner`'s claim so that any replica may take the job at once (graceful shutdown).
+pub async fn release(tx: &Tx, id: Uuid, owner: &str) -> Result<()> {
+    transfers::Entity::update_many()
+        .col_expr(transfers::Column::LeaseOwner, Expr::value(Option::<String>::None))
+        .col_expr(transfers::Column::LeaseExpireTime, Expr::value(Option::<DateTime<Utc>>::None))
+        .filter(transfers::Column::TransferId.eq(id))
+        .filter(transfers::Column::LeaseOwner.eq(owner))
+        .exec(&**tx)
+        .await?;
+    Ok(())
 }
 
 /// Newest first, before `before`.

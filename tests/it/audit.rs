@@ -569,13 +569,28 @@ async fn audit_tail_resumes_after_its_crash_and_a_server_restart() {
     let take = |rx: &std::sync::mpsc::Receiver<serde_json::Value>, n: usize| -> Vec<serde_json::Value> {
         (0..n).map(|_| rx.recv_timeout(Duration::from_secs(20)).expect("a line from the sidecar")).collect()
     };
+    // The sidecar prints an event, then stores its cursor: wait until the file has caught up with
+    // the last printed line (a kill in between is the documented at-least-once window).
+    let stored_reaches = |cursor: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stored = std::fs::read_to_string(&cursor_file).unwrap_or_default();
+            if stored.as_str() >= cursor {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
 
     // Run 1: from the beginning.
     let (mut child, rx) = tail(true);
     let mut lines = take(&rx, 6);
     assert_eq!(lines[0]["action"], "tenant.created");
     assert_eq!(lines[1]["changes"]["name"]["after"], "first-0");
-    std::thread::sleep(Duration::from_millis(300)); // let it store the last cursor
+    assert!(stored_reaches(lines[5]["cursor"].as_str().unwrap()), "the cursor file keeps up");
     child.kill().unwrap(); // crash
     child.wait().unwrap();
 
@@ -596,6 +611,7 @@ async fn audit_tail_resumes_after_its_crash_and_a_server_restart() {
         users.create_department(department("acme", &format!("third-{i}"))).await.unwrap();
     }
     lines.extend(take(&rx, 2));
+    assert!(stored_reaches(lines.last().unwrap()["cursor"].as_str().unwrap()), "the cursor file keeps up");
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -611,6 +627,4 @@ async fn audit_tail_resumes_after_its_crash_and_a_server_restart() {
     );
     let cursors: Vec<&str> = lines.iter().map(|l| l["cursor"].as_str().unwrap()).collect();
     assert!(cursors.windows(2).all(|w| w[0] < w[1]));
-    let stored_cursor = std::fs::read_to_string(&cursor_file).unwrap();
-    assert!(stored_cursor.as_str() >= *cursors.last().unwrap(), "the cursor file keeps up");
 }

@@ -204,6 +204,12 @@ impl TestServer {
         AuditEventsClient::with_interceptor(self.channel().await, Bearer::admin())
     }
 
+    pub async fn ownership(
+        &self,
+    ) -> pb::ownership_transfer_client::OwnershipTransferClient<InterceptedService<Channel, Bearer>> {
+        pb::ownership_transfer_client::OwnershipTransferClient::with_interceptor(self.channel().await, Bearer::admin())
+    }
+
     pub async fn access(&self) -> AccessClient<InterceptedService<Channel, Bearer>> {
         AccessClient::with_interceptor(self.channel().await, Bearer::admin())
     }

@@ -5,6 +5,7 @@ mod access;
 mod audit;
 mod common;
 mod departments;
+mod ownership;
 mod roles;
 mod server;
 mod tenants;

@@ -125,6 +125,13 @@ pub struct Proc {
     stderr: Arc<std::sync::Mutex<String>>,
 }
 
+impl Proc {
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,422 @@
+//! `crm.iam.v1.OwnershipTransfer`: the ownership registry and transfer jobs.
+
+use std::{collections::HashMap, pin::Pin, time::Duration};
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::{
+    caller, convert, decode_page_token, encode_page_token, mutation, page_size, record_tenant, require_platform,
+};
+use crate::{
+    domain::{Error, Result, Violations, ownership::Ownership, validate},
+    proto::v1::{self as pb, ownership_transfer_server::OwnershipTransfer},
+    service::Iam,
+};
+
+pub struct OwnershipTransferApi {
+    iam: Iam,
+}
+
+impl OwnershipTransferApi {
+    pub fn new(iam: Iam) -> Self {
+        OwnershipTransferApi { iam }
+    }
+}
+
+/// Records per RecordOwnership / ForgetOwnership call.
+const MAX_RECORDS: usize = 10_000;
+const RESOURCE_ID_MAX: usize = 200;
+const MODULE_MAX: usize = 63;
+/// Field violations listed at most (a 10,000-row batch could otherwise produce a huge error).
+const MAX_VIOLATIONS: usize = 100;
+/// How often WatchTransfer looks at the job.
+const WATCH_POLL: Duration = Duration::from_millis(200);
+/// WatchTransfer reports at least this often while the job runs.
+const WATCH_MAX_SILENCE: Duration = Duration::from_secs(1);
+
+fn method(name: &str) -> &'static str {
+    match name {
+        "RecordOwnership" => "/crm.iam.v1.OwnershipTransfer/RecordOwnership",
+        "ForgetOwnership" => "/crm.iam.v1.OwnershipTransfer/ForgetOwnership",
+        "StartTransfer" => "/crm.iam.v1.OwnershipTransfer/StartTransfer",
+        _ => "/crm.iam.v1.OwnershipTransfer/CancelTransfer",
+    }
+}
+
+fn tenant(v: &mut Violations, tenant_id: &str) -> String {
+    record_tenant(tenant_id);
+    v.check("tenant_id", validate::tenant_id(tenant_id)).unwrap_or_default()
+}
+
+fn id(v: &mut Violations, field: &str, s: &str) -> Uuid {
+    v.check(field, validate::uuid(s)).unwrap_or_default()
+}
+
+fn module_name(v: &mut Violations, field: &str, m: &str) -> String {
+    if m.is_empty() {
+        v.add(field, "is required");
+    } else if m.len() > MODULE_MAX {
+        v.add(field, format!("is not a module name (at most {MODULE_MAX} characters)"));
+    }
+    m.to_owned()
+}
+
+fn resource_id(v: &mut Violations, field: &str, r: &str) -> String {
+    if r.is_empty() || r.chars().count() > RESOURCE_ID_MAX || r.chars().any(char::is_control) {
+        v.add(field, format!("must be 1 to {RESOURCE_ID_MAX} characters without control characters"));
+    }
+    r.to_owned()
+}
+
+/// Checks a batch's size and finds records named twice.
+fn batch_shape<T>(
+    v: &mut Violations,
+    field: &str,
+    items: &[T],
+    key: impl Fn(&T) -> (&str, &str),
+) -> HashMap<(String, String), usize> {
+    if items.is_empty() || items.len() > MAX_RECORDS {
+        v.add(field, format!("give 1 to {MAX_RECORDS} records"));
+    }
+    let mut seen = HashMap::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let (m, r) = key(item);
+        if let Some(first) = seen.insert((m.to_owned(), r.to_owned()), i) {
+            v.add(format!("{field}[{i}]"), format!("names the same record as {field}[{first}]"));
+        }
+    }
+    seen
+}
+
+/// Stops collecting violations of a huge batch at [`MAX_VIOLATIONS`].
+fn too_many(v: &Violations) -> bool {
+    v.len() >= MAX_VIOLATIONS
+}
+
+#[tonic::async_trait]
+impl OwnershipTransfer for OwnershipTransferApi {
+    async fn record_ownership(
+        &self,
+        req: Request<pb::RecordOwnershipRequest>,
+    ) -> Result<Response<pb::RecordOwnershipResponse>, Status> {
+        let caller = caller(&req)?;
+        require_platform(&caller)?;
+        let msg = req.get_ref();
+        let mut v = Violations::default();
+        let tenant_id = tenant(&mut v, &msg.tenant_id);
+        batch_shape(&mut v, "ownerships", &msg.ownerships, |o| (&o.module, &o.resource_id));
+        let mut rows = Vec::with_capacity(msg.ownerships.len());
+        for (i, o) in msg.ownerships.iter().enumerate() {
+            if too_many(&v) {
+                break;
+            }
+            rows.push(Ownership {
+                module: module_name(&mut v, &format!("ownerships[{i}].module"), &o.module),
+                resource_id: resource_id(&mut v, &format!("ownerships[{i}].resource_id"), &o.resource_id),
+                owner_user_id: id(&mut v, &format!("ownerships[{i}].owner_user_id"), &o.owner_user_id),
+            });
+        }
+        v.finish()?;
+        let ctx = mutation(&req, &caller, &tenant_id, method("RecordOwnership"), msg, &msg.request_id, |m| {
+            m.request_id.clear()
+        })?;
+        let recorded = self.iam.record_ownership(&ctx, &tenant_id, rows).await?;
+        Ok(Response::new(pb::RecordOwnershipResponse { recorded: recorded as i32 }))
+    }
+
+    async fn forget_ownership(
+        &self,
+        req: Request<pb::ForgetOwnershipRequest>,
+    ) -> Result<Response<pb::ForgetOwnershipResponse>, Status> {
+        let caller = caller(&req)?;
+        require_platform(&caller)?;
+        let msg = req.get_ref();
+        let mut v = Violations::default();
+        let tenant_id = tenant(&mut v, &msg.tenant_id);
+        batch_shape(&mut v, "resources", &msg.resources, |r| (&r.module, &r.resource_id));
+        let mut refs = Vec::with_capacity(msg.resources.len());
+        for (i, r) in msg.resources.iter().enumerate() {
+            if too_many(&v) {
+                break;
+            }
+            refs.push((
+                module_name(&mut v, &format!("resources[{i}].module"), &r.module),
+                resource_id(&mut v, &format!("resources[{i}].resource_id"), &r.resource_id),
+            ));
+        }
+        v.finish()?;
+        let ctx = mutation(&req, &caller, &tenant_id, method("ForgetOwnership"), msg, &msg.request_id, |m| {
+            m.request_id.clear()
+        })?;
+        let forgotten = self.iam.forget_ownership(&ctx, &tenant_id, refs).await?;
+        Ok(Response::new(pb::ForgetOwnershipResponse { forgotten: forgotten as i32 }))
+    }
+
+    async fn list_owned_resources(
+        &self,
+        req: Request<pb::ListOwnedResourcesRequest>,
+    ) -> Result<Response<pb::ListOwnedResourcesResponse>, Status> {
+        require_platform(&caller(&req)?)?;
+        let msg = req.get_ref();
+        let mut v = Violations::default();
+        let tenant_id = tenant(&mut v, &msg.tenant_id);
+        let user_id = id(&mut v, "user_id", &msg.user_id);
+        let module = (!msg.module.is_empty()).then(|| module_name(&mut v, "module", &msg.module));
+        let limit = page_size(&mut v, msg.page_size);
+        v.finish()?;
+        let filters = format!("{tenant_id}|{user_id}|{}", msg.module);
+        let after = match decode_page_token(&msg.page_token, &filters)? {
+            None => None,
+            Some(k) => Some(
+                serde_json::from_str::<(String, String)>(&k)
+                    .map_err(|_| Error::invalid_field("page_token", "is not a page token of this query"))?,
+            ),
+        };
+        let page = self.iam.list_owned_resources(&tenant_id, user_id, module.as_deref(), after, limit).await?;
+        let next_page_token = match (page.more, page.items.last()) {
+            (true, Some(last)) => encode_page_token(
+                &serde_json::to_string(&(&last.module, &last.resource_id)).map_err(Error::internal)?,
+                &filters,
+            ),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListOwnedResourcesResponse {
+            ownerships: page
+                .items
+                .into_iter()
+                .map(|o| pb::Ownership {
+                    module: o.module,
+                    resource_id: o.resource_id,
+                    owner_user_id: o.owner_user_id.to_string(),
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn count_owned_resources(
+        &self,
+        req: Request<pb::CountOwnedResourcesRequest>,
+    ) -> Result<Response<pb::CountOwnedResourcesResponse>, Status> {
+        require_platform(&caller(&req)?)?;
+        let msg = req.get_ref();
+        let mut v = Violations::default();
+        let tenant_id = tenant(&mut v, &msg.tenant_id);
+        let user_id = id(&mut v, "user_id", &msg.user_id);
+        v.finish()?;
+        let (counts, total) = convert::counts_to_proto(self.iam.count_owned_resources(&tenant_id, user_id).await?);
+        Ok(Response::new(pb::CountOwnedResourcesResponse { counts, total }))
+    }
+
+    async fn list_orphaned_owners(
+        &self,
+        req: Request<pb::ListOrphanedOwnersRequest>,
+    ) -> Result<Response<pb::ListOrphanedOwnersResponse>, Status> {
+        require_platform(&caller(&req)?)?;
+        let msg = req.get_ref();
+        let mut v = Violations::default();
+        let tenant_id = tenant(&mut v, &msg.tenant_id);
+        let limit = page_size(&mut v, msg.page_size);
+        v.finish()?;
+        let after = decode_page_token(&msg.page_token, &tenant_id)?
+            .map(|k| Uuid::parse_str(&k).map_err(|_| Error::invalid_field("page_token", "is not a page token")))
+            .transpose()?;
+        let page = self.iam.list_orphaned_owners(&tenant_id, after, limit).await?;
+        let next_page_token = match (page.more, page.items.last()) {
+            (true, Some((last, _, _))) => encode_page_token(&last.to_string(), &tenant_id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListOrphanedOwnersResponse {
+            owners: page
+                .items
+                .into_iter()
+                .map(|(user_id, state, counts)| {
+                    let (counts, total) = convert::counts_to_proto(counts);
+                    pb::OrphanedOwner {
+                        user_id: user_id.to_string(),
+                        state: convert::state_to_proto(state) as i32,
+                        counts,
+                        total,
+                    }
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn plan_transfer(
+        &self,
+        req: Request<pb::PlanTransferRequest>,
+    ) -> Result<Response<pb::PlanTransferResponse>, Status> {
+        require_platform(&caller(&req)?)?;
+        let msg = req.get_ref();
+        let mut v = Violations::default();
+        let tenant_id = tenant(&mut v, &msg.tenant_id);
+        let from = id(&mut v, "from_user_id", &msg.from_user_id);
+        let rules = convert::rules_from_proto(&mut v, &msg.rules);
+        v.finish()?;
+        let plan = self.iam.plan_transfer(&tenant_id, from, &rules).await?;
+        Ok(Response::new(pb::PlanTransferResponse {
+            moves: plan
+                .moves
+                .into_iter()
+                .map(|(module, to, count)| pb::PlannedMove { module, to_user_id: to.to_string(), count })
+                .collect(),
+            total: plan.total,
+            uncovered: plan.uncovered.into_iter().map(|(module, count)| pb::ModuleCount { module, count }).collect(),
+            violations: plan.violations.into_iter().map(convert::precondition_to_proto).collect(),
+        }))
+    }
+
+    async fn start_transfer(
+        &self,
+        req: Request<pb::StartTransferRequest>,
+    ) -> Result<Response<pb::StartTransferResponse>, Status> {
+        let caller = caller(&req)?;
+        require_platform(&caller)?;
+        let msg = req.get_ref();
+        let mut v = Violations::default();
+        let tenant_id = tenant(&mut v, &msg.tenant_id);
+        let from = id(&mut v, "from_user_id", &msg.from_user_id);
+        let rules = convert::rules_from_proto(&mut v, &msg.rules);
+        v.finish()?;
+        let ctx = mutation(&req, &caller, &tenant_id, method("StartTransfer"), msg, &msg.request_id, |m| {
+            m.request_id.clear()
+        })?;
+        let t = self.iam.start_transfer(&ctx, &tenant_id, from, rules).await?;
+        Ok(Response::new(pb::StartTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }))
+    }
+
+    async fn get_transfer(
+        &self,
+        req: Request<pb::GetTransferRequest>,
+    ) -> Result<Response<pb::GetTransferResponse>, Status> {
+        require_platform(&caller(&req)?)?;
+        let msg = req.get_ref();
+        let mut v = Violations::default();
+        let tenant_id = tenant(&mut v, &msg.tenant_id);
+        let transfer_id = id(&mut v, "transfer_id", &msg.transfer_id);
+        v.finish()?;
+        let t = self.iam.get_transfer(&tenant_id, transfer_id).await?;
+        Ok(Response::new(pb::GetTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }))
+    }
+
+    async fn list_transfers(
+        &self,
+        req: Request<pb::ListTransfersRequest>,
+    ) -> Result<Response<pb::ListTransfersResponse>, Status> {
+        require_platform(&caller(&req)?)?;
+        let msg = req.get_ref();
+        let mut v = Violations::default();
+        let tenant_id = tenant(&mut v, &msg.tenant_id);
+        let from = v.check("from_user_id", validate::optional_uuid(&msg.from_user_id)).flatten();
+        let mut states = Vec::new();
+        for (i, s) in msg.states.iter().enumerate() {
+            match pb::TransferState::try_from(*s).ok().and_then(convert::transfer_state_from_proto) {
+                Some(s) => states.push(s),
+                None => v.add(format!("states[{i}]"), "is not a transfer state"),
+            }
+        }
+        let limit = page_size(&mut v, msg.page_size);
+        v.finish()?;
+        let filters = format!("{tenant_id}|{}|{:?}", msg.from_user_id, msg.states);
+        let before = decode_page_token(&msg.page_token, &filters)?
+            .map(|k| Uuid::parse_str(&k).map_err(|_| Error::invalid_field("page_token", "is not a page token")))
+            .transpose()?;
+        let page = self.iam.list_transfers(&tenant_id, from, &states, before, limit).await?;
+        let next_page_token = match (page.more, page.items.last()) {
+            (true, Some(last)) => encode_page_token(&last.transfer_id.to_string(), &filters),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListTransfersResponse {
+            transfers: page.items.into_iter().map(convert::transfer_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_transfer(
+        &self,
+        req: Request<pb::CancelTransferRequest>,
+    ) -> Result<Response<pb::CancelTransferResponse>, Status> {
+        let caller = caller(&req)?;
+        require_platform(&caller)?;
+        let msg = req.get_ref();
+        let mut v = Violations::default();
+        let tenant_id = tenant(&mut v, &msg.tenant_id);
+        let transfer_id = id(&mut v, "transfer_id", &msg.transfer_id);
+        v.finish()?;
+        let ctx = mutation(&req, &caller, &tenant_id, method("CancelTransfer"), msg, &msg.request_id, |m| {
+            m.request_id.clear()
+        })?;
+        let t = self.iam.cancel_transfer(&ctx, &tenant_id, transfer_id).await?;
+        Ok(Response::new(pb::CancelTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }))
+    }
+
+    type WatchTransferStream = Pin<Box<dyn Stream<Item = Result<pb::WatchTransferResponse, Status>> + Send + 'static>>;
+
+    async fn watch_transfer(
+        &self,
+        req: Request<pb::WatchTransferRequest>,
+    ) -> Result<Response<Self::WatchTransferStream>, Status> {
+        require_platform(&caller(&req)?)?;
+        let msg = req.get_ref();
+        let mut v = Violations::default();
+        let tenant_id = tenant(&mut v, &msg.tenant_id);
+        let transfer_id = id(&mut v, "transfer_id", &msg.transfer_id);
+        v.finish()?;
+        // The first report comes at once (and a missing transfer is NOT_FOUND before the stream starts).
+        let first = self.iam.get_transfer(&tenant_id, transfer_id).await?;
+        let iam = self.iam.clone();
+        struct Watch {
+            iam: Iam,
+            tenant_id: String,
+            pending: Option<crate::domain::ownership::Transfer>,
+            last_version: i64,
+            last_sent: tokio::time::Instant,
+            done: bool,
+        }
+        let state = Watch {
+            iam,
+            tenant_id,
+            last_version: first.version,
+            pending: Some(first),
+            last_sent: tokio::time::Instant::now(),
+            done: false,
+        };
+        let stream = futures::stream::unfold(state, move |mut w| async move {
+            if w.done {
+                return None;
+            }
+            if let Some(t) = w.pending.take() {
+                w.done = t.state.is_terminal();
+                w.last_sent = tokio::time::Instant::now();
+                return Some((Ok(pb::WatchTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }), w));
+            }
+            loop {
+                tokio::select! {
+                    _ = w.iam.stop.cancelled() => {
+                        return Some((Err(Status::unavailable("the server is shutting down: watch again")), Watch { done: true, ..w }));
+                    }
+                    _ = tokio::time::sleep(WATCH_POLL) => {}
+                }
+                match w.iam.get_transfer(&w.tenant_id, transfer_id).await {
+                    Ok(t) => {
+                        if t.version != w.last_version || w.last_sent.elapsed() >= WATCH_MAX_SILENCE {
+                            w.last_version = t.version;
+                            w.last_sent = tokio::time::Instant::now();
+                            w.done = t.state.is_terminal();
+                            return Some((
+                                Ok(pb::WatchTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }),
+                                w,
+                            ));
+                        }
+                    }
+                    Err(e) => return Some((Err(Status::from(e)), Watch { done: true, ..w })),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,273 @@
+//! The transfer worker: runs PENDING/RUNNING transfer jobs batch by batch, each batch one
+//! transaction that moves records, saves the job's progress and writes one
+//! `ownership.transferred` audit event. A job is held through a lease (owner + expiry) that each
+//! batch extends; when a replica dies, its lease runs out and any replica takes the job over
+//! exactly where the last committed batch left it.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Iam, access::compile_policy, ownership::resolve_targets};
+use crate::{
+    domain::{
+        Error, Kind, Reason, Result,
+        audit::{AuditRecord, RequestContext},
+        now,
+        ownership::{Transfer, TransferState, rule_for, spread},
+        user::UserState,
+    },
+    store::{Tx, ownership, tenants, transfers},
+};
+
+/// How the worker runs.
+#[derive(Debug, Clone)]
+pub struct TransferSettings {
+    /// Records moved per transaction.
+    pub batch_size: u64,
+    /// How long a claim holds without being renewed.
+    pub lease: Duration,
+    /// How often idle workers look for jobs created through other replicas.
+    pub poll_interval: Duration,
+}
+
+impl Default for TransferSettings {
+    fn default() -> Self {
+        TransferSettings { batch_size: 2000, lease: Duration::from_secs(30), poll_interval: Duration::from_secs(1) }
+    }
+}
+
+/// Batches between recounts of a job's remaining records.
+const RECOUNT_EVERY: i64 = 32;
+
+/// What one step of a job did.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum Step {
+    /// A batch moved; more may follow.
+    More,
+    /// The job reached a terminal state.
+    Ended,
+    /// Another replica holds the job now.
+    Lost,
+}
+
+fn lost_lease() -> Error {
+    Error::new(Kind::Aborted, Reason::Unavailable, "the transfer's lease was taken over")
+}
+
+fn lease_until(settings: &TransferSettings) -> chrono::DateTime<Utc> {
+    now() + chrono::Duration::from_std(settings.lease).unwrap_or(chrono::Duration::seconds(30))
+}
+
+/// Runs jobs until `stop`: one at a time per replica, woken by new jobs of this replica and by
+/// polling for those of others (and for expired leases).
+pub async fn run_worker(iam: Iam, settings: TransferSettings, stop: CancellationToken) {
+    let me = format!("replica-{}", Uuid::new_v4());
+    let wake = iam.transfer_wake.clone();
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        match iam.claim_next_transfer(&me, &settings).await {
+            Ok(Some(id)) => {
+                iam.run_transfer(&me, id, &settings, &stop).await;
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "looking for transfer jobs failed; will retry"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(settings.poll_interval) => {}
+        }
+    }
+}
+
+impl Iam {
+    /// Claims the oldest job nobody holds (or whose holder's lease ran out).
+    async fn claim_next_transfer(&self, me: &str, settings: &TransferSettings) -> Result<Option<Uuid>> {
+        let ctx = RequestContext::system("transfer-worker");
+        for id in transfers::runnable(self.db.conn(), now(), 8).await? {
+            let until = lease_until(settings);
+            if self.db.write(&ctx, async |tx| transfers::claim(tx, id, me, now(), until).await).await? {
+                tracing::info!(transfer_id = %id, "transfer claimed");
+                if let Err(e) = ownership::refresh_statistics(&self.db).await {
+                    tracing::warn!(error = %e, "refreshing the registry's statistics failed");
+                }
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn run_transfer(&self, me: &str, id: Uuid, settings: &TransferSettings, stop: &CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            if stop.is_cancelled() {
+                // Hand the job over at once instead of letting the lease run out.
+                let ctx = RequestContext::system("transfer-worker");
+                if let Err(e) = self.db.write(&ctx, async |tx| transfers::release(tx, id, me).await).await {
+                    tracing::warn!(transfer_id = %id, error = %e, "releasing the transfer failed");
+                }
+                return;
+            }
+            match self.transfer_step(me, id, settings).await {
+                Ok(Step::More) => failures = 0,
+                Ok(Step::Ended) => return,
+                Ok(Step::Lost) => {
+                    tracing::warn!(transfer_id = %id, "transfer lease lost to another replica");
+                    return;
+                }
+                Err(e) if e.kind == Kind::Aborted && e.reason == Reason::Unavailable => {
+                    tracing::warn!(transfer_id = %id, "transfer lease lost to another replica");
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(transfer_id = %id, error = %e, failures, "transfer batch failed; will retry");
+                    // Retry with backoff while the lease lasts; after that another replica may take over.
+                    let backoff = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
+                    if backoff >= settings.lease {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One transaction of a job: cancel, finish, fail, or move one batch.
+    async fn transfer_step(&self, me: &str, id: Uuid, settings: &TransferSettings) -> Result<Step> {
+        let ctx = RequestContext::system("transfer-worker");
+        self.db
+            .write(&ctx, async |tx| {
+                let Some(tenant_id) = transfers::row(&**tx, id).await?.map(|r| r.tenant_id) else {
+                    return Ok(Step::Lost);
+                };
+                // The tenant lock orders this batch with RecordOwnership and user lifecycle changes.
+                tenants::lock(tx, &tenant_id).await?;
+                let row = match transfers::row_for_update(tx, id).await? {
+                    Some(r) if r.lease_owner.as_deref() == Some(me) => r,
+                    _ => return Ok(Step::Lost),
+                };
+                let cancel = row.cancel_requested;
+                let mut t = transfers::to_domain(row)?;
+                if t.state.is_terminal() {
+                    return Ok(Step::Ended);
+                }
+                if cancel {
+                    return self.end_transfer(tx, me, settings, t, TransferState::Cancelled, String::new()).await;
+                }
+                // The first module (in name order) the rules cover in which the user still owns
+                // records: records recorded for the user meanwhile are found here too.
+                let named: Option<Vec<String>> = (!t.rules.iter().any(|r| r.module.is_none()))
+                    .then(|| t.rules.iter().filter_map(|r| r.module.clone()).collect());
+                let Some(module) =
+                    ownership::first_owned_module(&**tx, &tenant_id, t.from_user_id, named.as_deref()).await?
+                else {
+                    t.total = t.moved;
+                    return self.end_transfer(tx, me, settings, t, TransferState::Succeeded, String::new()).await;
+                };
+                let target = rule_for(&t.rules, &module).expect("covered").target;
+                let from = t.from_user_id;
+                if transfers::progress_of(&mut t, &module).targets.is_empty() {
+                    // Targets are fixed when a module's first batch moves (round-robin members included).
+                    let policy = compile_policy(&**tx, &tenant_id).await?;
+                    match resolve_targets(&**tx, &policy, &tenant_id, from, &module, target).await? {
+                        Ok(targets) => transfers::progress_of(&mut t, &module).targets = targets,
+                        Err(v) => {
+                            let error = format!("{}: {}", v.subject, v.description);
+                            return self.end_transfer(tx, me, settings, t, TransferState::Failed, error).await;
+                        }
+                    }
+                }
+                let progress = transfers::progress_of(&mut t, &module);
+                let targets = progress.targets.clone();
+                let states = ownership::user_states(&**tx, &tenant_id, &targets).await?;
+                if let Some(gone) = targets.iter().find(|u| states.get(u) != Some(&UserState::Active)) {
+                    let error = format!("target user {gone} is no longer ACTIVE; what was moved stays moved");
+                    return self.end_transfer(tx, me, settings, t, TransferState::Failed, error).await;
+                }
+                // The exact batch (the module's last one is smaller), so that round-robin shares
+                // stay within one record of each other.
+                let batch = ownership::count_up_to(tx, &tenant_id, &module, from, settings.batch_size).await? as i64;
+                let mut moves = Vec::new();
+                let mut moved = 0i64;
+                for (to, share) in targets.iter().zip(spread(batch, targets.len(), progress.next)) {
+                    if share > 0 {
+                        let ids = ownership::move_batch(tx, &tenant_id, &module, from, *to, share as u64).await?;
+                        moved += ids.len() as i64;
+                        moves.push(json!({ "to_user_id": to, "resource_ids": ids }));
+                    }
+                }
+                progress.next += moved as u64;
+                progress.moved += moved;
+                t.moved += moved;
+                if t.version % RECOUNT_EVERY == 0 {
+                    // Now and then, count what is left (it grows when records are recorded for the
+                    // user meanwhile); between counts the total only keeps up with what moved.
+                    let counts = ownership::counts(&**tx, &tenant_id, from).await?;
+                    let left: i64 =
+                        counts.iter().filter(|(m, _)| rule_for(&t.rules, m).is_some()).map(|(_, n)| n).sum();
+                    t.total = t.moved + left;
+                } else {
+                    t.total = t.total.max(t.moved);
+                }
+                t.state = TransferState::Running;
+                t.start_time.get_or_insert_with(now);
+                if !transfers::save_claimed(tx, &t, false, me, lease_until(settings)).await? {
+                    return Err(lost_lease());
+                }
+                tx.ownership_changed(&tenant_id);
+                tx.audit(
+                    AuditRecord::new(Some(&tenant_id), "ownership.transferred", "transfer", t.transfer_id)
+                        .with_detail("module", module.clone())
+                        .with_detail("from_user_id", from.to_string())
+                        .with_detail("count", moved)
+                        .with_detail("worker", me)
+                        .with_detail("moves", serde_json::Value::Array(moves)),
+                );
+                Ok(Step::More)
+            })
+            .await
+    }
+
+    /// Ends a job in `state` and records it.
+    async fn end_transfer(
+        &self,
+        tx: &Tx,
+        me: &str,
+        settings: &TransferSettings,
+        mut t: Transfer,
+        state: TransferState,
+        error: String,
+    ) -> Result<Step> {
+        t.state = state;
+        t.error = error;
+        t.end_time = Some(now());
+        if !transfers::save_claimed(tx, &t, true, me, lease_until(settings)).await? {
+            return Err(lost_lease());
+        }
+        let action = match state {
+            TransferState::Succeeded => "transfer.succeeded",
+            TransferState::Failed => "transfer.failed",
+            _ => "transfer.cancelled",
+        };
+        let mut record = AuditRecord::new(Some(&t.tenant_id), action, "transfer", t.transfer_id)
+            .with_detail("moved", t.moved)
+            .with_detail("total", t.total);
+        if !t.error.is_empty() {
+            record = record.with_detail("error", t.error.clone());
+        }
+        tx.audit(record);
+        tracing::info!(transfer_id = %t.transfer_id, state = state.as_str(), moved = t.moved, "transfer ended");
+        Ok(Step::Ended)
+    }
+}
