@@ -182,6 +182,7 @@ impl Application {
                     batch_size: config.transfer_batch_size,
                     lease: config.transfer_lease,
                     poll_interval: config.transfer_poll_interval,
+                    yield_ratio: config.transfer_yield_ratio,
                 },
                 stop.clone(),
             )),

@@ -77,6 +77,9 @@ pub struct Config {
     /// replica (or the restarted one) resumes the job this long after its last batch.
     #[serde(with = "humantime_serde")]
     pub transfer_lease: Duration,
+    /// While Access.Check traffic is served, the transfer worker pauses this fraction of each
+    /// batch's duration after it (0 = never yield; 1 = move records at most half of the time).
+    pub transfer_yield_ratio: f64,
     /// How often an idle replica looks for transfer jobs created elsewhere or left by a crash.
     #[serde(with = "humantime_serde")]
     pub transfer_poll_interval: Duration,
@@ -109,6 +112,7 @@ impl Default for Config {
             transfer_batch_size: 2000,
             transfer_lease: Duration::from_secs(30),
             transfer_poll_interval: Duration::from_secs(1),
+            transfer_yield_ratio: 1.0,
             debug_commit_delay: Duration::ZERO,
         }
     }

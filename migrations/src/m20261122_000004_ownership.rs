@@ -17,12 +17,8 @@ impl MigrationTrait for Migration {
                 .col(uuid("owner_user_id"))
                 .col(timestamp_with_time_zone("update_time"))
                 .primary_key(Index::create().col("tenant_id").col("module").col("resource_id"))
-                .foreign_key(
-                    ForeignKey::create()
-                        .from("ownerships", "tenant_id")
-                        .to("tenants", "tenant_id")
-                        .on_delete(ForeignKeyAction::Restrict),
-                )
+                // No foreign key to tenants: RecordOwnership checks the tenant (and locks it) once
+                // per batch, where a key would add a per-row trigger lookup to bulk ingest.
                 .to_owned(),
         )
         .await?;

@@ -81,6 +81,13 @@ pub struct ModuleProgress {
     /// Round-robin position: records assigned so far.
     pub next: u64,
     pub moved: i64,
+    /// The last record id moved: the next batch starts after it (an index seek past the rows
+    /// already moved, instead of a walk over their not-yet-vacuumed index entries).
+    #[serde(default)]
+    pub after: Option<String>,
+    /// The module's records were all moved (when last looked at).
+    #[serde(default)]
+    pub done: bool,
 }
 
 /// A transfer job.

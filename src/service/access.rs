@@ -125,6 +125,22 @@ impl AccessCache {
         }
     }
 
+    /// Drops the cached owners of some records (a local commit that knows what it changed).
+    pub fn invalidate_owner_keys(&self, tenant_id: &str, keys: &[(String, String)]) {
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = self.tenants.get(tenant_id) {
+            // Lookups already running may have read an old owner: they store nothing.
+            e.owner_generation.fetch_add(1, Ordering::SeqCst);
+            if keys.len() > e.owners.len() {
+                e.owners.clear();
+            } else {
+                for k in keys {
+                    e.owners.remove(k);
+                }
+            }
+        }
+    }
+
     /// Drops everything (used when notifications may have been missed).
     pub fn clear(&self) {
         self.tenants.clear();
@@ -136,7 +152,10 @@ impl AccessCache {
             match c.scope {
                 ChangeScope::User(u) => self.invalidate_user(&c.tenant_id, u),
                 ChangeScope::Tenant => self.invalidate_tenant(&c.tenant_id),
-                ChangeScope::Owners => self.invalidate_owners(&c.tenant_id),
+                ChangeScope::Owners => match &c.owner_keys {
+                    Some(keys) => self.invalidate_owner_keys(&c.tenant_id, keys),
+                    None => self.invalidate_owners(&c.tenant_id),
+                },
             }
             let mut seen = self.seen.entry(c.tenant_id.clone()).or_insert(0);
             if c.version > *seen {
@@ -360,6 +379,7 @@ impl Iam {
 
     /// `Access.Check`.
     pub async fn check(&self, tenant_id: &str, check: CheckInput) -> Result<Decision> {
+        self.foreground.fetch_add(1, Ordering::Relaxed);
         let tenant = self.access.entry(tenant_id);
         let policy = self.policy(&tenant, tenant_id).await?;
         let mut v = Violations::default();
@@ -370,6 +390,7 @@ impl Iam {
 
     /// `Access.BatchCheck`: decisions in request order.
     pub async fn batch_check(&self, tenant_id: &str, checks: Vec<CheckInput>) -> Result<Vec<Decision>> {
+        self.foreground.fetch_add(1, Ordering::Relaxed);
         let tenant = self.access.entry(tenant_id);
         let policy = self.policy(&tenant, tenant_id).await?;
         let mut v = Violations::default();
@@ -407,7 +428,12 @@ mod tests {
     #[test]
     fn reconcile_flushes_only_tenants_that_moved() {
         let cache = AccessCache::default();
-        cache.apply(&[PolicyChange { tenant_id: "a".into(), scope: ChangeScope::Tenant, version: 3 }]);
+        cache.apply(&[PolicyChange {
+            tenant_id: "a".into(),
+            scope: ChangeScope::Tenant,
+            version: 3,
+            owner_keys: None,
+        }]);
         cache.entry("a");
         cache.entry("b");
         assert_eq!(cache.reconcile(&[("a".into(), 3), ("b".into(), 7)]), 0, "first sight of b sets its baseline");

@@ -36,8 +36,10 @@ use crate::{
     store::{audit, tenants},
 };
 
-/// Events kept in memory for caught-up streams.
+/// Events kept in memory for caught-up streams: at most this many…
 const RING_CAPACITY: usize = 4096;
+/// …and at most about this many bytes (an `ownership.transferred` event lists thousands of ids).
+const RING_BYTES: usize = 8 * 1024 * 1024;
 /// Events read from the database per page when a stream catches up.
 const PAGE: u64 = 500;
 /// The hub looks for new events at least this often, whatever it was told.
@@ -54,7 +56,16 @@ pub enum StreamItem {
 struct Ring {
     /// The ring holds every event with `base < seq <= head` (-1: not started).
     base: i64,
-    events: VecDeque<Arc<AuditEvent>>,
+    events: VecDeque<(Arc<AuditEvent>, usize)>,
+    bytes: usize,
+}
+
+/// Rough memory footprint of an event (its JSON maps dominate).
+fn footprint(e: &AuditEvent) -> usize {
+    fn json_len(m: &serde_json::Map<String, serde_json::Value>) -> usize {
+        if m.is_empty() { 0 } else { serde_json::to_vec(m).map_or(0, |v| v.len()) * 2 }
+    }
+    256 + e.action.len() + e.target_id.len() + json_len(&e.details) + json_len(&e.changes)
 }
 
 /// The per-process follower of the audit tail.
@@ -68,7 +79,7 @@ pub struct AuditHub {
 impl Default for AuditHub {
     fn default() -> Self {
         AuditHub {
-            ring: RwLock::new(Ring { base: -1, events: VecDeque::new() }),
+            ring: RwLock::new(Ring { base: -1, events: VecDeque::new(), bytes: 0 }),
             head: watch::channel(-1).0,
             wake: Notify::new(),
             subscribers: AtomicUsize::new(0),
@@ -106,9 +117,9 @@ impl AuditHub {
         if ring.base < 0 || after < ring.base || after > head {
             return None;
         }
-        let start = ring.events.partition_point(|e| e.seq <= after);
+        let start = ring.events.partition_point(|(e, _)| e.seq <= after);
         let mut out = Vec::new();
-        for e in ring.events.iter().skip(start) {
+        for (e, _) in ring.events.iter().skip(start) {
             if filter.matches(scope, e) {
                 out.push(e.clone());
                 if out.len() == limit {
@@ -123,11 +134,17 @@ impl AuditHub {
         {
             let mut ring = self.ring.write().expect("ring lock");
             for e in events {
-                ring.events.push_back(Arc::new(e));
+                let size = footprint(&e);
+                ring.bytes += size;
+                ring.events.push_back((Arc::new(e), size));
             }
-            while ring.events.len() > RING_CAPACITY {
-                if let Some(old) = ring.events.pop_front() {
-                    ring.base = old.seq;
+            while ring.events.len() > RING_CAPACITY || ring.bytes > RING_BYTES {
+                match ring.events.pop_front() {
+                    Some((old, size)) => {
+                        ring.base = old.seq;
+                        ring.bytes -= size;
+                    }
+                    None => break,
                 }
             }
         }

@@ -29,6 +29,8 @@ pub struct Iam {
     pub stop: tokio_util::sync::CancellationToken,
     /// Wakes this replica's transfer worker when a job is created here.
     pub transfer_wake: Arc<tokio::sync::Notify>,
+    /// Access checks served (background jobs yield while it moves).
+    pub foreground: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Iam {
@@ -44,6 +46,7 @@ impl Iam {
             audit: Arc::new(audit::AuditHub::default()),
             stop: tokio_util::sync::CancellationToken::new(),
             transfer_wake: Arc::new(tokio::sync::Notify::new()),
+            foreground: Default::default(),
         }
     }
 }

@@ -222,6 +222,18 @@ impl Iam {
     /// `RecordOwnership`: every owner must be an ACTIVE or INVITED user of the tenant, every
     /// module in the catalog; otherwise nothing is written.
     pub async fn record_ownership(&self, ctx: &RequestContext, tenant_id: &str, rows: Vec<Ownership>) -> Result<u64> {
+        // Everything that needs no database happens before the transaction (and the tenant lock).
+        // One lock order for every writer of these rows, so concurrent writers cannot deadlock.
+        let mut sorted = rows.clone();
+        sorted.sort_by(|a, b| (&a.module, &a.resource_id).cmp(&(&b.module, &b.resource_id)));
+        let statements = ownership::upsert_statements(self.db.backend(), tenant_id, &sorted);
+        let mut per_module: BTreeMap<&str, u64> = BTreeMap::new();
+        for r in &sorted {
+            *per_module.entry(&r.module).or_default() += 1;
+        }
+        let mut owners: Vec<Uuid> = rows.iter().map(|r| r.owner_user_id).collect();
+        owners.sort_unstable();
+        owners.dedup();
         let written = self
             .db
             .write(ctx, async |tx| {
@@ -238,9 +250,6 @@ impl Iam {
                     }
                 }
                 v.finish()?;
-                let mut owners: Vec<Uuid> = rows.iter().map(|r| r.owner_user_id).collect();
-                owners.sort_unstable();
-                owners.dedup();
                 let states = ownership::user_states(&**tx, tenant_id, &owners).await?;
                 let bad: Vec<PreconditionViolation> = rows
                     .iter()
@@ -274,16 +283,11 @@ impl Iam {
                     e.precondition_violations = bad.into_iter().take(MAX_LISTED_VIOLATIONS).collect();
                     return Err(e);
                 }
-                // One lock order for every writer of these rows (the transfer worker walks record
-                // ids in order too), so concurrent writers cannot deadlock on PostgreSQL.
-                let mut sorted = rows.clone();
-                sorted.sort_by(|a, b| (&a.module, &a.resource_id).cmp(&(&b.module, &b.resource_id)));
-                let written = ownership::upsert(tx, tenant_id, &sorted).await?;
-                tx.ownership_changed(tenant_id);
-                let mut per_module: BTreeMap<&str, u64> = BTreeMap::new();
-                for r in &sorted {
-                    *per_module.entry(&r.module).or_default() += 1;
-                }
+                let written = ownership::upsert(tx, &statements).await?;
+                tx.owners_changed(
+                    tenant_id,
+                    Some(sorted.iter().map(|r| (r.module.clone(), r.resource_id.clone())).collect()),
+                );
                 tx.audit(
                     AuditRecord::new(Some(tenant_id), "ownership.recorded", "tenant", tenant_id)
                         .with_detail("records", sorted.len())
@@ -307,7 +311,7 @@ impl Iam {
                 tenants::lock(tx, tenant_id).await?;
                 let removed = ownership::forget(tx, tenant_id, &refs).await?;
                 if removed > 0 {
-                    tx.ownership_changed(tenant_id);
+                    tx.owners_changed(tenant_id, Some(refs.clone()));
                 }
                 tx.audit(
                     AuditRecord::new(Some(tenant_id), "ownership.forgotten", "tenant", tenant_id)

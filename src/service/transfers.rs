@@ -32,16 +32,22 @@ pub struct TransferSettings {
     pub lease: Duration,
     /// How often idle workers look for jobs created through other replicas.
     pub poll_interval: Duration,
+    /// While Access.Check traffic is being served, the worker pauses this fraction of each
+    /// batch's duration after it (1.0: at most half of the time moving records), so the hot path
+    /// keeps its latency; without traffic it runs flat out.
+    pub yield_ratio: f64,
 }
 
 impl Default for TransferSettings {
     fn default() -> Self {
-        TransferSettings { batch_size: 2000, lease: Duration::from_secs(30), poll_interval: Duration::from_secs(1) }
+        TransferSettings {
+            batch_size: 2000,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            yield_ratio: 1.0,
+        }
     }
 }
-
-/// Batches between recounts of a job's remaining records.
-const RECOUNT_EVERY: i64 = 32;
 
 /// What one step of a job did.
 #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -115,8 +121,22 @@ impl Iam {
                 }
                 return;
             }
+            let started = std::time::Instant::now();
+            let served = self.foreground.load(std::sync::atomic::Ordering::Relaxed);
             match self.transfer_step(me, id, settings).await {
-                Ok(Step::More) => failures = 0,
+                Ok(Step::More) => {
+                    failures = 0;
+                    // Foreground traffic during the batch: give it the cores for a while.
+                    if self.foreground.load(std::sync::atomic::Ordering::Relaxed) != served
+                        && settings.yield_ratio > 0.0
+                    {
+                        let pause = started.elapsed().mul_f64(settings.yield_ratio).min(Duration::from_secs(1));
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                }
                 Ok(Step::Ended) => return,
                 Ok(Step::Lost) => {
                     tracing::warn!(transfer_id = %id, "transfer lease lost to another replica");
@@ -165,18 +185,30 @@ impl Iam {
                 if cancel {
                     return self.end_transfer(tx, me, settings, t, TransferState::Cancelled, String::new()).await;
                 }
-                // The first module (in name order) the rules cover in which the user still owns
-                // records: records recorded for the user meanwhile are found here too.
-                let named: Option<Vec<String>> = (!t.rules.iter().any(|r| r.module.is_none()))
-                    .then(|| t.rules.iter().filter_map(|r| r.module.clone()).collect());
-                let Some(module) =
-                    ownership::first_owned_module(&**tx, &tenant_id, t.from_user_id, named.as_deref()).await?
-                else {
-                    t.total = t.moved;
-                    return self.end_transfer(tx, me, settings, t, TransferState::Succeeded, String::new()).await;
+                let from = t.from_user_id;
+                // The module being moved, else the first module (in name order) the rules cover
+                // in which the user still owns records: records recorded meanwhile are found too.
+                let module = match t.progress.iter().find(|p| !p.done) {
+                    Some(p) => p.module.clone(),
+                    None => {
+                        let named: Option<Vec<String>> = (!t.rules.iter().any(|r| r.module.is_none()))
+                            .then(|| t.rules.iter().filter_map(|r| r.module.clone()).collect());
+                        match ownership::first_owned_module(&**tx, &tenant_id, from, named.as_deref()).await? {
+                            Some(m) => {
+                                let p = transfers::progress_of(&mut t, &m);
+                                (p.done, p.after) = (false, None);
+                                m
+                            }
+                            None => {
+                                t.total = t.moved;
+                                return self
+                                    .end_transfer(tx, me, settings, t, TransferState::Succeeded, String::new())
+                                    .await;
+                            }
+                        }
+                    }
                 };
                 let target = rule_for(&t.rules, &module).expect("covered").target;
-                let from = t.from_user_id;
                 if transfers::progress_of(&mut t, &module).targets.is_empty() {
                     // Targets are fixed when a module's first batch moves (round-robin members included).
                     let policy = compile_policy(&**tx, &tenant_id).await?;
@@ -195,29 +227,41 @@ impl Iam {
                     let error = format!("target user {gone} is no longer ACTIVE; what was moved stays moved");
                     return self.end_transfer(tx, me, settings, t, TransferState::Failed, error).await;
                 }
-                // The exact batch (the module's last one is smaller), so that round-robin shares
-                // stay within one record of each other.
-                let batch = ownership::count_up_to(tx, &tenant_id, &module, from, settings.batch_size).await? as i64;
+                let ids =
+                    ownership::owned_ids(tx, &tenant_id, &module, from, progress.after.as_deref(), settings.batch_size)
+                        .await?;
                 let mut moves = Vec::new();
                 let mut moved = 0i64;
-                for (to, share) in targets.iter().zip(spread(batch, targets.len(), progress.next)) {
-                    if share > 0 {
-                        let ids = ownership::move_batch(tx, &tenant_id, &module, from, *to, share as u64).await?;
-                        moved += ids.len() as i64;
-                        moves.push(json!({ "to_user_id": to, "resource_ids": ids }));
+                if ids.is_empty() {
+                    if progress.after.is_some() {
+                        // Past the last record: look once more from the first id, for records
+                        // recorded for the user meanwhile below the cursor.
+                        progress.after = None;
+                    } else {
+                        progress.done = true;
+                        // Count what is left in other modules (it grows when records are recorded
+                        // for the user meanwhile); between counts the total keeps up with what moved.
+                        let counts = ownership::counts(&**tx, &tenant_id, from).await?;
+                        let left: i64 =
+                            counts.iter().filter(|(m, _)| rule_for(&t.rules, m).is_some()).map(|(_, n)| n).sum();
+                        t.total = t.moved + left;
                     }
-                }
-                progress.next += moved as u64;
-                progress.moved += moved;
-                t.moved += moved;
-                if t.version % RECOUNT_EVERY == 0 {
-                    // Now and then, count what is left (it grows when records are recorded for the
-                    // user meanwhile); between counts the total only keeps up with what moved.
-                    let counts = ownership::counts(&**tx, &tenant_id, from).await?;
-                    let left: i64 =
-                        counts.iter().filter(|(m, _)| rule_for(&t.rules, m).is_some()).map(|(_, n)| n).sum();
-                    t.total = t.moved + left;
                 } else {
+                    progress.after = ids.last().cloned();
+                    // Consecutive slices of the batch, sized round-robin from the module's position.
+                    let mut rest = ids.as_slice();
+                    for (to, share) in targets.iter().zip(spread(ids.len() as i64, targets.len(), progress.next)) {
+                        let (mine, others) = rest.split_at(share as usize);
+                        rest = others;
+                        if !mine.is_empty() {
+                            let done = ownership::reassign(tx, &tenant_id, &module, *to, mine).await?;
+                            moved += done.len() as i64;
+                            moves.push(json!({ "to_user_id": to, "resource_ids": done }));
+                        }
+                    }
+                    progress.next += moved as u64;
+                    progress.moved += moved;
+                    t.moved += moved;
                     t.total = t.total.max(t.moved);
                 }
                 t.state = TransferState::Running;
@@ -225,7 +269,10 @@ impl Iam {
                 if !transfers::save_claimed(tx, &t, false, me, lease_until(settings)).await? {
                     return Err(lost_lease());
                 }
-                tx.ownership_changed(&tenant_id);
+                if moves.is_empty() {
+                    return Ok(Step::More);
+                }
+                tx.owners_changed(&tenant_id, Some(ids.iter().map(|id| (module.clone(), id.clone())).collect()));
                 tx.audit(
                     AuditRecord::new(Some(&tenant_id), "ownership.transferred", "transfer", t.transfer_id)
                         .with_detail("module", module.clone())

@@ -82,6 +82,9 @@ pub struct PolicyChange {
     pub scope: ChangeScope,
     /// The tenant's policy version after the change.
     pub version: i64,
+    /// Owners scope, in this process only: exactly which records changed owner (None: any may
+    /// have). Other replicas hear "owners" and drop the tenant's cached owners as a whole.
+    pub owner_keys: Option<Arc<Vec<(String, String)>>>,
 }
 
 /// PostgreSQL channel on which policy changes are announced to every replica.
@@ -93,6 +96,8 @@ pub struct Tx {
     backend: Backend,
     audit: std::sync::Mutex<Vec<AuditRecord>>,
     policy: std::sync::Mutex<Vec<(String, ChangeScope)>>,
+    /// Per tenant: the records whose owner changed (None once a change named no records).
+    owner_keys: std::sync::Mutex<Vec<(String, Option<Vec<(String, String)>>)>>,
 }
 
 impl std::ops::Deref for Tx {
@@ -118,9 +123,18 @@ impl Tx {
         self.changed(tenant_id, user_id.map_or(ChangeScope::Tenant, ChangeScope::User));
     }
 
-    /// Records that the tenant's ownership registry changes with this transaction.
-    pub fn ownership_changed(&self, tenant_id: &str) {
+    /// Records that the tenant's ownership registry changes with this transaction: these (module,
+    /// record id) pairs (the local cache then drops just them), or any record (None).
+    pub fn owners_changed(&self, tenant_id: &str, keys: Option<Vec<(String, String)>>) {
         self.changed(tenant_id, ChangeScope::Owners);
+        let mut all = self.owner_keys.lock().expect("owner keys poisoned");
+        match all.iter_mut().find(|(t, _)| t == tenant_id) {
+            None => all.push((tenant_id.to_owned(), keys)),
+            Some((_, existing)) => match (existing.as_mut(), keys) {
+                (Some(e), Some(k)) => e.extend(k),
+                _ => *existing = None,
+            },
+        }
     }
 
     fn changed(&self, tenant_id: &str, scope: ChangeScope) {
@@ -231,6 +245,7 @@ impl Db {
             backend: self.backend,
             audit: Default::default(),
             policy: Default::default(),
+            owner_keys: Default::default(),
         };
         match self.run_in(&tx, ctx, f).await {
             Ok(Outcome::Done(value, last_seq, changes)) => {
@@ -338,7 +353,18 @@ impl Db {
                     v
                 }
             };
-            let change = PolicyChange { tenant_id, scope, version };
+            let owner_keys = match scope {
+                ChangeScope::Owners => tx
+                    .owner_keys
+                    .lock()
+                    .expect("owner keys poisoned")
+                    .iter_mut()
+                    .find(|(t, _)| *t == tenant_id)
+                    .and_then(|(_, k)| k.take())
+                    .map(Arc::new),
+                _ => None,
+            };
+            let change = PolicyChange { tenant_id, scope, version, owner_keys };
             if self.backend == Backend::Postgres {
                 tx.execute_raw(raw(
                     Backend::Postgres,
@@ -372,7 +398,7 @@ impl PolicyChange {
             "owners" => ChangeScope::Owners,
             u => ChangeScope::User(Uuid::parse_str(u).ok()?),
         };
-        Some(PolicyChange { tenant_id, scope, version })
+        Some(PolicyChange { tenant_id, scope, version, owner_keys: None })
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::{OnConflict, Query},
+    sea_query::{InsertStatement, OnConflict, Query},
 };
 use uuid::Uuid;
 
@@ -14,44 +14,64 @@ use super::{
 };
 use crate::domain::{Result, now, ownership::Ownership, user::UserState};
 
-/// Rows per INSERT statement (5 parameters each: well under both databases' parameter limits).
+/// Rows per statement in key lists (well under both databases' parameter limits).
 const ROWS_PER_STATEMENT: usize = 1000;
 
-/// Inserts or re-owns records; returns how many rows were written. Every writer of ownership rows
-/// holds the tenant lock ([`super::tenants::lock`]), so transfer batches see no concurrent change.
-pub async fn upsert(tx: &Tx, tenant_id: &str, rows: &[Ownership]) -> Result<u64> {
+/// Rows per upsert (5 parameters each): one statement for a whole 10,000-record call on
+/// PostgreSQL (limit 65,535 parameters), 6,000 on SQLite (limit 32,766).
+fn upsert_rows(backend: super::Backend) -> usize {
+    match backend {
+        super::Backend::Postgres => 10_000,
+        super::Backend::Sqlite => 6_000,
+    }
+}
+
+/// The statements that insert or re-own `rows` (built before the transaction, so the tenant lock
+/// is held only while the database works).
+pub fn upsert_statements(backend: super::Backend, tenant_id: &str, rows: &[Ownership]) -> Vec<InsertStatement> {
     let t = now();
-    let mut written = 0;
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut insert = Query::insert();
-        insert
-            .into_table(ownerships::Entity)
-            .columns([
-                ownerships::Column::TenantId,
-                ownerships::Column::Module,
-                ownerships::Column::ResourceId,
-                ownerships::Column::OwnerUserId,
-                ownerships::Column::UpdateTime,
-            ])
-            .on_conflict(
-                OnConflict::columns([
+    rows.chunks(upsert_rows(backend))
+        .map(|chunk| {
+            let mut insert = Query::insert();
+            insert
+                .into_table(ownerships::Entity)
+                .columns([
                     ownerships::Column::TenantId,
                     ownerships::Column::Module,
                     ownerships::Column::ResourceId,
+                    ownerships::Column::OwnerUserId,
+                    ownerships::Column::UpdateTime,
                 ])
-                .update_columns([ownerships::Column::OwnerUserId, ownerships::Column::UpdateTime])
-                .to_owned(),
-            );
-        for r in chunk {
-            insert.values_panic([
-                tenant_id.into(),
-                r.module.clone().into(),
-                r.resource_id.clone().into(),
-                r.owner_user_id.into(),
-                t.into(),
-            ]);
-        }
-        written += tx.execute(&insert).await?.rows_affected();
+                .on_conflict(
+                    OnConflict::columns([
+                        ownerships::Column::TenantId,
+                        ownerships::Column::Module,
+                        ownerships::Column::ResourceId,
+                    ])
+                    .update_columns([ownerships::Column::OwnerUserId, ownerships::Column::UpdateTime])
+                    .to_owned(),
+                );
+            for r in chunk {
+                insert.values_panic([
+                    tenant_id.into(),
+                    r.module.clone().into(),
+                    r.resource_id.clone().into(),
+                    r.owner_user_id.into(),
+                    t.into(),
+                ]);
+            }
+            insert
+        })
+        .collect()
+}
+
+/// Inserts or re-owns records ([`upsert_statements`]); returns how many rows were written. Every
+/// writer of ownership rows holds the tenant lock ([`super::tenants::lock`]), so transfer batches
+/// see no concurrent change.
+pub async fn upsert(tx: &Tx, statements: &[InsertStatement]) -> Result<u64> {
+    let mut written = 0;
+    for insert in statements {
+        written += tx.execute(insert).await?.rows_affected();
     }
     Ok(written)
 }
@@ -192,19 +212,27 @@ pub async fn first_owned_module(
     Ok(q.into_tuple().one(conn).await?)
 }
 
-/// How many records of a module `user` owns, counting no further than `limit`.
-pub async fn count_up_to(tx: &Tx, tenant_id: &str, module: &str, user_id: Uuid, limit: u64) -> Result<u64> {
-    let ids: Vec<String> = ownerships::Entity::find()
+/// Up to `limit` record ids of a module owned by `user`, after `after`, in id order.
+pub async fn owned_ids(
+    tx: &Tx,
+    tenant_id: &str,
+    module: &str,
+    user_id: Uuid,
+    after: Option<&str>,
+    limit: u64,
+) -> Result<Vec<String>> {
+    let mut q = ownerships::Entity::find()
         .select_only()
         .column(ownerships::Column::ResourceId)
         .filter(ownerships::Column::TenantId.eq(tenant_id))
         .filter(ownerships::Column::OwnerUserId.eq(user_id))
         .filter(ownerships::Column::Module.eq(module))
-        .limit(limit)
-        .into_tuple()
-        .all(&**tx)
-        .await?;
-    Ok(ids.len() as u64)
+        .order_by_asc(ownerships::Column::ResourceId)
+        .limit(limit);
+    if let Some(a) = after {
+        q = q.filter(ownerships::Column::ResourceId.gt(a));
+    }
+    Ok(q.into_tuple().all(&**tx).await?)
 }
 
 /// PostgreSQL: refreshes the planner's statistics of the registry. A table that was just bulk
@@ -217,36 +245,15 @@ pub async fn refresh_statistics(db: &super::Db) -> Result<()> {
     Ok(())
 }
 
-/// Moves up to `limit` records of a module from `from` to `to` (lowest record ids first) and
-/// returns the ids that moved (`UPDATE … RETURNING`: exactly what changed). The caller holds
-/// the tenant lock.
-pub async fn move_batch(
-    tx: &Tx,
-    tenant_id: &str,
-    module: &str,
-    from: Uuid,
-    to: Uuid,
-    limit: u64,
-) -> Result<Vec<String>> {
-    // Two steps, each an index lookup whatever the planner's statistics: pick the ids in order
-    // (covering index on owner), then update them by primary key. (A single UPDATE joined to a
-    // LIMIT subquery was planned as a scan per picked row on SQLite; an extra `owner = from`
-    // condition made PostgreSQL walk the owner's whole index range per statement.) The picked
-    // rows cannot change in between: every writer of a tenant's ownerships holds the tenant lock.
-    let picked: Vec<String> = ownerships::Entity::find()
-        .select_only()
-        .column(ownerships::Column::ResourceId)
-        .filter(ownerships::Column::TenantId.eq(tenant_id))
-        .filter(ownerships::Column::OwnerUserId.eq(from))
-        .filter(ownerships::Column::Module.eq(module))
-        .order_by_asc(ownerships::Column::ResourceId)
-        .limit(limit)
-        .into_tuple()
-        .all(&**tx)
-        .await?;
+/// Gives records of a module to `to` by primary key and returns the ids that moved
+/// (`UPDATE … RETURNING`). The caller holds the tenant lock and picked `ids` in this transaction
+/// ([`owned_ids`]), so they cannot have changed in between: every writer of a tenant's ownerships
+/// holds that lock. (No `owner = from` condition: with it PostgreSQL walks the owner's whole index
+/// range per statement instead of looking up the keys.)
+pub async fn reassign(tx: &Tx, tenant_id: &str, module: &str, to: Uuid, ids: &[String]) -> Result<Vec<String>> {
     let t = now();
-    let mut ids = Vec::with_capacity(picked.len());
-    for chunk in picked.chunks(ROWS_PER_STATEMENT) {
+    let mut moved = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let update = Query::update()
             .table(ownerships::Entity)
             .value(ownerships::Column::OwnerUserId, to)
@@ -257,11 +264,11 @@ pub async fn move_batch(
             .returning_col(ownerships::Column::ResourceId)
             .to_owned();
         for r in tx.query_all(&update).await? {
-            ids.push(r.try_get_by_index::<String>(0)?);
+            moved.push(r.try_get_by_index::<String>(0)?);
         }
     }
-    ids.sort_unstable();
-    Ok(ids)
+    moved.sort_unstable();
+    Ok(moved)
 }
 
 /// The states of the given users of a tenant (users not found are absent).

@@ -223,6 +223,13 @@ pub fn progress_of<'a>(t: &'a mut Transfer, module: &str) -> &'a mut ModuleProgr
     if let Some(i) = t.progress.iter().position(|p| p.module == module) {
         return &mut t.progress[i];
     }
-    t.progress.push(ModuleProgress { module: module.to_owned(), targets: Vec::new(), next: 0, moved: 0 });
+    t.progress.push(ModuleProgress {
+        module: module.to_owned(),
+        targets: Vec::new(),
+        next: 0,
+        moved: 0,
+        after: None,
+        done: false,
+    });
     t.progress.last_mut().expect("just pushed")
 }

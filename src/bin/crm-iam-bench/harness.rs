@@ -6,6 +6,10 @@ use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -132,6 +136,15 @@ where
     F: Fn(Channel, u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Status>> + Send,
 {
+    run_until(channels, load, Arc::new(AtomicBool::new(false)), call).await
+}
+
+/// [`run`], ending early when `stop` is set (the rate is over the time actually measured).
+pub async fn run_until<F, Fut>(channels: &[Channel], load: Load, stop: Arc<AtomicBool>, call: F) -> Stats
+where
+    F: Fn(Channel, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Status>> + Send,
+{
     let start = Instant::now();
     let measure_from = start + load.warmup;
     let end = measure_from + load.duration;
@@ -139,6 +152,7 @@ where
     for i in 0..load.concurrency {
         let channel = channels[i % channels.len()].clone();
         let call = call.clone();
+        let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             let (mut n, mut errors) = (0u64, 0u64);
@@ -147,7 +161,7 @@ where
             let mut seq = (i as u64) * 7919 * 1_000;
             loop {
                 let t0 = Instant::now();
-                if t0 >= end {
+                if t0 >= end || stop.load(Ordering::Relaxed) {
                     break;
                 }
                 seq += 1;
@@ -172,8 +186,9 @@ where
         n += k;
         errors += e;
     }
+    let measured = Instant::now().min(end).saturating_duration_since(measure_from).max(Duration::from_millis(1));
     Stats {
-        rate: n as f64 / load.duration.as_secs_f64(),
+        rate: n as f64 / measured.as_secs_f64(),
         p50_ms: all.value_at_quantile(0.50) as f64 / 1000.0,
         p99_ms: all.value_at_quantile(0.99) as f64 / 1000.0,
         errors,

@@ -10,6 +10,7 @@
 mod access;
 mod audit;
 mod harness;
+mod transfer;
 
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ enum Cmd {
     Access(Opts),
     /// Audit stream: commit-to-delivery latency with 100 subscribers; memory with 1,000 streams.
     Audit(Opts),
+    /// Ownership: RecordOwnership ingest and a 1,000,000-record transfer against raw SQL floors.
+    Transfer(Opts),
     /// Every benchmark.
     All(Opts),
 }
@@ -212,6 +215,7 @@ async fn async_main() -> anyhow::Result<()> {
         Cmd::Serve { database_url } => return serve(database_url).await,
         Cmd::Access(o) => (o, "access"),
         Cmd::Audit(o) => (o, "audit"),
+        Cmd::Transfer(o) => (o, "transfer"),
         Cmd::All(o) => (o, "all"),
     };
     println!("machine: {}", machine());
@@ -226,6 +230,9 @@ async fn async_main() -> anyhow::Result<()> {
         }
         if matches!(which, "audit" | "all") {
             rows.extend(audit::run(&db, opts.load()).await?);
+        }
+        if matches!(which, "transfer" | "all") {
+            rows.extend(transfer::run(&db, opts.load()).await?);
         }
         db.drop_now().await;
     }
