@@ -84,7 +84,7 @@ pub struct PolicyChange {
     pub version: i64,
     /// Owners scope, in this process only: exactly which records changed owner (None: any may
     /// have). Other replicas hear "owners" and drop the tenant's cached owners as a whole.
-    pub owner_keys: Option<Arc<Vec<(String, String)>>>,
+    pub owner_keys: Option<Arc<Vec<OwnerKey>>>,
 }
 
 /// PostgreSQL channel on which policy changes are announced to every replica.
@@ -97,8 +97,11 @@ pub struct Tx {
     audit: std::sync::Mutex<Vec<AuditRecord>>,
     policy: std::sync::Mutex<Vec<(String, ChangeScope)>>,
     /// Per tenant: the records whose owner changed (None once a change named no records).
-    owner_keys: std::sync::Mutex<Vec<(String, Option<Vec<(String, String)>>)>>,
+    owner_keys: std::sync::Mutex<Vec<(String, Option<Vec<OwnerKey>>)>>,
 }
+
+/// A record of the ownership registry: (module, record id).
+pub type OwnerKey = (String, String);
 
 impl std::ops::Deref for Tx {
     type Target = DatabaseTransaction;
@@ -125,7 +128,7 @@ impl Tx {
 
     /// Records that the tenant's ownership registry changes with this transaction: these (module,
     /// record id) pairs (the local cache then drops just them), or any record (None).
-    pub fn owners_changed(&self, tenant_id: &str, keys: Option<Vec<(String, String)>>) {
+    pub fn owners_changed(&self, tenant_id: &str, keys: Option<Vec<OwnerKey>>) {
         self.changed(tenant_id, ChangeScope::Owners);
         let mut all = self.owner_keys.lock().expect("owner keys poisoned");
         match all.iter_mut().find(|(t, _)| t == tenant_id) {

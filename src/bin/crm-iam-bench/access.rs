@@ -131,38 +131,13 @@ pub async fn seed(server: &Server) -> anyhow::Result<Seed> {
         plans.into_iter().map(|(i, dept, role_ids)| {
             let mut users = users.clone();
             async move {
-                let id = users
-                    .create_user(pb::CreateUserRequest {
-                        tenant_id: TENANT.into(),
-                        user: Some(pb::User {
-                            email: format!("user{i}@bench.example"),
-                            given_name: format!("User{i}"),
-                            department_id: dept,
-                            ..Default::default()
-                        }),
-                        send_invitation: true,
-                        role_ids,
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner()
-                    .user
-                    .unwrap()
-                    .user_id;
-                users
-                    .deactivate_user(pb::DeactivateUserRequest {
-                        tenant_id: TENANT.into(),
-                        user_id: id.clone(),
-                        ..Default::default()
-                    })
-                    .await?;
-                users
-                    .reactivate_user(pb::ReactivateUserRequest {
-                        tenant_id: TENANT.into(),
-                        user_id: id.clone(),
-                        ..Default::default()
-                    })
-                    .await?;
+                let user = pb::User {
+                    email: format!("user{i}@bench.example"),
+                    given_name: format!("User{i}"),
+                    department_id: dept,
+                    ..Default::default()
+                };
+                let id = harness::active_user(&mut users, TENANT, user, role_ids).await?;
                 Ok::<_, tonic::Status>(id)
             }
         }),

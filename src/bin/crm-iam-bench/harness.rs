@@ -253,3 +253,48 @@ where
     use futures::StreamExt;
     futures::stream::iter(items).buffer_unordered(n).collect().await
 }
+
+/// Creates an ACTIVE user without hashing a password (invited, then deactivated and reactivated),
+/// so seeding measures nothing of argon2; returns the user id.
+pub async fn active_user<T>(
+    users: &mut crm_iam::proto::v1::user_admin_client::UserAdminClient<T>,
+    tenant_id: &str,
+    user: crm_iam::proto::v1::User,
+    role_ids: Vec<String>,
+) -> Result<String, Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    use crm_iam::proto::v1 as pb;
+    let id = users
+        .create_user(pb::CreateUserRequest {
+            tenant_id: tenant_id.into(),
+            user: Some(user),
+            send_invitation: true,
+            role_ids,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .user
+        .expect("created user")
+        .user_id;
+    users
+        .deactivate_user(pb::DeactivateUserRequest {
+            tenant_id: tenant_id.into(),
+            user_id: id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    users
+        .reactivate_user(pb::ReactivateUserRequest {
+            tenant_id: tenant_id.into(),
+            user_id: id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(id)
+}

@@ -59,37 +59,8 @@ async fn seed(server: &Server) -> anyhow::Result<[String; 3]> {
     let mut users = pb::user_admin_client::UserAdminClient::new(ch);
     let mut ids = Vec::new();
     for name in ["leaving", "taker", "checker"] {
-        let id = users
-            .create_user(pb::CreateUserRequest {
-                tenant_id: TENANT.into(),
-                user: Some(pb::User {
-                    email: format!("{name}@bench.example"),
-                    given_name: name.into(),
-                    ..Default::default()
-                }),
-                send_invitation: true,
-                role_ids: vec![operator.clone()],
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .user
-            .unwrap()
-            .user_id;
-        users
-            .deactivate_user(pb::DeactivateUserRequest {
-                tenant_id: TENANT.into(),
-                user_id: id.clone(),
-                ..Default::default()
-            })
-            .await?;
-        users
-            .reactivate_user(pb::ReactivateUserRequest {
-                tenant_id: TENANT.into(),
-                user_id: id.clone(),
-                ..Default::default()
-            })
-            .await?;
+        let user = pb::User { email: format!("{name}@bench.example"), given_name: name.into(), ..Default::default() };
+        let id = harness::active_user(&mut users, TENANT, user, vec![operator.clone()]).await?;
         ids.push(id);
     }
     Ok([ids[0].clone(), ids[1].clone(), ids[2].clone()])
@@ -239,29 +210,28 @@ async fn raw_floors(db: &Database, n: usize, batch: u64) -> anyhow::Result<(f64,
     Ok((insert_rate, update_rate))
 }
 
-/// Access.Check of the checker's own records (owner from the registry), closed loop.
+/// One Access.Check of one of the checker's own records (the owner comes from the registry).
+async fn check_own(ch: tonic::transport::Channel, checker: Arc<String>, seq: u64) -> Result<(), tonic::Status> {
+    let mut client = pb::access_client::AccessClient::with_interceptor(ch, Bearer);
+    let r = client
+        .check(pb::CheckRequest {
+            tenant_id: TENANT.into(),
+            user_id: checker.to_string(),
+            module: "deals".into(),
+            action: "edit".into(),
+            resource: Some(pb::Resource {
+                resource_id: format!("own-{:06}", seq as usize % CHECK_RECORDS),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    if r.into_inner().allowed { Ok(()) } else { Err(tonic::Status::internal("denied")) }
+}
+
+/// Access.Check of the checker's own records, closed loop.
 async fn checks(server: &Server, load: Load, checker: Arc<String>) -> anyhow::Result<Stats> {
     let channels = server.channels(load.connections).await?;
-    Ok(harness::run(&channels, load, move |ch, seq| {
-        let checker = checker.clone();
-        async move {
-            let mut client = pb::access_client::AccessClient::with_interceptor(ch, Bearer);
-            let r = client
-                .check(pb::CheckRequest {
-                    tenant_id: TENANT.into(),
-                    user_id: checker.to_string(),
-                    module: "deals".into(),
-                    action: "edit".into(),
-                    resource: Some(pb::Resource {
-                        resource_id: format!("own-{:06}", seq as usize % CHECK_RECORDS),
-                        ..Default::default()
-                    }),
-                })
-                .await?;
-            if r.into_inner().allowed { Ok(()) } else { Err(tonic::Status::internal("denied")) }
-        }
-    })
-    .await)
+    Ok(harness::run(&channels, load, move |ch, seq| check_own(ch, checker.clone(), seq)).await)
 }
 
 /// Starts a transfer of everything `from` owns to `to` and waits for its end; returns records/s
@@ -354,26 +324,9 @@ pub async fn run(db: &Database, load: Load) -> anyhow::Result<Vec<Row>> {
                 }
                 s2.store(true, Ordering::Relaxed);
             });
-            let stats = harness::run_until(&channels, busy_load, stop, move |ch, seq| {
-                let checker = checker.clone();
-                async move {
-                    let mut client = pb::access_client::AccessClient::with_interceptor(ch, Bearer);
-                    client
-                        .check(pb::CheckRequest {
-                            tenant_id: TENANT.into(),
-                            user_id: checker.to_string(),
-                            module: "deals".into(),
-                            action: "edit".into(),
-                            resource: Some(pb::Resource {
-                                resource_id: format!("own-{:06}", seq as usize % CHECK_RECORDS),
-                                ..Default::default()
-                            }),
-                        })
-                        .await
-                        .map(|_| ())
-                }
-            })
-            .await;
+            let stats =
+                harness::run_until(&channels, busy_load, stop, move |ch, seq| check_own(ch, checker.clone(), seq))
+                    .await;
             watcher.abort();
             stats
         })
