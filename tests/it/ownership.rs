@@ -24,6 +24,7 @@ both_backends!(
     lifecycle_refuses_orphans_and_starts_transfers,
     two_replicas_run_a_job_once,
     a_killed_server_resumes_the_transfer,
+    a_stopping_server_hands_its_transfer_over,
 );
 
 fn own(module: &str, id: &str, owner: &str) -> pb::Ownership {
@@ -991,4 +992,50 @@ async fn a_killed_server_resumes_the_transfer(backend: Backend) {
     assert_eq!(moved.len(), N, "the audit events list every moved record…");
     assert_eq!(moved.iter().map(|(_, _, id)| id).collect::<HashSet<_>>().len(), N, "…exactly once");
     assert!(moved.iter().all(|(_, to, _)| to == &tm.target));
+}
+
+/// A graceful stop releases the job's lease: another replica continues at once, long before the
+/// lease (30 s here) would have run out.
+async fn a_stopping_server_hands_its_transfer_over(backend: Backend) {
+    let a = TestServer::start_with(backend, |c| {
+        c.transfer_batch_size = 10;
+        c.debug_commit_delay = Duration::from_millis(20);
+    })
+    .await;
+    let tm = team(&a).await;
+    let t = tm.t.clone();
+    record_many(&a, &t, "deals", "deal", &tm.from, 2000).await;
+    let db_b = TestDb::attach(&a.db);
+    let mut config = common::test_config(&db_b);
+    config.transfer_batch_size = 10;
+    let b = TestServer::start_on(db_b, config).await;
+    let tr = a
+        .ownership()
+        .await
+        .start_transfer(pb::StartTransferRequest {
+            tenant_id: t.clone(),
+            from_user_id: tm.from.clone(),
+            rules: vec![to_user("", &tm.target)],
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .transfer
+        .unwrap();
+    common::eventually("replica A moves records", || {
+        let (addr, t, id) = (a.addr, t.clone(), tr.transfer_id.clone());
+        async move { get_transfer_at(addr, &t, &id).await.moved > 0 }
+    })
+    .await;
+    let stopped_at = tokio::time::Instant::now();
+    let _db = a.stop().await;
+    let end = wait_end(&b, &t, &tr.transfer_id, Duration::from_secs(25)).await;
+    assert!(stopped_at.elapsed() < Duration::from_secs(25), "taken over before the 30 s lease ran out");
+    assert_eq!(state(&end), pb::TransferState::Succeeded);
+    assert_eq!(end.moved, 2000);
+    let (moved, workers) = transferred(&b, &t).await;
+    assert_eq!(workers.len(), 2, "both replicas moved batches");
+    assert_eq!(moved.iter().map(|(_, _, id)| id).collect::<HashSet<_>>().len(), 2000);
+    b.stop().await;
 }
