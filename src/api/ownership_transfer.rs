@@ -36,14 +36,11 @@ const WATCH_POLL: Duration = Duration::from_millis(200);
 /// WatchTransfer reports at least this often while the job runs.
 const WATCH_MAX_SILENCE: Duration = Duration::from_secs(1);
 
-fn method(name: &str) -> &'static str {
-    match name {
-        "RecordOwnership" => "/crm.iam.v1.OwnershipTransfer/RecordOwnership",
-        "ForgetOwnership" => "/crm.iam.v1.OwnershipTransfer/ForgetOwnership",
-        "StartTransfer" => "/crm.iam.v1.OwnershipTransfer/StartTransfer",
-        _ => "/crm.iam.v1.OwnershipTransfer/CancelTransfer",
-    }
-}
+/// Full method names of the mutating methods (the scope of their idempotency keys).
+const RECORD_OWNERSHIP: &str = "/crm.iam.v1.OwnershipTransfer/RecordOwnership";
+const FORGET_OWNERSHIP: &str = "/crm.iam.v1.OwnershipTransfer/ForgetOwnership";
+const START_TRANSFER: &str = "/crm.iam.v1.OwnershipTransfer/StartTransfer";
+const CANCEL_TRANSFER: &str = "/crm.iam.v1.OwnershipTransfer/CancelTransfer";
 
 fn tenant(v: &mut Violations, tenant_id: &str) -> String {
     record_tenant(tenant_id);
@@ -119,9 +116,8 @@ impl OwnershipTransfer for OwnershipTransferApi {
             });
         }
         v.finish()?;
-        let ctx = mutation(&req, &caller, &tenant_id, method("RecordOwnership"), msg, &msg.request_id, |m| {
-            m.request_id.clear()
-        })?;
+        let ctx =
+            mutation(&req, &caller, &tenant_id, RECORD_OWNERSHIP, msg, &msg.request_id, |m| m.request_id.clear())?;
         let recorded = self.iam.record_ownership(&ctx, &tenant_id, rows).await?;
         Ok(Response::new(pb::RecordOwnershipResponse { recorded: recorded as i32 }))
     }
@@ -147,9 +143,8 @@ impl OwnershipTransfer for OwnershipTransferApi {
             ));
         }
         v.finish()?;
-        let ctx = mutation(&req, &caller, &tenant_id, method("ForgetOwnership"), msg, &msg.request_id, |m| {
-            m.request_id.clear()
-        })?;
+        let ctx =
+            mutation(&req, &caller, &tenant_id, FORGET_OWNERSHIP, msg, &msg.request_id, |m| m.request_id.clear())?;
         let forgotten = self.iam.forget_ownership(&ctx, &tenant_id, refs).await?;
         Ok(Response::new(pb::ForgetOwnershipResponse { forgotten: forgotten as i32 }))
     }
@@ -282,9 +277,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         let from = id(&mut v, "from_user_id", &msg.from_user_id);
         let rules = convert::rules_from_proto(&mut v, &msg.rules);
         v.finish()?;
-        let ctx = mutation(&req, &caller, &tenant_id, method("StartTransfer"), msg, &msg.request_id, |m| {
-            m.request_id.clear()
-        })?;
+        let ctx = mutation(&req, &caller, &tenant_id, START_TRANSFER, msg, &msg.request_id, |m| m.request_id.clear())?;
         let t = self.iam.start_transfer(&ctx, &tenant_id, from, rules).await?;
         Ok(Response::new(pb::StartTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }))
     }
@@ -347,9 +340,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let transfer_id = id(&mut v, "transfer_id", &msg.transfer_id);
         v.finish()?;
-        let ctx = mutation(&req, &caller, &tenant_id, method("CancelTransfer"), msg, &msg.request_id, |m| {
-            m.request_id.clear()
-        })?;
+        let ctx = mutation(&req, &caller, &tenant_id, CANCEL_TRANSFER, msg, &msg.request_id, |m| m.request_id.clear())?;
         let t = self.iam.cancel_transfer(&ctx, &tenant_id, transfer_id).await?;
         Ok(Response::new(pb::CancelTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }))
     }
