@@ -25,6 +25,7 @@ both_backends!(
     two_replicas_run_a_job_once,
     a_killed_server_resumes_the_transfer,
     a_stopping_server_hands_its_transfer_over,
+    a_target_leaving_mid_transfer_fails_it,
 );
 
 fn own(module: &str, id: &str, owner: &str) -> pb::Ownership {
@@ -1038,4 +1039,75 @@ async fn a_stopping_server_hands_its_transfer_over(backend: Backend) {
     assert_eq!(workers.len(), 2, "both replicas moved batches");
     assert_eq!(moved.iter().map(|(_, _, id)| id).collect::<HashSet<_>>().len(), 2000);
     b.stop().await;
+}
+
+/// The receiving user is deactivated while the job runs: the job fails at its next batch, saying
+/// why; what moved stays moved, the rest stays with the departing user; both show as orphaned
+/// owners if they are inactive.
+async fn a_target_leaving_mid_transfer_fails_it(backend: Backend) {
+    let s = TestServer::start_with(backend, |c| {
+        c.transfer_batch_size = 2;
+        c.debug_commit_delay = Duration::from_millis(30);
+    })
+    .await;
+    let tm = team(&s).await;
+    let t = tm.t.clone();
+    record_many(&s, &t, "deals", "deal", &tm.from, 400).await;
+    let tr = s
+        .ownership()
+        .await
+        .start_transfer(pb::StartTransferRequest {
+            tenant_id: t.clone(),
+            from_user_id: tm.from.clone(),
+            rules: vec![to_user("", &tm.target)],
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .transfer
+        .unwrap();
+    common::eventually("records move", || {
+        let (s, t, id) = (&s, t.clone(), tr.transfer_id.clone());
+        async move { get_transfer(s, &t, &id).await.moved > 0 }
+    })
+    .await;
+    s.users()
+        .await
+        .deactivate_user(pb::DeactivateUserRequest {
+            tenant_id: t.clone(),
+            user_id: tm.target.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let end = wait_end(&s, &t, &tr.transfer_id, Duration::from_secs(20)).await;
+    assert_eq!(state(&end), pb::TransferState::Failed, "{end:?}");
+    assert!(end.error.contains(&tm.target) && end.error.contains("no longer ACTIVE"), "{}", end.error);
+    assert!(end.moved > 0 && end.moved < 400);
+    assert_eq!(counts(&s, &t, &tm.target).await.1, end.moved, "what moved stays moved");
+    assert_eq!(counts(&s, &t, &tm.from).await.1, 400 - end.moved, "the rest stays");
+    let orphans = s
+        .ownership()
+        .await
+        .list_orphaned_owners(pb::ListOrphanedOwnersRequest { tenant_id: t.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .owners;
+    assert_eq!(orphans.iter().map(|o| o.user_id.as_str()).collect::<Vec<_>>(), [tm.target.as_str()]);
+    let events = s
+        .audit()
+        .await
+        .list_events(pb::ListEventsRequest {
+            tenant_id: t.clone(),
+            action_prefixes: vec!["transfer.".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["transfer.created", "transfer.failed"]);
 }
