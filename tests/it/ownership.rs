@@ -93,15 +93,21 @@ async fn get_transfer(s: &TestServer, t: &str, id: &str) -> pb::Transfer {
     get_transfer_at(s.addr, t, id).await
 }
 
+/// GetTransfer, retrying UNAVAILABLE as any client should (a server starting up or starved of CPU
+/// by a busy test machine may briefly not get a database connection).
 async fn get_transfer_at(addr: SocketAddr, t: &str, id: &str) -> pb::Transfer {
-    client_at(addr)
-        .await
-        .get_transfer(pb::GetTransferRequest { tenant_id: t.into(), transfer_id: id.into() })
-        .await
-        .expect("get transfer")
-        .into_inner()
-        .transfer
-        .unwrap()
+    let mut client = client_at(addr).await;
+    let mut attempts = 0;
+    loop {
+        match client.get_transfer(pb::GetTransferRequest { tenant_id: t.into(), transfer_id: id.into() }).await {
+            Ok(r) => return r.into_inner().transfer.unwrap(),
+            Err(e) if e.code() == Code::Unavailable && attempts < 10 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("get transfer: {e:?}"),
+        }
+    }
 }
 
 fn state(t: &pb::Transfer) -> pb::TransferState {
