@@ -37,6 +37,23 @@ use crate::{
     telemetry,
 };
 
+/// The listener's TLS settings, read from the configured PEM files (None: plaintext).
+fn tls_config(config: &Config) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use anyhow::Context;
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
+    let read = |p: &std::path::PathBuf, what: &str| {
+        std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+    };
+    let mut tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(cert, "TLS certificate")?, read(key, "TLS key")?));
+    if let Some(ca) = &config.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+    }
+    tracing::info!(mutual = config.client_ca.is_some(), "TLS on the gRPC listener");
+    Ok(Some(tls))
+}
+
 /// Names of the gRPC services whose health is reported (besides "").
 pub fn service_names() -> Vec<&'static str> {
     vec![
@@ -245,7 +262,11 @@ impl Application {
         if let Some(extra) = extra {
             extra(&mut routes, &authenticator);
         }
-        let router = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = tls_config(&config)? {
+            builder = builder.tls_config(tls)?;
+        }
+        let router = builder
             // The default deadline of every call; a caller's shorter grpc-timeout wins.
             .timeout(config.request_timeout)
             // Detect dead peers (and keep idle NATs open) on long-lived connections and streams.

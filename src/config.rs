@@ -35,6 +35,13 @@ pub struct Config {
     /// Where a generated admin token is kept. Default: `crm-iam.admin-token` beside the SQLite
     /// file (in the working directory with PostgreSQL).
     pub admin_token_file: Option<PathBuf>,
+    /// TLS on the gRPC listener: the server's certificate chain (PEM) (`--tls-cert`).
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM) (`--tls-key`).
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: only clients with a certificate issued by these CAs (PEM) may connect
+    /// (`--client-ca`; needs `tls_cert`).
+    pub client_ca: Option<PathBuf>,
     /// `text` or `json` (`CRM_IAM_LOG_FORMAT`).
     pub log_format: LogFormat,
     /// Longest a request may run (callers' `grpc-timeout` shortens it).
@@ -96,6 +103,9 @@ impl Default for Config {
             metrics_listen: None,
             admin_token: None,
             admin_token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
             log_format: LogFormat::Text,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
@@ -159,6 +169,12 @@ pub struct Overrides {
     pub metrics_listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migrate: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -178,6 +194,14 @@ impl Config {
             "transfer_batch_size must be between 1 and 10000"
         );
         anyhow::ensure!(config.transfer_lease >= Duration::from_secs(1), "transfer_lease must be at least 1s");
+        anyhow::ensure!(
+            config.tls_cert.is_some() == config.tls_key.is_some(),
+            "tls_cert and tls_key go together: give both or neither"
+        );
+        anyhow::ensure!(
+            config.client_ca.is_none() || config.tls_cert.is_some(),
+            "client_ca (mutual TLS) needs tls_cert and tls_key"
+        );
         anyhow::ensure!(
             config.idempotency_retention >= Duration::from_secs(24 * 3600),
             "idempotency_retention must be at least 24h"

@@ -95,6 +95,15 @@ struct ServeArgs {
     /// Do not apply pending migrations on start.
     #[arg(long)]
     no_migrate: bool,
+    /// Serve gRPC over TLS with this certificate chain (PEM). Env: CRM_IAM_TLS_CERT.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM). Env: CRM_IAM_TLS_KEY.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: accept only clients whose certificate these CAs issued (PEM). Env: CRM_IAM_CLIENT_CA.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
 }
 
 fn load(common: &CommonArgs, mut overrides: Overrides) -> anyhow::Result<Config> {
@@ -109,6 +118,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen: args.listen,
                 metrics_listen: args.metrics_listen,
                 migrate: args.no_migrate.then_some(false),
+                tls_cert: args.tls_cert,
+                tls_key: args.tls_key,
+                client_ca: args.client_ca,
                 ..Default::default()
             };
             let config = load(&args.common, overrides)?;

@@ -9,6 +9,7 @@ mod ownership;
 mod roles;
 mod server;
 mod tenants;
+mod tls;
 mod tracing;
 mod users;
 mod users_concurrency;

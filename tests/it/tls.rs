@@ -1,0 +1,107 @@
+//! TLS and mutual TLS on the gRPC listener, with certificates generated for the test.
+
+use std::path::Path;
+
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::common::{self, Bearer, TestDb, TestServer, pb};
+
+/// A CA, a server certificate for `localhost` and a client certificate, as PEM files in `dir`.
+struct Pki {
+    ca: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn pki(dir: &Path) -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&server_key, &issuer).unwrap();
+    let mut client_params = CertificateParams::new(vec!["deals-service".to_owned()]).unwrap();
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate().unwrap();
+    let client = client_params.signed_by(&client_key, &issuer).unwrap();
+
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+    Pki { ca: ca.pem(), client_cert: client.pem(), client_key: client_key.serialize_pem() }
+}
+
+async fn list_tenants(channel: Channel) -> Result<(), tonic::Status> {
+    pb::tenant_admin_client::TenantAdminClient::with_interceptor(channel, Bearer::admin())
+        .list_tenants(pb::ListTenantsRequest::default())
+        .await
+        .map(|_| ())
+}
+
+async fn connect(addr: std::net::SocketAddr, tls: Option<ClientTlsConfig>) -> Result<Channel, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Channel::from_shared(format!("{scheme}://localhost:{}", addr.port())).unwrap();
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+    }
+    endpoint.connect().await.map_err(|e| format!("{e:?}"))
+}
+
+/// TLS: a client that trusts the CA is served; a plaintext client is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_clients_that_trust_the_ca() {
+    let db = TestDb::new(common::Backend::Sqlite).await;
+    let p = pki(db.dir());
+    let mut config = common::test_config(&db);
+    config.tls_cert = Some(db.dir().join("server.pem"));
+    config.tls_key = Some(db.dir().join("server.key"));
+    let s = TestServer::start_on(db, config).await;
+
+    let trusting = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&p.ca)).domain_name("localhost");
+    let channel = connect(s.addr, Some(trusting)).await.expect("TLS connection");
+    list_tenants(channel).await.expect("served over TLS");
+
+    let plain = connect(s.addr, None).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(ch) => list_tenants(ch).await.is_err(),
+    };
+    assert!(refused, "a plaintext client gets nothing from a TLS listener");
+
+    let other_ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let distrusting =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(other_ca.cert.pem())).domain_name("localhost");
+    let refused = match connect(s.addr, Some(distrusting)).await {
+        Err(_) => true,
+        Ok(ch) => list_tenants(ch).await.is_err(),
+    };
+    assert!(refused, "a client that does not trust the server's CA does not connect");
+    s.stop().await;
+}
+
+/// Mutual TLS: only clients with a certificate from the configured CA are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_requires_a_client_certificate() {
+    let db = TestDb::new(common::Backend::Sqlite).await;
+    let p = pki(db.dir());
+    let mut config = common::test_config(&db);
+    config.tls_cert = Some(db.dir().join("server.pem"));
+    config.tls_key = Some(db.dir().join("server.key"));
+    config.client_ca = Some(db.dir().join("ca.pem"));
+    let s = TestServer::start_on(db, config).await;
+
+    let base = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&p.ca)).domain_name("localhost");
+    let with_cert = base.clone().identity(Identity::from_pem(&p.client_cert, &p.client_key));
+    let channel = connect(s.addr, Some(with_cert)).await.expect("mTLS connection");
+    list_tenants(channel).await.expect("a client with a certificate is served");
+
+    let refused = match connect(s.addr, Some(base)).await {
+        Err(_) => true,
+        Ok(ch) => list_tenants(ch).await.is_err(),
+    };
+    assert!(refused, "a client without a certificate is refused");
+    s.stop().await;
+}
