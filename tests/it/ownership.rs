@@ -89,6 +89,23 @@ async fn client_at(addr: SocketAddr) -> Client {
     pb::ownership_transfer_client::OwnershipTransferClient::with_interceptor(ch, common::Bearer::admin())
 }
 
+/// StartTransfer without an idempotency key; the created job.
+async fn start_at(addr: SocketAddr, t: &str, from: &str, rules: Vec<pb::TransferRule>) -> pb::Transfer {
+    client_at(addr)
+        .await
+        .start_transfer(pb::StartTransferRequest {
+            tenant_id: t.into(),
+            from_user_id: from.into(),
+            rules,
+            request_id: String::new(),
+        })
+        .await
+        .expect("start transfer")
+        .into_inner()
+        .transfer
+        .unwrap()
+}
+
 async fn get_transfer(s: &TestServer, t: &str, id: &str) -> pb::Transfer {
     get_transfer_at(s.addr, t, id).await
 }
@@ -895,20 +912,7 @@ async fn two_replicas_run_a_job_once(backend: Backend) {
     let tm = team(&a).await;
     let t = &tm.t;
     record_many(&a, t, "deals", "deal", &tm.from, 3000).await;
-    let tr = b
-        .ownership()
-        .await
-        .start_transfer(pb::StartTransferRequest {
-            tenant_id: t.clone(),
-            from_user_id: tm.from.clone(),
-            rules: vec![round_robin("", &tm.sales)],
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .transfer
-        .unwrap();
+    let tr = start_at(b.addr, t, &tm.from, vec![round_robin("", &tm.sales)]).await;
     let end = wait_end(&a, t, &tr.transfer_id, Duration::from_secs(60)).await;
     assert_eq!(state(&end), pb::TransferState::Succeeded);
     assert_eq!(end.moved, 3000, "each record moved once, by whichever replica held the job");
@@ -935,19 +939,7 @@ async fn a_killed_server_resumes_the_transfer(backend: Backend) {
     let args = ["--listen", "127.0.0.1:0", "--database-url", db.url.as_str()];
 
     let (mut first, addr) = crate::server::spawn_server(&args, &env);
-    let tr = client_at(addr)
-        .await
-        .start_transfer(pb::StartTransferRequest {
-            tenant_id: t.clone(),
-            from_user_id: tm.from.clone(),
-            rules: vec![to_user("", &tm.target)],
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .transfer
-        .unwrap();
+    let tr = start_at(addr, &t, &tm.from, vec![to_user("", &tm.target)]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let at_kill = loop {
         let now = get_transfer_at(addr, &t, &tr.transfer_id).await;
@@ -1016,20 +1008,7 @@ async fn a_stopping_server_hands_its_transfer_over(backend: Backend) {
     let mut config = common::test_config(&db_b);
     config.transfer_batch_size = 10;
     let b = TestServer::start_on(db_b, config).await;
-    let tr = a
-        .ownership()
-        .await
-        .start_transfer(pb::StartTransferRequest {
-            tenant_id: t.clone(),
-            from_user_id: tm.from.clone(),
-            rules: vec![to_user("", &tm.target)],
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .transfer
-        .unwrap();
+    let tr = start_at(a.addr, &t, &tm.from, vec![to_user("", &tm.target)]).await;
     common::eventually("replica A moves records", || {
         let (addr, t, id) = (a.addr, t.clone(), tr.transfer_id.clone());
         async move { get_transfer_at(addr, &t, &id).await.moved > 0 }
@@ -1059,20 +1038,7 @@ async fn a_target_leaving_mid_transfer_fails_it(backend: Backend) {
     let tm = team(&s).await;
     let t = tm.t.clone();
     record_many(&s, &t, "deals", "deal", &tm.from, 400).await;
-    let tr = s
-        .ownership()
-        .await
-        .start_transfer(pb::StartTransferRequest {
-            tenant_id: t.clone(),
-            from_user_id: tm.from.clone(),
-            rules: vec![to_user("", &tm.target)],
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .transfer
-        .unwrap();
+    let tr = start_at(s.addr, &t, &tm.from, vec![to_user("", &tm.target)]).await;
     common::eventually("records move", || {
         let (s, t, id) = (&s, t.clone(), tr.transfer_id.clone());
         async move { get_transfer(s, &t, &id).await.moved > 0 }
