@@ -5,7 +5,7 @@ use std::{pin::Pin, time::Duration};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::{caller, convert, decode_page_token, encode_page_token, page_size, record_tenant, require_platform};
+use super::{caller, convert, decode_page_token, next_page_token, page_size, record_tenant, require_platform};
 use crate::{
     domain::{
         Error, Violations,
@@ -153,10 +153,7 @@ impl AuditEvents for AuditEventsApi {
             })
             .transpose()?;
         let page = self.iam.list_events(&scope, &filter, newest_first, after, limit).await?;
-        let next_page_token = match (page.more, page.items.last()) {
-            (true, Some(last)) => encode_page_token(&encode_cursor(last.seq), &filters),
-            _ => String::new(),
-        };
+        let next_page_token = next_page_token(&page, &filters, |last| encode_cursor(last.seq));
         Ok(Response::new(pb::ListEventsResponse {
             events: page.items.iter().map(event_to_proto).collect(),
             next_page_token,

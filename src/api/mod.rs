@@ -38,6 +38,17 @@ pub fn require_platform(caller: &Caller) -> Result<()> {
     }
 }
 
+/// The request's `tenant_id`, checked (a violation under `tenant_id`) and recorded on the span.
+pub fn tenant_field(v: &mut Violations, tenant_id: &str) -> String {
+    record_tenant(tenant_id);
+    v.check("tenant_id", validate::tenant_id(tenant_id)).unwrap_or_default()
+}
+
+/// A required UUID field, checked (a violation under `field`).
+pub fn uuid_field(v: &mut Violations, field: &str, s: &str) -> uuid::Uuid {
+    v.check(field, validate::uuid(s)).unwrap_or_default()
+}
+
 /// Records the tenant on the request's span.
 pub fn record_tenant(tenant_id: &str) {
     tracing::Span::current().record("tenant_id", tenant_id);
@@ -106,6 +117,24 @@ pub fn decode_page_token(token: &str, filters: &str) -> Result<Option<String>> {
         return Err(bad());
     }
     value.get("k").and_then(|k| k.as_str()).map(|k| Some(k.to_owned())).ok_or_else(bad)
+}
+
+/// The last key of the previous page when keys are UUIDs.
+pub fn decode_uuid_page_token(token: &str, filters: &str) -> Result<Option<uuid::Uuid>> {
+    decode_page_token(token, filters)?
+        .map(|k| {
+            uuid::Uuid::parse_str(&k)
+                .map_err(|_| Error::invalid_field("page_token", "is not a page token of this query"))
+        })
+        .transpose()
+}
+
+/// The token of the page after `page` (keyed by `key` of its last item), or "" on the last page.
+pub fn next_page_token<T>(page: &crate::service::Page<T>, filters: &str, key: impl FnOnce(&T) -> String) -> String {
+    match (page.more, page.items.last()) {
+        (true, Some(last)) => encode_page_token(&key(last), filters),
+        _ => String::new(),
+    }
 }
 
 fn filter_digest(filters: &str) -> String {

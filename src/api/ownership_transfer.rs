@@ -4,10 +4,10 @@ use std::{collections::HashMap, pin::Pin, time::Duration};
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use super::{
-    caller, convert, decode_page_token, encode_page_token, mutation, page_size, record_tenant, require_platform,
+    caller, convert, decode_page_token, decode_uuid_page_token, mutation, next_page_token, page_size, require_platform,
+    tenant_field as tenant, uuid_field as id,
 };
 use crate::{
     domain::{Error, Result, Violations, ownership::Ownership, validate},
@@ -41,15 +41,6 @@ const RECORD_OWNERSHIP: &str = "/crm.iam.v1.OwnershipTransfer/RecordOwnership";
 const FORGET_OWNERSHIP: &str = "/crm.iam.v1.OwnershipTransfer/ForgetOwnership";
 const START_TRANSFER: &str = "/crm.iam.v1.OwnershipTransfer/StartTransfer";
 const CANCEL_TRANSFER: &str = "/crm.iam.v1.OwnershipTransfer/CancelTransfer";
-
-fn tenant(v: &mut Violations, tenant_id: &str) -> String {
-    record_tenant(tenant_id);
-    v.check("tenant_id", validate::tenant_id(tenant_id)).unwrap_or_default()
-}
-
-fn id(v: &mut Violations, field: &str, s: &str) -> Uuid {
-    v.check(field, validate::uuid(s)).unwrap_or_default()
-}
 
 fn module_name(v: &mut Violations, field: &str, m: &str) -> String {
     if m.is_empty() {
@@ -170,13 +161,8 @@ impl OwnershipTransfer for OwnershipTransferApi {
             ),
         };
         let page = self.iam.list_owned_resources(&tenant_id, user_id, module.as_deref(), after, limit).await?;
-        let next_page_token = match (page.more, page.items.last()) {
-            (true, Some(last)) => encode_page_token(
-                &serde_json::to_string(&(&last.module, &last.resource_id)).map_err(Error::internal)?,
-                &filters,
-            ),
-            _ => String::new(),
-        };
+        let next_page_token =
+            next_page_token(&page, &filters, |last| serde_json::json!([last.module, last.resource_id]).to_string());
         Ok(Response::new(pb::ListOwnedResourcesResponse {
             ownerships: page
                 .items
@@ -215,14 +201,9 @@ impl OwnershipTransfer for OwnershipTransferApi {
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let limit = page_size(&mut v, msg.page_size);
         v.finish()?;
-        let after = decode_page_token(&msg.page_token, &tenant_id)?
-            .map(|k| Uuid::parse_str(&k).map_err(|_| Error::invalid_field("page_token", "is not a page token")))
-            .transpose()?;
+        let after = decode_uuid_page_token(&msg.page_token, &tenant_id)?;
         let page = self.iam.list_orphaned_owners(&tenant_id, after, limit).await?;
-        let next_page_token = match (page.more, page.items.last()) {
-            (true, Some((last, _, _))) => encode_page_token(&last.to_string(), &tenant_id),
-            _ => String::new(),
-        };
+        let next_page_token = next_page_token(&page, &tenant_id, |(last, _, _)| last.to_string());
         Ok(Response::new(pb::ListOrphanedOwnersResponse {
             owners: page
                 .items
@@ -315,14 +296,9 @@ impl OwnershipTransfer for OwnershipTransferApi {
         let limit = page_size(&mut v, msg.page_size);
         v.finish()?;
         let filters = format!("{tenant_id}|{}|{:?}", msg.from_user_id, msg.states);
-        let before = decode_page_token(&msg.page_token, &filters)?
-            .map(|k| Uuid::parse_str(&k).map_err(|_| Error::invalid_field("page_token", "is not a page token")))
-            .transpose()?;
+        let before = decode_uuid_page_token(&msg.page_token, &filters)?;
         let page = self.iam.list_transfers(&tenant_id, from, &states, before, limit).await?;
-        let next_page_token = match (page.more, page.items.last()) {
-            (true, Some(last)) => encode_page_token(&last.transfer_id.to_string(), &filters),
-            _ => String::new(),
-        };
+        let next_page_token = next_page_token(&page, &filters, |last| last.transfer_id.to_string());
         Ok(Response::new(pb::ListTransfersResponse {
             transfers: page.items.into_iter().map(convert::transfer_to_proto).collect(),
             next_page_token,

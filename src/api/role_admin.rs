@@ -1,15 +1,14 @@
 //! `crm.iam.v1.RoleAdmin`: catalog, custom modules, roles, assignments, effective rights.
 
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use super::{
-    caller, convert, decode_page_token, encode_page_token, mask_paths, mutation, page_size, record_tenant,
-    require_platform,
+    caller, convert, decode_uuid_page_token, mask_paths, mutation, next_page_token, page_size, require_platform,
+    tenant_field as tenant, uuid_field as id,
 };
 use crate::{
     domain::{
-        Error, Violations,
+        Violations,
         role::{NewModule, NewRole, RolePatch},
         validate,
     },
@@ -28,15 +27,6 @@ impl RoleAdminApi {
     pub fn new(iam: Iam) -> Self {
         RoleAdminApi { iam }
     }
-}
-
-fn tenant(v: &mut Violations, tenant_id: &str) -> String {
-    record_tenant(tenant_id);
-    v.check("tenant_id", validate::tenant_id(tenant_id)).unwrap_or_default()
-}
-
-fn id(v: &mut Violations, field: &str, s: &str) -> Uuid {
-    v.check(field, validate::uuid(s)).unwrap_or_default()
 }
 
 const ROLE_NAME_MAX: usize = 100;
@@ -185,16 +175,9 @@ impl RoleAdmin for RoleAdminApi {
         let limit = page_size(&mut v, msg.page_size);
         v.finish()?;
         let filters = format!("roles|{tenant_id}");
-        let after = decode_page_token(&msg.page_token, &filters)?
-            .map(|k| {
-                Uuid::parse_str(&k).map_err(|_| Error::invalid_field("page_token", "is not a page token of this query"))
-            })
-            .transpose()?;
+        let after = decode_uuid_page_token(&msg.page_token, &filters)?;
         let page = self.iam.list_roles(&tenant_id, after, limit).await?;
-        let next_page_token = match (page.more, page.items.last()) {
-            (true, Some(last)) => encode_page_token(&last.role_id.to_string(), &filters),
-            _ => String::new(),
-        };
+        let next_page_token = next_page_token(&page, &filters, |last| last.role_id.to_string());
         Ok(Response::new(pb::ListRolesResponse {
             roles: page.items.into_iter().map(convert::role_to_proto).collect(),
             next_page_token,

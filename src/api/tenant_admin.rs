@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{
-    caller, convert, decode_page_token, encode_page_token, mask_paths, mutation, page_size, record_tenant,
+    caller, convert, decode_page_token, mask_paths, mutation, next_page_token, page_size, record_tenant,
     require_platform,
 };
 use crate::{
@@ -95,10 +95,7 @@ impl TenantAdmin for TenantAdminApi {
         v.finish()?;
         let after = decode_page_token(&msg.page_token, "tenants")?;
         let page = self.iam.list_tenants(after.as_deref(), limit).await?;
-        let next_page_token = match (page.more, page.items.last()) {
-            (true, Some(last)) => encode_page_token(&last.tenant_id, "tenants"),
-            _ => String::new(),
-        };
+        let next_page_token = next_page_token(&page, "tenants", |last| last.tenant_id.clone());
         Ok(Response::new(pb::ListTenantsResponse {
             tenants: page.items.into_iter().map(convert::tenant_to_proto).collect(),
             next_page_token,

@@ -5,8 +5,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{
-    caller, convert, decode_page_token, encode_page_token, mask_paths, mutation, page_size, record_tenant,
-    require_platform,
+    caller, convert, decode_uuid_page_token, mask_paths, mutation, next_page_token, page_size, require_platform,
+    tenant_field as tenant, uuid_field as id,
 };
 use crate::{
     domain::{
@@ -34,15 +34,6 @@ const NAME_MAX: usize = 100;
 const REASON_MAX: usize = 500;
 
 /// The request's tenant, checked and recorded on the span.
-fn tenant(v: &mut Violations, tenant_id: &str) -> String {
-    record_tenant(tenant_id);
-    v.check("tenant_id", validate::tenant_id(tenant_id)).unwrap_or_default()
-}
-
-fn id(v: &mut Violations, field: &str, s: &str) -> Uuid {
-    v.check(field, validate::uuid(s)).unwrap_or_default()
-}
-
 fn method(name: &str) -> &'static str {
     match name {
         "CreateUser" => "/crm.iam.v1.UserAdmin/CreateUser",
@@ -257,20 +248,13 @@ impl UserAdmin for UserAdminApi {
             states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
             msg.include_subdepartments
         );
-        let after = decode_page_token(&msg.page_token, &filters)?
-            .map(|k| {
-                Uuid::parse_str(&k).map_err(|_| Error::invalid_field("page_token", "is not a page token of this query"))
-            })
-            .transpose()?;
+        let after = decode_uuid_page_token(&msg.page_token, &filters)?;
         let filter = UserFilter { states, department_ids: None, query };
         let page = self
             .iam
             .list_users(&tenant_id, filter, department.map(|d| (d, msg.include_subdepartments)), after, limit)
             .await?;
-        let next_page_token = match (page.more, page.items.last()) {
-            (true, Some(last)) => encode_page_token(&last.user_id.to_string(), &filters),
-            _ => String::new(),
-        };
+        let next_page_token = next_page_token(&page, &filters, |last| last.user_id.to_string());
         Ok(Response::new(pb::ListUsersResponse {
             users: page.items.into_iter().map(convert::user_to_proto).collect(),
             next_page_token,
@@ -471,16 +455,9 @@ impl UserAdmin for UserAdminApi {
         let parent = v.check("parent_department_id", validate::optional_uuid(&msg.parent_department_id)).flatten();
         v.finish()?;
         let filters = format!("departments|{tenant_id}|{parent:?}");
-        let after = decode_page_token(&msg.page_token, &filters)?
-            .map(|k| {
-                Uuid::parse_str(&k).map_err(|_| Error::invalid_field("page_token", "is not a page token of this query"))
-            })
-            .transpose()?;
+        let after = decode_uuid_page_token(&msg.page_token, &filters)?;
         let page = self.iam.list_departments(&tenant_id, parent, after, limit).await?;
-        let next_page_token = match (page.more, page.items.last()) {
-            (true, Some(last)) => encode_page_token(&last.department_id.to_string(), &filters),
-            _ => String::new(),
-        };
+        let next_page_token = next_page_token(&page, &filters, |last| last.department_id.to_string());
         Ok(Response::new(pb::ListDepartmentsResponse {
             departments: page.items.into_iter().map(convert::department_to_proto).collect(),
             next_page_token,
