@@ -113,7 +113,7 @@ pub(super) async fn resolve_targets(
 }
 
 /// The rules' own problems (independent of what the user owns).
-fn rule_violations(rules: &[TransferRule], catalog: &[String]) -> Vec<PreconditionViolation> {
+fn rule_violations(rules: &[TransferRule], policy: &Policy) -> Vec<PreconditionViolation> {
     let mut out = Vec::new();
     if rules.is_empty() {
         out.push(violation("NO_RULES", "rules", "give at least one rule"));
@@ -121,7 +121,7 @@ fn rule_violations(rules: &[TransferRule], catalog: &[String]) -> Vec<Preconditi
     let mut seen: HashMap<Option<&str>, usize> = HashMap::new();
     for (i, r) in rules.iter().enumerate() {
         if let Some(m) = &r.module
-            && !catalog.contains(m)
+            && !policy.has_module(m)
         {
             out.push(violation(
                 "UNKNOWN_MODULE",
@@ -149,8 +149,7 @@ pub(super) async fn compute_plan(
     rules: &[TransferRule],
 ) -> Result<Plan> {
     let policy = compile_policy(conn, tenant_id).await?;
-    let catalog: Vec<String> = roles::catalog(conn, tenant_id).await?.into_iter().map(|m| m.name).collect();
-    let mut plan = Plan { violations: rule_violations(rules, &catalog), ..Default::default() };
+    let mut plan = Plan { violations: rule_violations(rules, &policy), ..Default::default() };
     if users::find(conn, tenant_id, from).await?.is_none() {
         plan.violations.push(violation(
             "SOURCE_NOT_FOUND",
@@ -164,7 +163,7 @@ pub(super) async fn compute_plan(
     let mut modules: Vec<String> = counts.keys().cloned().collect();
     for r in rules {
         if let Some(m) = &r.module
-            && catalog.contains(m)
+            && policy.has_module(m)
             && !modules.contains(m)
         {
             modules.push(m.clone());
