@@ -14,6 +14,19 @@ const SECRET_BEARING: &[&str] = &[
     "crm.iam.v1.ResetPasswordRequest",
     "crm.iam.v1.ResetPasswordResponse",
     "crm.iam.v1.ResendInvitationResponse",
+    "crm.iam.v1.AuthenticateRequest",
+    "crm.iam.v1.AuthenticateResponse",
+    "crm.iam.v1.RefreshRequest",
+    "crm.iam.v1.RefreshResponse",
+    "crm.iam.v1.ChangePasswordRequest",
+    "crm.iam.v1.ChangePasswordResponse",
+    "crm.iam.v1.AcceptInvitationRequest",
+    "crm.iam.v1.CompletePasswordResetRequest",
+    "crm.iam.v1.EnrollTotpResponse",
+    "crm.iam.v1.ConfirmTotpRequest",
+    "crm.iam.v1.ConfirmTotpResponse",
+    "crm.iam.v1.DisableTotpRequest",
+    "crm.iam.v1.IntrospectTokenRequest",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

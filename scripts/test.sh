@@ -71,6 +71,12 @@ export CRM_IAM_TEST_POSTGRES_URL
 can_connect "$CRM_IAM_TEST_POSTGRES_URL" || { log "PostgreSQL at CRM_IAM_TEST_POSTGRES_URL is not reachable"; exit 1; }
 log "PostgreSQL: ${CRM_IAM_TEST_POSTGRES_URL%%@*}@${CRM_IAM_TEST_POSTGRES_URL#*@}"
 
+# The JWT test verifies tokens with an independent library (PyJWT, with its Ed25519 support).
+if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
+  log "installing PyJWT for the token verification test"
+  python3 -m pip install --quiet 'pyjwt[crypto]>=2.8' || { log "cannot install PyJWT"; exit 1; }
+fi
+
 # Remove databases left behind by interrupted runs.
 for db in $(psql "$CRM_IAM_TEST_POSTGRES_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'crm\_iam\_test\_%'"); do
   psql "$CRM_IAM_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null

@@ -5,32 +5,31 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    server::NamedService,
-    service::{RoutesBuilder, interceptor::InterceptedService},
-    transport::Server,
-};
+use tonic::{server::NamedService, service::RoutesBuilder, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::{classify::GrpcFailureClass, trace::TraceLayer};
 
 use crate::{
+    api::auth::AuthApi,
     api::{
         access::AccessApi, audit_events::AuditEventsApi, ownership_transfer::OwnershipTransferApi,
         role_admin::RoleAdminApi, tenant_admin::TenantAdminApi, user_admin::UserAdminApi,
     },
-    auth::{Authenticator, password::Passwords},
+    auth::{AuthLayer, Authenticator, keys::KeyRing, password::Passwords},
     config::{Config, redact_url},
     jobs,
     proto::{
         self,
         v1::{
-            access_server::AccessServer, audit_events_server::AuditEventsServer,
+            access_server::AccessServer, audit_events_server::AuditEventsServer, auth_server::AuthServer,
             ownership_transfer_server::OwnershipTransferServer, role_admin_server::RoleAdminServer,
             tenant_admin_server::TenantAdminServer, user_admin_server::UserAdminServer,
         },
     },
     service::{
-        Iam, audit, replicas,
+        Iam, audit,
+        auth::{AuthSettings, AuthState},
+        replicas,
         transfers::{self, TransferSettings},
     },
     store::{Db, DbConfig},
@@ -63,6 +62,7 @@ pub fn service_names() -> Vec<&'static str> {
         <AccessServer<AccessApi> as NamedService>::NAME,
         <AuditEventsServer<AuditEventsApi> as NamedService>::NAME,
         <OwnershipTransferServer<OwnershipTransferApi> as NamedService>::NAME,
+        <AuthServer<AuthApi> as NamedService>::NAME,
     ]
 }
 
@@ -81,7 +81,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Db> {
 
 /// Adds services to the server, behind the same layers and authentication (benchmarks use it
 /// for their echo floor).
-pub type ExtraServices = Box<dyn FnOnce(&mut RoutesBuilder, &Authenticator) + Send>;
+pub type ExtraServices = Box<dyn FnOnce(&mut RoutesBuilder) + Send>;
 
 /// A built, bound, not yet serving application.
 pub struct Application {
@@ -89,7 +89,7 @@ pub struct Application {
     config: Config,
     listener: TcpListener,
     iam: Iam,
-    authenticator: Authenticator,
+    authenticator: AuthLayer,
     admin_token_file: Option<PathBuf>,
     shutdown: CancellationToken,
 }
@@ -118,12 +118,22 @@ impl Application {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             n => n,
         };
-        let iam = Iam::new(db, Passwords::new(threads));
+        let keys = KeyRing::load(db.clone(), config.token_issuer.clone(), config.token_audience.clone()).await?;
+        let auth = AuthState::new(
+            keys,
+            AuthSettings {
+                issuer: config.token_issuer.clone(),
+                audience: config.token_audience.clone(),
+                login_failures_per_address: config.login_failures_per_address,
+            },
+        );
+        let iam = Iam::new(db, Passwords::new(threads), auth);
         iam.ensure_builtin_roles().await?;
+        let authenticator = Authenticator::new(iam.clone(), token.expose_secret(), &config.service_credentials)?;
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Application {
             extra: None,
-            authenticator: Authenticator::new(token.expose_secret()),
+            authenticator: AuthLayer::new(authenticator),
             config,
             listener,
             iam,
@@ -190,6 +200,7 @@ impl Application {
         let background = vec![
             tokio::spawn(health_watch(iam.clone(), reporter.clone(), config.health_check_interval, stop.clone())),
             tokio::spawn(jobs::purge_sweeper(iam.clone(), config.purge_interval, stop.clone())),
+            tokio::spawn(jobs::signing_keys(iam.clone(), config.signing_key_rotation, stop.clone())),
             tokio::spawn(jobs::idempotency_sweeper(iam.clone(), config.idempotency_retention, stop.clone())),
             tokio::spawn(replicas::follow(iam.clone(), config.policy_poll_interval, stop.clone())),
             tokio::spawn(audit::run_hub(iam.clone(), stop.clone())),
@@ -234,33 +245,22 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(InterceptedService::new(
+            .add_service(AuthServer::new(AuthApi::new(iam.clone())).max_decoding_message_size(max_message))
+            .add_service(
                 TenantAdminServer::new(TenantAdminApi::new(iam.clone())).max_decoding_message_size(max_message),
-                authenticator.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                UserAdminServer::new(UserAdminApi::new(iam.clone())).max_decoding_message_size(max_message),
-                authenticator.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                RoleAdminServer::new(RoleAdminApi::new(iam.clone())).max_decoding_message_size(max_message),
-                authenticator.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                AccessServer::new(AccessApi::new(iam.clone())).max_decoding_message_size(max_message),
-                authenticator.clone(),
-            ))
-            .add_service(InterceptedService::new(
+            )
+            .add_service(UserAdminServer::new(UserAdminApi::new(iam.clone())).max_decoding_message_size(max_message))
+            .add_service(RoleAdminServer::new(RoleAdminApi::new(iam.clone())).max_decoding_message_size(max_message))
+            .add_service(AccessServer::new(AccessApi::new(iam.clone())).max_decoding_message_size(max_message))
+            .add_service(
                 AuditEventsServer::new(AuditEventsApi::new(iam.clone())).max_decoding_message_size(max_message),
-                authenticator.clone(),
-            ))
-            .add_service(InterceptedService::new(
+            )
+            .add_service(
                 OwnershipTransferServer::new(OwnershipTransferApi::new(iam.clone()))
                     .max_decoding_message_size(max_message),
-                authenticator.clone(),
-            ));
+            );
         if let Some(extra) = extra {
-            extra(&mut routes, &authenticator);
+            extra(&mut routes);
         }
         let mut builder = Server::builder();
         if let Some(tls) = tls_config(&config)? {
@@ -275,6 +275,9 @@ impl Application {
             .tcp_nodelay(true)
             // One span per RPC, continuing the caller's trace, with method, tenant and status.
             .layer(trace_layer)
+            // Every call's bearer token becomes a Caller before routing (health, reflection and
+            // the login methods excepted).
+            .layer(authenticator)
             .add_routes(routes.routes());
 
         // Our own listener (bound in `build`, so tests can use port 0): the server builder's TCP

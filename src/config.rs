@@ -93,6 +93,19 @@ pub struct Config {
     /// Testing aid: a random delay of up to this long before each commit (default 0).
     #[serde(with = "humantime_serde")]
     pub debug_commit_delay: Duration,
+    /// `iss` of the access tokens (sibling services check it).
+    pub token_issuer: String,
+    /// `aud` of the access tokens (sibling services check it).
+    pub token_audience: String,
+    /// How old the signing key may get before a new one replaces it (0 = only by RotateSigningKey).
+    #[serde(with = "humantime_serde")]
+    pub signing_key_rotation: Duration,
+    /// Failed logins per minute from one network address; beyond it, logins from that address are
+    /// refused for a while (RESOURCE_EXHAUSTED). 0 = no limit.
+    pub login_failures_per_address: u32,
+    /// Named credentials of sibling services: `[[service_credentials]]` with `name`,
+    /// `token_sha256` (hex SHA-256 of the service's token) and `methods` (`Access.Check`, `Access.*`).
+    pub service_credentials: Vec<crate::auth::ServiceCredential>,
 }
 
 impl Default for Config {
@@ -124,6 +137,11 @@ impl Default for Config {
             transfer_poll_interval: Duration::from_secs(1),
             transfer_yield_ratio: 1.0,
             debug_commit_delay: Duration::ZERO,
+            token_issuer: "crm-iam".into(),
+            token_audience: "crm".into(),
+            signing_key_rotation: Duration::from_secs(30 * 24 * 3600),
+            login_failures_per_address: 30,
+            service_credentials: Vec::new(),
         }
     }
 }
@@ -201,6 +219,10 @@ impl Config {
         anyhow::ensure!(
             config.client_ca.is_none() || config.tls_cert.is_some(),
             "client_ca (mutual TLS) needs tls_cert and tls_key"
+        );
+        anyhow::ensure!(
+            config.signing_key_rotation.is_zero() || config.signing_key_rotation >= Duration::from_secs(2 * 3600),
+            "signing_key_rotation must be 0 (off) or at least 2h (tokens live up to 1h)"
         );
         anyhow::ensure!(
             config.idempotency_retention >= Duration::from_secs(24 * 3600),

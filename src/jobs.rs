@@ -1,4 +1,5 @@
-//! Background jobs: the purge sweeper and the idempotency-key sweeper. Each runs until shutdown.
+//! Background jobs: the purge sweeper, the idempotency-key sweeper and signing-key upkeep. Each
+//! runs until shutdown.
 
 use std::time::Duration;
 
@@ -53,6 +54,35 @@ pub async fn audit_retention(iam: Iam, platform_retention: Duration, interval: D
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Keeps this replica's signing keys current: re-reads them every minute (a rotation on another
+/// replica reaches this one) and rotates the signing key once it is older than `rotation`.
+pub async fn signing_keys(iam: Iam, rotation: Duration, stop: CancellationToken) {
+    use crate::auth::keys::RELOAD_INTERVAL;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RELOAD_INTERVAL) => {}
+        }
+        if let Err(e) = iam.auth.keys.refresh_if_stale().await {
+            tracing::warn!(error = %e, "signing keys could not be reloaded; will retry");
+            continue;
+        }
+        if rotation.is_zero() {
+            continue;
+        }
+        match iam.auth.keys.signing_key_age().await {
+            Ok(Some(age)) if age.to_std().unwrap_or_default() >= rotation => {
+                match iam.rotate_signing_key(&crate::domain::audit::RequestContext::system("key-rotation")).await {
+                    Ok(key) => tracing::info!(kid = %key.kid, "signing key rotated (age limit)"),
+                    Err(e) => tracing::warn!(error = %e, "signing key rotation failed; will retry"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "signing key age unknown; will retry"),
         }
     }
 }

@@ -37,6 +37,26 @@ redacted_debug!(CreateUserResponse { user, invitation_expire_time } hides [invit
 redacted_debug!(ResetPasswordRequest { tenant_id, user_id, request_id } hides [temporary_password]);
 redacted_debug!(ResetPasswordResponse { user, reset_token_expire_time } hides [reset_token]);
 redacted_debug!(ResendInvitationResponse { user, invitation_expire_time } hides [invitation_token]);
+redacted_debug!(AuthenticateRequest { tenant_id, email } hides [password, totp_code]);
+redacted_debug!(AuthenticateResponse { expires_in, session_id, token_type, user_id, password_change_required } hides [access_token, refresh_token]);
+redacted_debug!(RefreshRequest {} hides [refresh_token]);
+redacted_debug!(RefreshResponse { expires_in, session_id, token_type, user_id, password_change_required } hides [access_token, refresh_token]);
+redacted_debug!(ChangePasswordRequest {} hides [old_password, new_password]);
+redacted_debug!(ChangePasswordResponse { expires_in, session_id, token_type, user_id } hides [access_token, refresh_token]);
+redacted_debug!(AcceptInvitationRequest {} hides [invitation_token, new_password]);
+redacted_debug!(CompletePasswordResetRequest {} hides [reset_token, new_password]);
+redacted_debug!(EnrollTotpResponse {} hides [otpauth_uri, secret]);
+redacted_debug!(ConfirmTotpRequest {} hides [code]);
+redacted_debug!(DisableTotpRequest { tenant_id, user_id, request_id } hides [code]);
+redacted_debug!(IntrospectTokenRequest {} hides [token]);
+
+impl fmt::Debug for v1::ConfirmTotpResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfirmTotpResponse")
+            .field("recovery_codes", &format!("<{} redacted>", self.recovery_codes.len()))
+            .finish()
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@ mod m20261122_000001_init;
 mod m20261122_000002_roles;
 mod m20261122_000003_audit;
 mod m20261122_000004_ownership;
+mod m20261130_000005_auth;
 
 /// Applies the migrations in order (`crm-iam migrate`, or `crm-iam serve` unless `--no-migrate`).
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_roles::Migration),
             Box::new(m20261122_000003_audit::Migration),
             Box::new(m20261122_000004_ownership::Migration),
+            Box::new(m20261130_000005_auth::Migration),
         ]
     }
 }

@@ -81,6 +81,19 @@ pub fn event_to_proto(e: &AuditEvent) -> pb::AuditEvent {
     }
 }
 
+impl AuditEventsApi {
+    /// A tenant's trail: its administrators (settings.view at tenant scope); everything: the platform.
+    async fn may_read(&self, caller: &crate::auth::Caller, scope: &EventScope) -> Result<(), Status> {
+        match scope {
+            EventScope::All => require_platform(caller)?,
+            EventScope::Tenant(t) => {
+                self.iam.authorize(caller, t, "settings", "view", crate::service::Target::Tenant).await?
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The scope of a request: one tenant, or (empty) everything, which only the platform may see.
 fn scope(v: &mut Violations, tenant_id: &str) -> EventScope {
     record_tenant(tenant_id);
@@ -109,7 +122,7 @@ impl AuditEvents for AuditEventsApi {
         &self,
         req: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let scope = scope(&mut v, &msg.tenant_id);
@@ -152,6 +165,7 @@ impl AuditEvents for AuditEventsApi {
                 decode_cursor(&k).ok_or_else(|| Error::invalid_field("page_token", "is not a page token of this query"))
             })
             .transpose()?;
+        self.may_read(&caller, &scope).await?;
         let page = self.iam.list_events(&scope, &filter, newest_first, after, limit).await?;
         let next_page_token = next_page_token(&page, &filters, |last| encode_cursor(last.seq));
         Ok(Response::new(pb::ListEventsResponse {
@@ -166,7 +180,7 @@ impl AuditEvents for AuditEventsApi {
         &self,
         req: Request<pb::StreamEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.into_inner();
         let mut v = Violations::default();
         let scope = scope(&mut v, &msg.tenant_id);
@@ -205,6 +219,7 @@ impl AuditEvents for AuditEventsApi {
             }
         };
         v.finish()?;
+        self.may_read(&caller, &scope).await?;
         let stop = self.iam.stop.clone();
         let items = self.iam.stream_events(scope, filter, start, heartbeat, stop).await?;
         let out = items.map(|item| match item {

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod audit_events;
+pub mod auth;
 pub mod convert;
 pub mod ownership_transfer;
 pub mod role_admin;
@@ -17,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
 
 use crate::{
-    auth::Caller,
+    auth::{Caller, UserCaller},
     domain::{
         Error, Reason, Result, Violations,
         audit::{Idempotency, RequestContext},
@@ -31,12 +32,28 @@ pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     req.extensions().get::<Caller>().cloned().ok_or_else(|| Error::unauthenticated("missing credentials").into())
 }
 
-/// Only the platform admin token may call this method.
+/// Platform-level methods: the platform admin token, or a service credential that lists the
+/// method (the authentication layer checked that); never a tenant user.
 pub fn require_platform(caller: &Caller) -> Result<()> {
     match caller {
-        Caller::PlatformAdmin => Ok(()),
+        Caller::PlatformAdmin | Caller::Service { .. } => Ok(()),
+        Caller::User(_) => Err(Error::permission_denied(
+            "not allowed: this is a platform method (platform admin token or a service credential)",
+        )),
     }
 }
+
+/// Methods that act for the calling user's own session.
+pub fn user_caller(caller: &Caller) -> Result<&UserCaller> {
+    match caller {
+        Caller::User(u) => Ok(u),
+        _ => Err(Error::permission_denied(
+            "not allowed: this method acts for a logged-in user; call it with a user access token",
+        )),
+    }
+}
+
+pub use crate::service::authz_same_tenant as same_tenant;
 
 /// The request's `tenant_id`, checked (a violation under `tenant_id`) and recorded on the span.
 pub fn tenant_field(v: &mut Violations, tenant_id: &str) -> String {

@@ -6,13 +6,13 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    caller, convert, decode_page_token, decode_uuid_page_token, mutation, next_page_token, page_size, require_platform,
+    caller, convert, decode_page_token, decode_uuid_page_token, mutation, next_page_token, page_size,
     tenant_field as tenant, uuid_field as id,
 };
 use crate::{
     domain::{Error, Result, Violations, ownership::Ownership, validate},
     proto::v1::{self as pb, ownership_transfer_server::OwnershipTransfer},
-    service::Iam,
+    service::{Iam, Target},
 };
 
 pub struct OwnershipTransferApi {
@@ -90,7 +90,6 @@ impl OwnershipTransfer for OwnershipTransferApi {
         req: Request<pb::RecordOwnershipRequest>,
     ) -> Result<Response<pb::RecordOwnershipResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -109,6 +108,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         v.finish()?;
         let ctx =
             mutation(&req, &caller, &tenant_id, RECORD_OWNERSHIP, msg, &msg.request_id, |m| m.request_id.clear())?;
+        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
         let recorded = self.iam.record_ownership(&ctx, &tenant_id, rows).await?;
         Ok(Response::new(pb::RecordOwnershipResponse { recorded: recorded as i32 }))
     }
@@ -118,7 +118,6 @@ impl OwnershipTransfer for OwnershipTransferApi {
         req: Request<pb::ForgetOwnershipRequest>,
     ) -> Result<Response<pb::ForgetOwnershipResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -136,6 +135,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         v.finish()?;
         let ctx =
             mutation(&req, &caller, &tenant_id, FORGET_OWNERSHIP, msg, &msg.request_id, |m| m.request_id.clear())?;
+        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
         let forgotten = self.iam.forget_ownership(&ctx, &tenant_id, refs).await?;
         Ok(Response::new(pb::ForgetOwnershipResponse { forgotten: forgotten as i32 }))
     }
@@ -144,7 +144,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         &self,
         req: Request<pb::ListOwnedResourcesRequest>,
     ) -> Result<Response<pb::ListOwnedResourcesResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -160,6 +160,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
                     .map_err(|_| Error::invalid_field("page_token", "is not a page token of this query"))?,
             ),
         };
+        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::User(user_id)).await?;
         let page = self.iam.list_owned_resources(&tenant_id, user_id, module.as_deref(), after, limit).await?;
         let next_page_token =
             next_page_token(&page, &filters, |last| serde_json::json!([last.module, last.resource_id]).to_string());
@@ -181,12 +182,13 @@ impl OwnershipTransfer for OwnershipTransferApi {
         &self,
         req: Request<pb::CountOwnedResourcesRequest>,
     ) -> Result<Response<pb::CountOwnedResourcesResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let user_id = id(&mut v, "user_id", &msg.user_id);
         v.finish()?;
+        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::User(user_id)).await?;
         let (counts, total) = convert::counts_to_proto(self.iam.count_owned_resources(&tenant_id, user_id).await?);
         Ok(Response::new(pb::CountOwnedResourcesResponse { counts, total }))
     }
@@ -195,13 +197,14 @@ impl OwnershipTransfer for OwnershipTransferApi {
         &self,
         req: Request<pb::ListOrphanedOwnersRequest>,
     ) -> Result<Response<pb::ListOrphanedOwnersResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let limit = page_size(&mut v, msg.page_size);
         v.finish()?;
         let after = decode_uuid_page_token(&msg.page_token, &tenant_id)?;
+        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::Tenant).await?;
         let page = self.iam.list_orphaned_owners(&tenant_id, after, limit).await?;
         let next_page_token = next_page_token(&page, &tenant_id, |(last, _, _)| last.to_string());
         Ok(Response::new(pb::ListOrphanedOwnersResponse {
@@ -226,13 +229,14 @@ impl OwnershipTransfer for OwnershipTransferApi {
         &self,
         req: Request<pb::PlanTransferRequest>,
     ) -> Result<Response<pb::PlanTransferResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let from = id(&mut v, "from_user_id", &msg.from_user_id);
         let rules = convert::rules_from_proto(&mut v, &msg.rules);
         v.finish()?;
+        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
         let plan = self.iam.plan_transfer(&tenant_id, from, &rules).await?;
         Ok(Response::new(pb::PlanTransferResponse {
             moves: plan
@@ -251,7 +255,6 @@ impl OwnershipTransfer for OwnershipTransferApi {
         req: Request<pb::StartTransferRequest>,
     ) -> Result<Response<pb::StartTransferResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -259,6 +262,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         let rules = convert::rules_from_proto(&mut v, &msg.rules);
         v.finish()?;
         let ctx = mutation(&req, &caller, &tenant_id, START_TRANSFER, msg, &msg.request_id, |m| m.request_id.clear())?;
+        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
         let t = self.iam.start_transfer(&ctx, &tenant_id, from, rules).await?;
         Ok(Response::new(pb::StartTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }))
     }
@@ -267,12 +271,13 @@ impl OwnershipTransfer for OwnershipTransferApi {
         &self,
         req: Request<pb::GetTransferRequest>,
     ) -> Result<Response<pb::GetTransferResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let transfer_id = id(&mut v, "transfer_id", &msg.transfer_id);
         v.finish()?;
+        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::Tenant).await?;
         let t = self.iam.get_transfer(&tenant_id, transfer_id).await?;
         Ok(Response::new(pb::GetTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }))
     }
@@ -281,7 +286,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         &self,
         req: Request<pb::ListTransfersRequest>,
     ) -> Result<Response<pb::ListTransfersResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -297,6 +302,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         v.finish()?;
         let filters = format!("{tenant_id}|{}|{:?}", msg.from_user_id, msg.states);
         let before = decode_uuid_page_token(&msg.page_token, &filters)?;
+        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::Tenant).await?;
         let page = self.iam.list_transfers(&tenant_id, from, &states, before, limit).await?;
         let next_page_token = next_page_token(&page, &filters, |last| last.transfer_id.to_string());
         Ok(Response::new(pb::ListTransfersResponse {
@@ -310,13 +316,13 @@ impl OwnershipTransfer for OwnershipTransferApi {
         req: Request<pb::CancelTransferRequest>,
     ) -> Result<Response<pb::CancelTransferResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let transfer_id = id(&mut v, "transfer_id", &msg.transfer_id);
         v.finish()?;
         let ctx = mutation(&req, &caller, &tenant_id, CANCEL_TRANSFER, msg, &msg.request_id, |m| m.request_id.clear())?;
+        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
         let t = self.iam.cancel_transfer(&ctx, &tenant_id, transfer_id).await?;
         Ok(Response::new(pb::CancelTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }))
     }
@@ -327,13 +333,14 @@ impl OwnershipTransfer for OwnershipTransferApi {
         &self,
         req: Request<pb::WatchTransferRequest>,
     ) -> Result<Response<Self::WatchTransferStream>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let transfer_id = id(&mut v, "transfer_id", &msg.transfer_id);
         v.finish()?;
         // The first report comes at once (and a missing transfer is NOT_FOUND before the stream starts).
+        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::Tenant).await?;
         let first = self.iam.get_transfer(&tenant_id, transfer_id).await?;
         let iam = self.iam.clone();
         struct Watch {

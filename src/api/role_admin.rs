@@ -3,8 +3,8 @@
 use tonic::{Request, Response, Status};
 
 use super::{
-    caller, convert, decode_uuid_page_token, mask_paths, mutation, next_page_token, page_size, require_platform,
-    tenant_field as tenant, uuid_field as id,
+    caller, convert, decode_uuid_page_token, mask_paths, mutation, next_page_token, page_size, tenant_field as tenant,
+    uuid_field as id,
 };
 use crate::{
     domain::{
@@ -14,7 +14,7 @@ use crate::{
     },
     proto::v1::{self as pb, role_admin_server::RoleAdmin},
     service::{
-        Iam,
+        Iam, Target,
         roles::{check_module, check_permission_shape},
     },
 };
@@ -38,10 +38,11 @@ impl RoleAdmin for RoleAdminApi {
         &self,
         req: Request<pb::GetPermissionCatalogRequest>,
     ) -> Result<Response<pb::GetPermissionCatalogResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &req.get_ref().tenant_id);
         v.finish()?;
+        self.iam.authorize(&caller, &tenant_id, "roles", "view", Target::Any).await?;
         let modules = self.iam.permission_catalog(&tenant_id).await?;
         Ok(Response::new(pb::GetPermissionCatalogResponse {
             modules: modules.into_iter().map(convert::module_to_proto).collect(),
@@ -57,7 +58,6 @@ impl RoleAdmin for RoleAdminApi {
         req: Request<pb::CreateModuleRequest>,
     ) -> Result<Response<pb::CreateModuleResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -70,6 +70,7 @@ impl RoleAdmin for RoleAdminApi {
         let display_name = v.check("module.display_name", validate::required_text(&m.display_name, 100));
         v.finish()?;
         let new = NewModule { name: m.name, display_name: display_name.expect("checked"), actions: m.actions };
+        self.iam.authorize(&caller, &tenant_id, "settings", "edit", Target::Tenant).await?;
         let module = self.iam.create_module(&ctx, &tenant_id, new).await?;
         Ok(Response::new(pb::CreateModuleResponse { module: Some(convert::module_to_proto(module)) }))
     }
@@ -79,7 +80,6 @@ impl RoleAdmin for RoleAdminApi {
         req: Request<pb::UpdateModuleRequest>,
     ) -> Result<Response<pb::UpdateModuleResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -99,6 +99,7 @@ impl RoleAdmin for RoleAdminApi {
         check_module(&mut v, Some(&m.name), actions.as_deref());
         v.finish()?;
         let etag = if msg.etag.is_empty() { &m.etag } else { &msg.etag };
+        self.iam.authorize(&caller, &tenant_id, "settings", "edit", Target::Tenant).await?;
         let module = self.iam.update_module(&ctx, &tenant_id, &m.name, display_name, actions, etag).await?;
         Ok(Response::new(pb::UpdateModuleResponse { module: Some(convert::module_to_proto(module)) }))
     }
@@ -108,7 +109,6 @@ impl RoleAdmin for RoleAdminApi {
         req: Request<pb::DeleteModuleRequest>,
     ) -> Result<Response<pb::DeleteModuleResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -120,6 +120,7 @@ impl RoleAdmin for RoleAdminApi {
             mutation(&req, &caller, &tenant_id, "/crm.iam.v1.RoleAdmin/DeleteModule", msg, &msg.request_id, |m| {
                 m.request_id.clear()
             })?;
+        self.iam.authorize(&caller, &tenant_id, "settings", "edit", Target::Tenant).await?;
         self.iam.delete_module(&ctx, &tenant_id, &msg.name, &msg.etag).await?;
         Ok(Response::new(pb::DeleteModuleResponse {}))
     }
@@ -129,7 +130,6 @@ impl RoleAdmin for RoleAdminApi {
         req: Request<pb::CreateRoleRequest>,
     ) -> Result<Response<pb::CreateRoleResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -152,23 +152,25 @@ impl RoleAdmin for RoleAdminApi {
             permissions,
             source_role_id: source,
         };
+        self.iam.authorize(&caller, &tenant_id, "roles", "create", Target::Tenant).await?;
         let role = self.iam.create_role(&ctx, &tenant_id, new).await?;
         Ok(Response::new(pb::CreateRoleResponse { role: Some(convert::role_to_proto(role)) }))
     }
 
     async fn get_role(&self, req: Request<pb::GetRoleRequest>) -> Result<Response<pb::GetRoleResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let role_id = id(&mut v, "role_id", &msg.role_id);
         v.finish()?;
+        self.iam.authorize(&caller, &tenant_id, "roles", "view", Target::Any).await?;
         let role = self.iam.get_role(&tenant_id, role_id).await?;
         Ok(Response::new(pb::GetRoleResponse { role: Some(convert::role_to_proto(role)) }))
     }
 
     async fn list_roles(&self, req: Request<pb::ListRolesRequest>) -> Result<Response<pb::ListRolesResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -176,6 +178,7 @@ impl RoleAdmin for RoleAdminApi {
         v.finish()?;
         let filters = format!("roles|{tenant_id}");
         let after = decode_uuid_page_token(&msg.page_token, &filters)?;
+        self.iam.authorize(&caller, &tenant_id, "roles", "view", Target::Any).await?;
         let page = self.iam.list_roles(&tenant_id, after, limit).await?;
         let next_page_token = next_page_token(&page, &filters, |last| last.role_id.to_string());
         Ok(Response::new(pb::ListRolesResponse {
@@ -189,7 +192,6 @@ impl RoleAdmin for RoleAdminApi {
         req: Request<pb::UpdateRoleRequest>,
     ) -> Result<Response<pb::UpdateRoleResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -214,6 +216,7 @@ impl RoleAdmin for RoleAdminApi {
         }
         v.finish()?;
         let etag = if msg.etag.is_empty() { &r.etag } else { &msg.etag };
+        self.iam.authorize(&caller, &tenant_id, "roles", "edit", Target::Tenant).await?;
         let role = self.iam.update_role(&ctx, &tenant_id, role_id, patch, etag).await?;
         Ok(Response::new(pb::UpdateRoleResponse { role: Some(convert::role_to_proto(role)) }))
     }
@@ -223,7 +226,6 @@ impl RoleAdmin for RoleAdminApi {
         req: Request<pb::DeleteRoleRequest>,
     ) -> Result<Response<pb::DeleteRoleResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -233,6 +235,7 @@ impl RoleAdmin for RoleAdminApi {
         let ctx = mutation(&req, &caller, &tenant_id, "/crm.iam.v1.RoleAdmin/DeleteRole", msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
+        self.iam.authorize(&caller, &tenant_id, "roles", "delete", Target::Tenant).await?;
         self.iam.delete_role(&ctx, &tenant_id, role_id, &msg.etag, replacement).await?;
         Ok(Response::new(pb::DeleteRoleResponse {}))
     }
@@ -242,7 +245,6 @@ impl RoleAdmin for RoleAdminApi {
         req: Request<pb::AssignRoleRequest>,
     ) -> Result<Response<pb::AssignRoleResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -252,6 +254,7 @@ impl RoleAdmin for RoleAdminApi {
         let ctx = mutation(&req, &caller, &tenant_id, "/crm.iam.v1.RoleAdmin/AssignRole", msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
+        self.iam.authorize(&caller, &tenant_id, "roles", "assign", Target::Tenant).await?;
         let user = self.iam.assign_role(&ctx, &tenant_id, user_id, role_id).await?;
         Ok(Response::new(pb::AssignRoleResponse { user: Some(convert::user_to_proto(user)) }))
     }
@@ -261,7 +264,6 @@ impl RoleAdmin for RoleAdminApi {
         req: Request<pb::UnassignRoleRequest>,
     ) -> Result<Response<pb::UnassignRoleResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -272,6 +274,7 @@ impl RoleAdmin for RoleAdminApi {
             mutation(&req, &caller, &tenant_id, "/crm.iam.v1.RoleAdmin/UnassignRole", msg, &msg.request_id, |m| {
                 m.request_id.clear()
             })?;
+        self.iam.authorize(&caller, &tenant_id, "roles", "assign", Target::Tenant).await?;
         let user = self.iam.unassign_role(&ctx, &tenant_id, user_id, role_id).await?;
         Ok(Response::new(pb::UnassignRoleResponse { user: Some(convert::user_to_proto(user)) }))
     }
@@ -280,12 +283,13 @@ impl RoleAdmin for RoleAdminApi {
         &self,
         req: Request<pb::GetEffectivePermissionsRequest>,
     ) -> Result<Response<pb::GetEffectivePermissionsResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let user_id = id(&mut v, "user_id", &msg.user_id);
         v.finish()?;
+        self.iam.authorize(&caller, &tenant_id, "roles", "view", Target::User(user_id)).await?;
         let e = self.iam.effective_permissions(&tenant_id, user_id).await?;
         Ok(Response::new(pb::GetEffectivePermissionsResponse {
             user_id: e.user_id.to_string(),

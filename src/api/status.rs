@@ -51,6 +51,9 @@ pub fn from_error(e: Error) -> Status {
             e.quota_violations.into_iter().map(|v| QuotaViolation::new(v.subject, v.description)).collect::<Vec<_>>(),
         );
     }
+    if e.retry_after_ms > 0 {
+        details.set_retry_info(Some(std::time::Duration::from_millis(e.retry_after_ms.into())));
+    }
     Status::with_error_details(code(e.kind), e.message, details)
 }
 

@@ -1,4 +1,5 @@
-//! `crm.iam.v1.TenantAdmin`: platform admin token only.
+//! `crm.iam.v1.TenantAdmin`: tenants are created and listed by the platform; a tenant's own
+//! administrators (settings rights) read and change its settings.
 
 use tonic::{Request, Response, Status};
 
@@ -14,6 +15,7 @@ use crate::{
     },
     proto::v1::{self as pb, tenant_admin_server::TenantAdmin},
     service::Iam,
+    service::Target,
 };
 
 pub struct TenantAdminApi {
@@ -75,11 +77,12 @@ impl TenantAdmin for TenantAdminApi {
     }
 
     async fn get_tenant(&self, req: Request<pb::GetTenantRequest>) -> Result<Response<pb::GetTenantResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         record_tenant(&msg.tenant_id);
         let id =
             validate::tenant_id(&msg.tenant_id).map_err(|d| crate::domain::Error::invalid_field("tenant_id", d))?;
+        self.iam.authorize(&caller, &id, "settings", "view", Target::Tenant).await?;
         let tenant = self.iam.get_tenant(&id).await?;
         Ok(Response::new(pb::GetTenantResponse { tenant: Some(convert::tenant_to_proto(tenant)) }))
     }
@@ -107,7 +110,6 @@ impl TenantAdmin for TenantAdminApi {
         req: Request<pb::UpdateTenantRequest>,
     ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let t = msg.tenant.clone().unwrap_or_default();
         record_tenant(&t.tenant_id);
@@ -120,7 +122,14 @@ impl TenantAdmin for TenantAdminApi {
             })?;
         let mut v = Violations::default();
         let tenant_id = v.check("tenant.tenant_id", validate::tenant_id(&t.tenant_id));
+        if let Some(tenant_id) = &tenant_id {
+            self.iam.authorize(&caller, tenant_id, "settings", "edit", Target::Tenant).await?;
+        }
         let has = |p: &str| paths.iter().any(|x| x == p);
+        if has("seat_limit") {
+            // Seats are what the customer pays for: only the platform changes them.
+            require_platform(&caller)?;
+        }
         let mut patch = TenantPatch::default();
         if has("display_name") {
             patch.display_name = v.check("tenant.display_name", validate::required_text(&t.display_name, 200));

@@ -5,8 +5,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{
-    caller, convert, decode_uuid_page_token, mask_paths, mutation, next_page_token, page_size, require_platform,
-    tenant_field as tenant, uuid_field as id,
+    caller, convert, decode_uuid_page_token, mask_paths, mutation, next_page_token, page_size, tenant_field as tenant,
+    uuid_field as id,
 };
 use crate::{
     domain::{
@@ -16,7 +16,7 @@ use crate::{
         validate,
     },
     proto::v1::{self as pb, user_admin_server::UserAdmin},
-    service::Iam,
+    service::{Iam, Target},
     store::users::UserFilter,
 };
 
@@ -160,7 +160,6 @@ impl UserAdmin for UserAdminApi {
         req: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -200,6 +199,18 @@ impl UserAdmin for UserAdminApi {
         } else {
             Credential::Invitation
         };
+        self.iam
+            .authorize(
+                &caller,
+                &tenant_id,
+                "users",
+                "create",
+                Target::Department(profile.as_ref().and_then(|p| p.department_id)),
+            )
+            .await?;
+        if !role_ids.is_empty() {
+            self.iam.authorize(&caller, &tenant_id, "roles", "assign", Target::Tenant).await?;
+        }
         let created = self.iam.create_user(&ctx, &tenant_id, profile.expect("checked"), credential, role_ids).await?;
         Ok(Response::new(pb::CreateUserResponse {
             invitation_token: token_text(&created),
@@ -209,18 +220,19 @@ impl UserAdmin for UserAdminApi {
     }
 
     async fn get_user(&self, req: Request<pb::GetUserRequest>) -> Result<Response<pb::GetUserResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let user_id = id(&mut v, "user_id", &msg.user_id);
         v.finish()?;
+        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::User(user_id)).await?;
         let user = self.iam.get_user(&tenant_id, user_id).await?;
         Ok(Response::new(pb::GetUserResponse { user: user_response(user) }))
     }
 
     async fn list_users(&self, req: Request<pb::ListUsersRequest>) -> Result<Response<pb::ListUsersResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -249,7 +261,8 @@ impl UserAdmin for UserAdminApi {
             msg.include_subdepartments
         );
         let after = decode_uuid_page_token(&msg.page_token, &filters)?;
-        let filter = UserFilter { states, department_ids: None, query };
+        let visible = self.iam.visible_departments(&caller, &tenant_id).await?;
+        let filter = UserFilter { states, department_ids: None, query, visible_department_ids: visible };
         let page = self
             .iam
             .list_users(&tenant_id, filter, department.map(|d| (d, msg.include_subdepartments)), after, limit)
@@ -266,7 +279,6 @@ impl UserAdmin for UserAdminApi {
         req: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -278,6 +290,7 @@ impl UserAdmin for UserAdminApi {
         let patch = user_patch(&mut v, &u, &paths);
         v.finish()?;
         let etag = if msg.etag.is_empty() { &u.etag } else { &msg.etag };
+        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::User(user_id)).await?;
         let user = self.iam.update_user(&ctx, &tenant_id, user_id, patch, etag).await?;
         Ok(Response::new(pb::UpdateUserResponse { user: user_response(user) }))
     }
@@ -287,7 +300,6 @@ impl UserAdmin for UserAdminApi {
         req: Request<pb::DeactivateUserRequest>,
     ) -> Result<Response<pb::DeactivateUserResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let (tenant_id, user_id, reason) = Self::lifecycle_args(&msg.tenant_id, &msg.user_id, &msg.reason)?;
         let transfer_to = validate::optional_uuid(&msg.transfer_to_user_id)
@@ -295,6 +307,7 @@ impl UserAdmin for UserAdminApi {
         let ctx = mutation(&req, &caller, &tenant_id, method("DeactivateUser"), msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
+        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::User(user_id)).await?;
         let (user, transfer) =
             self.iam.deactivate_user(&ctx, &tenant_id, user_id, &msg.etag, reason, transfer_to).await?;
         Ok(Response::new(pb::DeactivateUserResponse {
@@ -308,12 +321,12 @@ impl UserAdmin for UserAdminApi {
         req: Request<pb::ReactivateUserRequest>,
     ) -> Result<Response<pb::ReactivateUserResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let (tenant_id, user_id, reason) = Self::lifecycle_args(&msg.tenant_id, &msg.user_id, &msg.reason)?;
         let ctx = mutation(&req, &caller, &tenant_id, method("ReactivateUser"), msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
+        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::User(user_id)).await?;
         let user = self.iam.reactivate_user(&ctx, &tenant_id, user_id, &msg.etag, reason).await?;
         Ok(Response::new(pb::ReactivateUserResponse { user: user_response(user) }))
     }
@@ -323,13 +336,13 @@ impl UserAdmin for UserAdminApi {
         req: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let (tenant_id, user_id, reason) = Self::lifecycle_args(&msg.tenant_id, &msg.user_id, &msg.reason)?;
         let transfer_to = validate::optional_uuid(&msg.transfer_to_user_id)
             .map_err(|d| Error::invalid_field("transfer_to_user_id", d))?;
         let ctx =
             mutation(&req, &caller, &tenant_id, method("DeleteUser"), msg, &msg.request_id, |m| m.request_id.clear())?;
+        self.iam.authorize(&caller, &tenant_id, "users", "delete", Target::User(user_id)).await?;
         let (user, transfer) = self.iam.delete_user(&ctx, &tenant_id, user_id, &msg.etag, reason, transfer_to).await?;
         Ok(Response::new(pb::DeleteUserResponse {
             user: user_response(user),
@@ -342,23 +355,23 @@ impl UserAdmin for UserAdminApi {
         req: Request<pb::UndeleteUserRequest>,
     ) -> Result<Response<pb::UndeleteUserResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let (tenant_id, user_id, _) = Self::lifecycle_args(&msg.tenant_id, &msg.user_id, "")?;
         let ctx = mutation(&req, &caller, &tenant_id, method("UndeleteUser"), msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
+        self.iam.authorize(&caller, &tenant_id, "users", "delete", Target::User(user_id)).await?;
         let user = self.iam.undelete_user(&ctx, &tenant_id, user_id, &msg.etag).await?;
         Ok(Response::new(pb::UndeleteUserResponse { user: user_response(user) }))
     }
 
     async fn purge_user(&self, req: Request<pb::PurgeUserRequest>) -> Result<Response<pb::PurgeUserResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let (tenant_id, user_id, _) = Self::lifecycle_args(&msg.tenant_id, &msg.user_id, "")?;
         let ctx =
             mutation(&req, &caller, &tenant_id, method("PurgeUser"), msg, &msg.request_id, |m| m.request_id.clear())?;
+        self.iam.authorize(&caller, &tenant_id, "users", "delete", Target::User(user_id)).await?;
         let user = self.iam.purge_user(&ctx, &tenant_id, user_id, &msg.etag).await?;
         Ok(Response::new(pb::PurgeUserResponse { user: user_response(user) }))
     }
@@ -368,7 +381,6 @@ impl UserAdmin for UserAdminApi {
         req: Request<pb::ResetPasswordRequest>,
     ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let (tenant_id, user_id, _) = Self::lifecycle_args(&msg.tenant_id, &msg.user_id, "")?;
         let ctx = mutation(&req, &caller, &tenant_id, method("ResetPassword"), msg, &msg.request_id, |m| {
@@ -376,6 +388,7 @@ impl UserAdmin for UserAdminApi {
         })?;
         let temporary =
             (!msg.temporary_password.is_empty()).then(|| SecretString::from(msg.temporary_password.clone()));
+        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::User(user_id)).await?;
         let out = self.iam.reset_password(&ctx, &tenant_id, user_id, temporary).await?;
         Ok(Response::new(pb::ResetPasswordResponse {
             reset_token: token_text(&out),
@@ -389,12 +402,12 @@ impl UserAdmin for UserAdminApi {
         req: Request<pb::ResendInvitationRequest>,
     ) -> Result<Response<pb::ResendInvitationResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let (tenant_id, user_id, _) = Self::lifecycle_args(&msg.tenant_id, &msg.user_id, "")?;
         let ctx = mutation(&req, &caller, &tenant_id, method("ResendInvitation"), msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
+        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::User(user_id)).await?;
         let out = self.iam.resend_invitation(&ctx, &tenant_id, user_id).await?;
         Ok(Response::new(pb::ResendInvitationResponse {
             invitation_token: token_text(&out),
@@ -408,7 +421,6 @@ impl UserAdmin for UserAdminApi {
         req: Request<pb::CreateDepartmentRequest>,
     ) -> Result<Response<pb::CreateDepartmentResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -425,6 +437,7 @@ impl UserAdmin for UserAdminApi {
             parent_department_id: parent.expect("checked"),
             head_user_id: head.expect("checked"),
         };
+        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
         let d = self.iam.create_department(&ctx, &tenant_id, new).await?;
         Ok(Response::new(pb::CreateDepartmentResponse { department: Some(convert::department_to_proto(d)) }))
     }
@@ -433,12 +446,13 @@ impl UserAdmin for UserAdminApi {
         &self,
         req: Request<pb::GetDepartmentRequest>,
     ) -> Result<Response<pb::GetDepartmentResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let department_id = id(&mut v, "department_id", &msg.department_id);
         v.finish()?;
+        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::Any).await?;
         let d = self.iam.get_department(&tenant_id, department_id).await?;
         Ok(Response::new(pb::GetDepartmentResponse { department: Some(convert::department_to_proto(d)) }))
     }
@@ -447,7 +461,7 @@ impl UserAdmin for UserAdminApi {
         &self,
         req: Request<pb::ListDepartmentsRequest>,
     ) -> Result<Response<pb::ListDepartmentsResponse>, Status> {
-        require_platform(&caller(&req)?)?;
+        let caller = caller(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -456,6 +470,7 @@ impl UserAdmin for UserAdminApi {
         v.finish()?;
         let filters = format!("departments|{tenant_id}|{parent:?}");
         let after = decode_uuid_page_token(&msg.page_token, &filters)?;
+        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::Any).await?;
         let page = self.iam.list_departments(&tenant_id, parent, after, limit).await?;
         let next_page_token = next_page_token(&page, &filters, |last| last.department_id.to_string());
         Ok(Response::new(pb::ListDepartmentsResponse {
@@ -469,7 +484,6 @@ impl UserAdmin for UserAdminApi {
         req: Request<pb::UpdateDepartmentRequest>,
     ) -> Result<Response<pb::UpdateDepartmentResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -493,6 +507,7 @@ impl UserAdmin for UserAdminApi {
         }
         v.finish()?;
         let etag = if msg.etag.is_empty() { &d.etag } else { &msg.etag };
+        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
         let d = self.iam.update_department(&ctx, &tenant_id, department_id, patch, etag).await?;
         Ok(Response::new(pb::UpdateDepartmentResponse { department: Some(convert::department_to_proto(d)) }))
     }
@@ -502,7 +517,6 @@ impl UserAdmin for UserAdminApi {
         req: Request<pb::DeleteDepartmentRequest>,
     ) -> Result<Response<pb::DeleteDepartmentResponse>, Status> {
         let caller = caller(&req)?;
-        require_platform(&caller)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -511,6 +525,7 @@ impl UserAdmin for UserAdminApi {
         let ctx = mutation(&req, &caller, &tenant_id, method("DeleteDepartment"), msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
+        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
         self.iam.delete_department(&ctx, &tenant_id, department_id, &msg.etag).await?;
         Ok(Response::new(pb::DeleteDepartmentResponse {}))
     }

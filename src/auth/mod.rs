@@ -1,21 +1,55 @@
-//! Who is calling: bearer tokens → [`Caller`], and password hashing.
+//! Who is calling: bearer tokens → [`Caller`] (a tower layer in front of every service), and
+//! password hashing.
+//!
+//! Three kinds of token: the platform admin token, named service credentials (each allowed a
+//! list of methods), and user access tokens (JWTs from `Auth.Authenticate`, checked for
+//! signature, expiry and an open session). Health, reflection and the login methods need none.
+//! What a caller may do inside a method (tenant, rights) is decided by the handlers.
 
+pub mod keys;
 pub mod password;
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tonic::{Request, Status, metadata::MetadataMap};
+use tonic::{Status, metadata::MetadataMap};
+use uuid::Uuid;
 
-use crate::domain::audit::{Actor, ActorKind};
+use crate::{
+    domain::{
+        Error, Kind, Reason,
+        audit::{Actor, ActorKind},
+    },
+    service::Iam,
+};
 
-/// The authenticated caller of a request, put into the request extensions by [`Authenticator`]
+/// A user acting with an access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserCaller {
+    pub tenant_id: String,
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    /// A token good only for `ChangePassword` (the user must change the password first).
+    pub restricted: bool,
+    /// How the user proved identity (`pwd`, `otp`).
+    pub amr: Vec<String>,
+}
+
+/// The authenticated caller of a request, put into the request extensions by [`AuthLayer`]
 /// before any handler runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     /// The platform admin token: every tenant, every method.
     PlatformAdmin,
+    /// A sibling service with a named credential: every tenant, the methods its credential lists.
+    Service { name: Arc<str> },
+    /// A tenant user: that tenant, that user's rights.
+    User(UserCaller),
 }
 
 impl Caller {
@@ -23,35 +57,160 @@ impl Caller {
     pub fn actor(&self) -> Actor {
         match self {
             Caller::PlatformAdmin => Actor { kind: ActorKind::Service, id: "platform-admin".into() },
+            Caller::Service { name } => Actor { kind: ActorKind::Service, id: format!("service:{name}") },
+            Caller::User(u) => Actor { kind: ActorKind::User, id: u.user_id.to_string() },
         }
     }
 }
 
-/// Turns `authorization: Bearer <token>` metadata into a [`Caller`]; used as a tonic interceptor
-/// on every service except health and reflection.
-#[derive(Clone)]
+/// A named credential of a sibling service (configuration `[[service_credentials]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCredential {
+    /// Shown in audit events as `service:<name>`.
+    pub name: String,
+    /// Hex SHA-256 of the service's bearer token (the token itself is not configured here).
+    pub token_sha256: String,
+    /// Methods it may call: `Access.Check`, `crm.iam.v1.Access/Check`, or `Access.*` for a whole service.
+    pub methods: Vec<String>,
+}
+
+/// Methods that need no token.
+const PUBLIC_METHODS: &[&str] = &[
+    "/crm.iam.v1.Auth/Authenticate",
+    "/crm.iam.v1.Auth/Refresh",
+    "/crm.iam.v1.Auth/AcceptInvitation",
+    "/crm.iam.v1.Auth/CompletePasswordReset",
+    "/crm.iam.v1.Auth/GetJwks",
+];
+
+/// Methods a restricted (must change password) token may call.
+const RESTRICTED_METHODS: &[&str] = &["/crm.iam.v1.Auth/ChangePassword", "/crm.iam.v1.Auth/Logout"];
+
+struct Service {
+    name: Arc<str>,
+    digest: [u8; 32],
+    /// `/crm.iam.v1.Access/Check` or `/crm.iam.v1.Access/` (whole service).
+    methods: Vec<String>,
+}
+
+/// Every gRPC method crm-iam serves, as `/package.Service/Method` (from the descriptor set).
+pub fn all_methods() -> Vec<String> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let mut out = Vec::new();
+    for file in set.file.iter().filter(|f| f.package() == "crm.iam.v1") {
+        for s in &file.service {
+            for m in &s.method {
+                out.push(format!("/crm.iam.v1.{}/{}", s.name(), m.name()));
+            }
+        }
+    }
+    out
+}
+
+/// Turns a configured method name into its path form (`/crm.iam.v1.Access/Check`, or
+/// `/crm.iam.v1.Access/` for `Access.*`), checking that it exists.
+fn method_path(name: &str, known: &[String]) -> anyhow::Result<String> {
+    let n = name.trim().trim_start_matches('/').trim_start_matches("crm.iam.v1.");
+    let (service, method) = n.split_once('/').or_else(|| n.split_once('.')).ok_or_else(|| {
+        anyhow::anyhow!("service credential method {name:?}: write Service.Method, e.g. Access.Check")
+    })?;
+    let path =
+        if method == "*" { format!("/crm.iam.v1.{service}/") } else { format!("/crm.iam.v1.{service}/{method}") };
+    anyhow::ensure!(
+        known.iter().any(|k| if method == "*" { k.starts_with(&path) } else { *k == path }),
+        "service credential method {name:?} does not exist"
+    );
+    Ok(path)
+}
+
+/// Turns bearer tokens into callers. Shared by every connection.
 pub struct Authenticator {
-    admin_token_sha256: Arc<[u8; 32]>,
+    iam: Iam,
+    admin_token_sha256: [u8; 32],
+    services: Vec<Service>,
 }
 
 impl Authenticator {
-    pub fn new(admin_token: &str) -> Authenticator {
-        Authenticator { admin_token_sha256: Arc::new(Sha256::digest(admin_token.as_bytes()).into()) }
+    pub fn new(iam: Iam, admin_token: &str, credentials: &[ServiceCredential]) -> anyhow::Result<Authenticator> {
+        let known = all_methods();
+        let mut services = Vec::new();
+        for c in credentials {
+            anyhow::ensure!(!c.name.trim().is_empty(), "a service credential needs a name");
+            let digest =
+                hex::decode(c.token_sha256.trim()).ok().and_then(|d| <[u8; 32]>::try_from(d).ok()).ok_or_else(
+                    || anyhow::anyhow!("service credential {:?}: token_sha256 must be 64 hex digits", c.name),
+                )?;
+            let methods = c.methods.iter().map(|m| method_path(m, &known)).collect::<anyhow::Result<Vec<_>>>()?;
+            services.push(Service { name: c.name.as_str().into(), digest, methods });
+        }
+        Ok(Authenticator { iam, admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(), services })
     }
 
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
-        let token = bearer(metadata)?;
-        // Compare digests in constant time: timing reveals nothing about the token.
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if bool::from(digest[..].ct_eq(&self.admin_token_sha256[..])) {
-            return Ok(Caller::PlatformAdmin);
+    /// The caller of a request to `path` (None for methods that need no token).
+    pub async fn authenticate(&self, path: &str, metadata: &MetadataMap) -> Result<Option<Caller>, Status> {
+        if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") || PUBLIC_METHODS.contains(&path)
+        {
+            return Ok(None);
         }
-        Err(unauthenticated("the bearer token is not valid"))
+        let token = bearer(metadata)?;
+        if token.split('.').count() == 3 {
+            return self.user(path, token).await.map(Some);
+        }
+        // Compare digests in constant time, against every credential: timing reveals nothing.
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found: Option<&Service> = None;
+        let admin = bool::from(digest[..].ct_eq(&self.admin_token_sha256[..]));
+        for s in &self.services {
+            if bool::from(digest[..].ct_eq(&s.digest[..])) {
+                found = Some(s);
+            }
+        }
+        if admin {
+            return Ok(Some(Caller::PlatformAdmin));
+        }
+        match found {
+            Some(s) if s.methods.iter().any(|m| if m.ends_with('/') { path.starts_with(m) } else { m == path }) => {
+                Ok(Some(Caller::Service { name: s.name.clone() }))
+            }
+            Some(s) => Err(status(Error::permission_denied(format!(
+                "service credential {:?} may not call {path}: add the method to its configured methods",
+                s.name
+            )))),
+            None => Err(unauthenticated("the bearer token is not valid")),
+        }
+    }
+
+    async fn user(&self, path: &str, token: &str) -> Result<Caller, Status> {
+        let Some(v) = self.iam.auth.keys.verify(token).await else {
+            return Err(unauthenticated("the access token is not valid or has expired: refresh it or log in again"));
+        };
+        let active = self.iam.session_active(&v.claims).await.map_err(status)?;
+        if !active {
+            return Err(unauthenticated("the session of this access token has ended: log in again"));
+        }
+        let c = v.claims;
+        let (Ok(user_id), Ok(session_id)) = (Uuid::parse_str(&c.sub), Uuid::parse_str(&c.sid)) else {
+            return Err(unauthenticated("the access token is not valid"));
+        };
+        let restricted = c.scope == keys::SCOPE_PASSWORD_CHANGE;
+        if restricted && !RESTRICTED_METHODS.contains(&path) {
+            return Err(status(Error::new(
+                Kind::PermissionDenied,
+                Reason::PasswordChangeRequired,
+                "the password must be changed first: call Auth.ChangePassword with this token",
+            )));
+        }
+        Ok(Caller::User(UserCaller { tenant_id: c.tenant, user_id, session_id, restricted, amr: c.amr }))
     }
 }
 
+fn status(e: Error) -> Status {
+    crate::api::status::from_error(e)
+}
+
 fn unauthenticated(message: &str) -> Status {
-    crate::api::status::from_error(crate::domain::Error::unauthenticated(message))
+    status(Error::unauthenticated(message))
 }
 
 fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
@@ -66,10 +225,63 @@ fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
     Ok(token.trim())
 }
 
-impl tonic::service::Interceptor for Authenticator {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self.authenticate(request.metadata())?;
-        request.extensions_mut().insert(caller);
-        Ok(request)
+/// The tower layer that authenticates every request before routing.
+#[derive(Clone)]
+pub struct AuthLayer(Arc<Authenticator>);
+
+impl AuthLayer {
+    pub fn new(authenticator: Authenticator) -> AuthLayer {
+        AuthLayer(Arc::new(authenticator))
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService { inner, auth: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The clone that was polled ready serves this request (tower's usual swap).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let metadata = MetadataMap::from_headers(std::mem::take(req.headers_mut()));
+            let result = auth.authenticate(req.uri().path(), &metadata).await;
+            *req.headers_mut() = metadata.into_headers();
+            match result {
+                Ok(caller) => {
+                    if let Some(caller) = caller {
+                        req.extensions_mut().insert(caller);
+                    }
+                    inner.call(req).await
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
     }
 }

@@ -44,6 +44,13 @@ pub enum Reason {
     TransferInvalid,
     TransferNotFound,
     TransferEnded,
+    InvalidCredentials,
+    TotpRequired,
+    TooManyAttempts,
+    TokenInvalid,
+    PasswordChangeRequired,
+    MfaRequired,
+    TotpState,
 }
 
 impl Reason {
@@ -86,6 +93,13 @@ impl Reason {
             Reason::TransferInvalid => "TRANSFER_INVALID",
             Reason::TransferNotFound => "TRANSFER_NOT_FOUND",
             Reason::TransferEnded => "TRANSFER_ENDED",
+            Reason::InvalidCredentials => "INVALID_CREDENTIALS",
+            Reason::TotpRequired => "TOTP_REQUIRED",
+            Reason::TooManyAttempts => "TOO_MANY_ATTEMPTS",
+            Reason::TokenInvalid => "TOKEN_INVALID",
+            Reason::PasswordChangeRequired => "PASSWORD_CHANGE_REQUIRED",
+            Reason::MfaRequired => "MFA_REQUIRED",
+            Reason::TotpState => "TOTP_STATE",
         }
     }
 }
@@ -138,6 +152,8 @@ pub struct Error {
     pub field_violations: Vec<FieldViolation>,
     pub precondition_violations: Vec<PreconditionViolation>,
     pub quota_violations: Vec<QuotaViolation>,
+    /// When the caller may retry, in milliseconds (sent as `google.rpc.RetryInfo`; 0 = not said).
+    pub retry_after_ms: u32,
     pub source: Option<anyhow::Error>,
 }
 
@@ -152,6 +168,7 @@ impl Error {
             field_violations: Vec::new(),
             precondition_violations: Vec::new(),
             quota_violations: Vec::new(),
+            retry_after_ms: 0,
             source: None,
         }
     }

@@ -172,6 +172,14 @@ pub fn password(password: &str, min_length: usize, email_key: Option<&str>) -> C
             return Err("must not contain the email address".into());
         }
     }
+    // zxcvbn knows the common-password lists, keyboard patterns, dates and repeats; score 0–1
+    // means it would fall to an online guessing attack. The email counts as a known word.
+    let inputs: Vec<&str> = email_key.into_iter().flat_map(|e| [e, e.split('@').next().unwrap_or(e)]).collect();
+    let estimate = zxcvbn::zxcvbn(password, &inputs);
+    if (estimate.score() as u8) < 2 {
+        let why = estimate.feedback().and_then(|f| f.warning()).map(|w| format!(" ({w})")).unwrap_or_default();
+        return Err(format!("is too easy to guess{why}: use a longer passphrase of unrelated words"));
+    }
     Ok(())
 }
 

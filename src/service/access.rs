@@ -28,7 +28,11 @@ use crate::{
         Result, Violations,
         access::{Decision, Policy, ResourceFacts, Scope, UserFacts},
     },
-    store::{ChangeScope, PolicyChange, departments, ownership, roles, tenants, users},
+    store::{
+        ChangeScope, PolicyChange, departments, ownership, roles,
+        sessions::{self, SessionFacts},
+        tenants, users,
+    },
 };
 
 /// Tenants with at most this many users have every user's facts loaded with the policy, so
@@ -37,6 +41,9 @@ const PREFETCH_MAX_USERS: u64 = 100_000;
 /// Cached user entries of a larger tenant before the map is flushed (bounds memory when callers
 /// ask about many unknown ids).
 const MAX_LAZY_USERS: usize = 200_000;
+
+/// Cached sessions per tenant before the map is flushed.
+const MAX_CACHED_SESSIONS: usize = 200_000;
 
 /// Cached record owners per tenant before the map is flushed.
 const MAX_CACHED_OWNERS: usize = 200_000;
@@ -55,6 +62,8 @@ struct TenantEntry {
     owners: DashMap<(String, String), Option<Uuid>, foldhash::fast::RandomState>,
     /// Bumped by every ownership change; a lookup that saw it move stores nothing.
     owner_generation: AtomicU64,
+    /// Login sessions asked about (by access-token checks); flushed with their user's facts.
+    sessions: DashMap<Uuid, SessionFacts, foldhash::fast::RandomState>,
 }
 
 impl TenantEntry {
@@ -66,6 +75,7 @@ impl TenantEntry {
             generation: AtomicU64::new(0),
             owners: DashMap::default(),
             owner_generation: AtomicU64::new(0),
+            sessions: DashMap::default(),
         })
     }
 }
@@ -113,6 +123,7 @@ impl AccessCache {
         if let Some(e) = self.tenants.get(tenant_id) {
             e.generation.fetch_add(1, Ordering::SeqCst);
             e.users.insert(user_id, Arc::new(OnceCell::new()));
+            e.sessions.retain(|_, s| s.user_id != user_id);
         }
     }
 
@@ -282,6 +293,33 @@ impl Iam {
         })
         .await
         .cloned()
+    }
+
+    /// A login session's facts (cached; every session-ending change flushes its user's sessions).
+    /// None: no such session in the tenant.
+    pub async fn session_facts(&self, tenant_id: &str, session_id: Uuid) -> Result<Option<SessionFacts>> {
+        let tenant = self.access.entry(tenant_id);
+        if let Some(hit) = tenant.sessions.get(&session_id).map(|s| *s) {
+            // Idle by this copy's clock: another replica may have refreshed it since; look again.
+            if hit.ended || crate::domain::now() < hit.idle_end {
+                return Ok(Some(hit));
+            }
+        }
+        let generation = tenant.generation.load(Ordering::SeqCst);
+        let facts = sessions::find(self.db.conn(), session_id)
+            .await?
+            .filter(|s| s.tenant_id == tenant_id)
+            .map(|s| SessionFacts::of(&s));
+        if let Some(facts) = facts {
+            if tenant.sessions.len() >= MAX_CACHED_SESSIONS {
+                tenant.sessions.clear();
+            }
+            let entry = tenant.sessions.entry(session_id);
+            if tenant.generation.load(Ordering::SeqCst) == generation {
+                entry.insert(facts);
+            }
+        }
+        Ok(facts)
     }
 
     /// The registered owner of a record (cached; ownership changes flush the tenant's entries).

@@ -4,6 +4,8 @@
 
 pub mod access;
 pub mod audit;
+pub mod auth;
+mod authz;
 mod departments;
 mod ownership;
 pub mod replicas;
@@ -14,6 +16,7 @@ mod users;
 
 use std::sync::Arc;
 
+pub use authz::{Target, same_tenant as authz_same_tenant};
 pub use users::PurgeReport;
 
 use crate::{auth::password::Passwords, store::Db};
@@ -31,10 +34,12 @@ pub struct Iam {
     pub transfer_wake: Arc<tokio::sync::Notify>,
     /// Access checks served (background jobs yield while it moves).
     pub foreground: Arc<std::sync::atomic::AtomicU64>,
+    /// Token signing keys and the login limiter.
+    pub auth: Arc<auth::AuthState>,
 }
 
 impl Iam {
-    pub fn new(db: Db, passwords: Passwords) -> Iam {
+    pub fn new(db: Db, passwords: Passwords, auth: auth::AuthState) -> Iam {
         let access = Arc::new(access::AccessCache::default());
         let cache = access.clone();
         // Every committed change to access rules reaches the cache before the caller is answered.
@@ -47,6 +52,7 @@ impl Iam {
             stop: tokio_util::sync::CancellationToken::new(),
             transfer_wake: Arc::new(tokio::sync::Notify::new()),
             foreground: Default::default(),
+            auth: Arc::new(auth),
         }
     }
 }

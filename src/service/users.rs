@@ -19,7 +19,7 @@ use crate::{
     store::{
         Tx, departments,
         entity::{ownerships as ownerships_entity, users as users_entity},
-        ownership, roles, tenants,
+        ownership, roles, sessions, tenants,
         tokens::{self, TokenKind},
         users::{self, Row, UserFilter},
     },
@@ -216,6 +216,12 @@ impl Iam {
                 vec![department_id]
             });
         }
+        if let Some(visible) = filter.visible_department_ids.take() {
+            filter.department_ids = Some(match filter.department_ids.take() {
+                Some(asked) => asked.into_iter().filter(|d| visible.contains(d)).collect(),
+                None => visible,
+            });
+        }
         let rows = users::list(conn, tenant_id, &filter, after, limit + 1).await?;
         let ids: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
         let mut role_ids = roles::of_users(conn, &ids).await?;
@@ -347,6 +353,7 @@ impl Iam {
                 }
                 self.ensure_not_last_admin(tx, tenant_id, row).await?;
                 tokens::revoke(tx, user_id, None).await?;
+                sessions::end_all_of_user(tx, user_id, "user_deactivated").await?;
                 row.state = UserState::Deactivated.as_str().into();
                 row.deactivate_time = Some(now());
                 self.transfer_everything(tx, ctx, tenant_id, user_id, transfer_to).await
@@ -426,6 +433,7 @@ impl Iam {
                     .await?;
                 }
                 tokens::revoke(tx, user_id, None).await?;
+                sessions::end_all_of_user(tx, user_id, "user_deleted").await?;
                 let t = now();
                 row.state = UserState::Deleted.as_str().into();
                 row.delete_time = Some(t);
@@ -494,6 +502,8 @@ impl Iam {
     /// carries none of their values.
     async fn purge_row(&self, tx: &Tx, row: Row) -> Result<User> {
         tokens::revoke(tx, row.user_id, None).await?;
+        sessions::end_all_of_user(tx, row.user_id, "user_purged").await?;
+        sessions::forget_user(tx, row.user_id).await?;
         roles::unassign_all(tx, row.user_id).await?;
         tx.policy_changed(&row.tenant_id, Some(row.user_id));
         let version = row.version;
@@ -618,6 +628,8 @@ impl Iam {
                 new.must_change_password = hash.is_some();
                 new.password_hash = hash;
                 tokens::revoke(tx, user_id, Some(TokenKind::PasswordReset)).await?;
+                sessions::end_all_of_user(tx, user_id, "password_reset").await?;
+                tx.policy_changed(tenant_id, Some(user_id));
                 let token = if new.password_hash.is_none() {
                     let expire = now() + chrono::Duration::seconds(tenant.settings.invitation_ttl_secs as i64);
                     Some(tokens::issue(tx, tenant_id, user_id, TokenKind::PasswordReset, expire).await?)

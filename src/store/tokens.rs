@@ -68,3 +68,19 @@ pub async fn revoke(tx: &Tx, user_id: Uuid, kind: Option<TokenKind>) -> Result<(
     q.exec(&**tx).await?;
     Ok(())
 }
+
+/// The stored token with this value, if any (used or not).
+pub async fn find(conn: &impl sea_orm::ConnectionTrait, token: &str) -> Result<Option<user_tokens::Model>> {
+    Ok(user_tokens::Entity::find_by_id(hash(token)).one(conn).await?)
+}
+
+/// Marks a token used; false when it already was (or is gone): each token works once.
+pub async fn consume(tx: &Tx, token_hash: &str) -> Result<bool> {
+    let r = user_tokens::Entity::update_many()
+        .col_expr(user_tokens::Column::UsedTime, Some(now()).into())
+        .filter(user_tokens::Column::TokenHash.eq(token_hash))
+        .filter(user_tokens::Column::UsedTime.is_null())
+        .exec(&**tx)
+        .await?;
+    Ok(r.rows_affected == 1)
+}

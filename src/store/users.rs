@@ -127,6 +127,8 @@ pub struct UserFilter {
     pub department_ids: Option<Vec<Uuid>>,
     /// Case-insensitive substring of email or a name.
     pub query: Option<String>,
+    /// Only users of these departments may be shown at all (the caller's visibility; None: all).
+    pub visible_department_ids: Option<Vec<Uuid>>,
 }
 
 /// Users after `after` in creation (id) order, at most `limit`.
@@ -198,4 +200,24 @@ pub async fn count_in_department(conn: &impl ConnectionTrait, tenant_id: &str, d
         .filter(users::Column::State.ne(UserState::Purged.as_str()))
         .count(conn)
         .await?)
+}
+
+/// The user of the tenant with this (lower-cased) email, if any.
+pub async fn find_by_email(conn: &impl ConnectionTrait, tenant_id: &str, email_key: &str) -> Result<Option<Row>> {
+    Ok(users::Entity::find()
+        .filter(users::Column::TenantId.eq(tenant_id))
+        .filter(users::Column::EmailKey.eq(email_key))
+        .one(conn)
+        .await?)
+}
+
+/// Records a login. Not a profile change: the version (etag) stays, so a login never makes an
+/// administrator's concurrent update fail.
+pub async fn set_last_login(tx: &Tx, user_id: Uuid, at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+    users::Entity::update_many()
+        .col_expr(users::Column::LastLoginTime, Some(at).into())
+        .filter(users::Column::UserId.eq(user_id))
+        .exec(&**tx)
+        .await?;
+    Ok(())
 }

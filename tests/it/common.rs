@@ -214,6 +214,65 @@ impl TestServer {
         AccessClient::with_interceptor(self.channel().await, Bearer::admin())
     }
 
+    /// An Auth client without a token.
+    pub async fn auth(&self) -> pb::auth_client::AuthClient<InterceptedService<Channel, Bearer>> {
+        pb::auth_client::AuthClient::with_interceptor(self.channel().await, Bearer::none())
+    }
+
+    /// An Auth client calling with `token`.
+    pub async fn auth_as(&self, token: &str) -> pb::auth_client::AuthClient<InterceptedService<Channel, Bearer>> {
+        pb::auth_client::AuthClient::with_interceptor(self.channel().await, Bearer::token(token))
+    }
+
+    /// A UserAdmin client calling with `token`.
+    pub async fn users_as(&self, token: &str) -> UserAdminClient<InterceptedService<Channel, Bearer>> {
+        UserAdminClient::with_interceptor(self.channel().await, Bearer::token(token))
+    }
+
+    /// Creates an ACTIVE user with a permanent password and returns its id.
+    pub async fn password_user(&self, tenant: &str, email: &str, password: &str, role_ids: &[String]) -> String {
+        let mut req = invite(tenant, email);
+        req.send_invitation = false;
+        req.initial_password = password.into();
+        req.password_is_permanent = true;
+        req.role_ids = role_ids.to_vec();
+        self.users().await.create_user(req).await.expect("create user").into_inner().user.unwrap().user_id
+    }
+
+    /// Logs in and returns the tokens.
+    pub async fn login(&self, tenant: &str, email: &str, password: &str) -> pb::AuthenticateResponse {
+        self.try_login(tenant, email, password, "").await.expect("login")
+    }
+
+    pub async fn try_login(
+        &self,
+        tenant: &str,
+        email: &str,
+        password: &str,
+        totp_code: &str,
+    ) -> Result<pb::AuthenticateResponse, Status> {
+        self.auth()
+            .await
+            .authenticate(pb::AuthenticateRequest {
+                tenant_id: tenant.into(),
+                email: email.into(),
+                password: password.into(),
+                totp_code: totp_code.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Whether `IntrospectToken` (asked with the admin token) calls the token active.
+    pub async fn token_active(&self, token: &str) -> bool {
+        pb::auth_client::AuthClient::with_interceptor(self.channel().await, Bearer::admin())
+            .introspect_token(pb::IntrospectTokenRequest { token: token.into() })
+            .await
+            .expect("introspect")
+            .into_inner()
+            .active
+    }
+
     /// The id of a built-in role of the tenant.
     pub async fn builtin_role(&self, tenant: &str, name: &str) -> String {
         let roles = self

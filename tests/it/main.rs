@@ -3,6 +3,8 @@
 
 mod access;
 mod audit;
+mod auth;
+mod authz;
 mod common;
 mod departments;
 mod ownership;

@@ -1,0 +1,257 @@
+//! The keys that sign access tokens (Ed25519, JWS `alg: EdDSA`), and the tokens themselves.
+//!
+//! Keys live in the database, so every replica signs and verifies with the same set. The newest
+//! key signs; a rotation adds a newer one and marks the old one retired. Retired keys keep
+//! verifying (and stay in the JWK Set) until every token they can have signed has expired: the
+//! longest access-token lifetime plus the reload interval of other replicas.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use base64::Engine;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    domain::{Error, Result, now},
+    store::{Db, Tx, entity::signing_keys},
+};
+
+/// Longest access-token lifetime a tenant may set (see `TenantSettings`).
+pub const MAX_ACCESS_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// How often every replica re-reads the key set (so a rotation elsewhere reaches it).
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+/// Scope of a token good only for `ChangePassword` (and `Logout`).
+pub const SCOPE_PASSWORD_CHANGE: &str = "password_change";
+
+/// The claims of a crm-iam access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    /// The user id.
+    pub sub: String,
+    pub tenant: String,
+    /// The session id.
+    pub sid: String,
+    pub iat: i64,
+    pub exp: i64,
+    /// Token id, unique per token.
+    pub jti: String,
+    /// Empty for a full session; `password_change` for a restricted one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+    /// How the user proved identity: `pwd`, `otp`.
+    #[serde(default)]
+    pub amr: Vec<String>,
+}
+
+/// A verified token: its claims and the key that signed it.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub claims: Claims,
+    pub kid: String,
+}
+
+/// A public key for the JWK Set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicJwk {
+    pub kid: String,
+    /// base64url of the 32-byte Ed25519 public key.
+    pub x: String,
+}
+
+struct Key {
+    kid: String,
+    x: String,
+    encoding: Option<EncodingKey>,
+    decoding: DecodingKey,
+}
+
+struct Loaded {
+    /// Newest first; the first one signs.
+    keys: Vec<Key>,
+    at: Instant,
+}
+
+/// The signing and verifying keys of this replica.
+pub struct KeyRing {
+    db: Db,
+    issuer: String,
+    audience: String,
+    loaded: RwLock<Arc<Loaded>>,
+    validation: Validation,
+    reload: tokio::sync::Mutex<()>,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A fresh key row: random seed, its public key, a new kid.
+fn new_key_row() -> Result<signing_keys::Model> {
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut seed);
+    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let public = signing.verifying_key().to_bytes();
+    Ok(signing_keys::Model {
+        kid: Uuid::now_v7().simple().to_string(),
+        alg: "EdDSA".into(),
+        private_key: b64(&seed),
+        public_key: b64(&public),
+        create_time: now(),
+        retire_time: None,
+    })
+}
+
+fn to_key(row: &signing_keys::Model) -> Result<Key> {
+    let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&row.private_key)
+        .map_err(|e| Error::internal(anyhow::anyhow!("signing key {} is corrupt: {e}", row.kid)))?;
+    let seed: [u8; 32] =
+        seed.try_into().map_err(|_| Error::internal(anyhow::anyhow!("signing key {} has a bad length", row.kid)))?;
+    let der = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .to_pkcs8_der()
+        .map_err(|e| Error::internal(anyhow::anyhow!("PKCS#8 encoding failed: {e}")))?;
+    let decoding = DecodingKey::from_ed_components(&row.public_key)
+        .map_err(|e| Error::internal(anyhow::anyhow!("signing key {} is corrupt: {e}", row.kid)))?;
+    Ok(Key {
+        kid: row.kid.clone(),
+        x: row.public_key.clone(),
+        encoding: Some(EncodingKey::from_ed_der(der.as_bytes())),
+        decoding,
+    })
+}
+
+impl KeyRing {
+    /// Loads the keys, creating the first one when there is none.
+    pub async fn load(db: Db, issuer: String, audience: String) -> Result<KeyRing> {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&issuer]);
+        validation.set_audience(&[&audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 30;
+        let ring = KeyRing {
+            db,
+            issuer,
+            audience,
+            loaded: RwLock::new(Arc::new(Loaded { keys: Vec::new(), at: Instant::now() })),
+            validation,
+            reload: tokio::sync::Mutex::new(()),
+        };
+        ring.reload().await?;
+        if ring.current().keys.is_empty() {
+            // Two replicas starting at once may both create one: harmless, the newer one signs.
+            new_key_row().map(signing_keys::ActiveModel::from)?.insert(ring.db.conn()).await?;
+            ring.reload().await?;
+        }
+        Ok(ring)
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        self.loaded.read().expect("key ring poisoned").clone()
+    }
+
+    /// Re-reads the key set from the database.
+    pub async fn reload(&self) -> Result<()> {
+        let _one = self.reload.lock().await;
+        let oldest = now() - chrono::Duration::from_std(MAX_ACCESS_TOKEN_TTL + 2 * RELOAD_INTERVAL).unwrap_or_default();
+        let rows = signing_keys::Entity::find()
+            .order_by_desc(signing_keys::Column::CreateTime)
+            .order_by_desc(signing_keys::Column::Kid)
+            .all(self.db.conn())
+            .await?;
+        let keys = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| *i == 0 || r.retire_time.is_none_or(|t| t > oldest))
+            .map(|(_, r)| to_key(r))
+            .collect::<Result<Vec<_>>>()?;
+        *self.loaded.write().expect("key ring poisoned") = Arc::new(Loaded { keys, at: Instant::now() });
+        Ok(())
+    }
+
+    /// Reloads when the set is older than [`RELOAD_INTERVAL`].
+    pub async fn refresh_if_stale(&self) -> Result<()> {
+        if self.current().at.elapsed() >= RELOAD_INTERVAL { self.reload().await } else { Ok(()) }
+    }
+
+    /// Adds a new signing key and retires the others (in the caller's transaction); call
+    /// [`KeyRing::reload`] after commit.
+    pub async fn rotate(tx: &Tx) -> Result<PublicJwk> {
+        let row = new_key_row()?;
+        signing_keys::Entity::update_many()
+            .col_expr(signing_keys::Column::RetireTime, Some(row.create_time).into())
+            .filter(signing_keys::Column::RetireTime.is_null())
+            .exec(&**tx)
+            .await?;
+        let jwk = PublicJwk { kid: row.kid.clone(), x: row.public_key.clone() };
+        signing_keys::ActiveModel::from(row).insert(&**tx).await?;
+        Ok(jwk)
+    }
+
+    /// When the signing key was made (the rotation job rotates old keys).
+    pub async fn signing_key_age(&self) -> Result<Option<chrono::Duration>> {
+        let row = signing_keys::Entity::find()
+            .filter(signing_keys::Column::RetireTime.is_null())
+            .order_by_desc(signing_keys::Column::CreateTime)
+            .one(self.db.conn())
+            .await?;
+        Ok(row.map(|r| now() - r.create_time))
+    }
+
+    /// The public keys, the signing key first.
+    pub fn jwks(&self) -> Vec<PublicJwk> {
+        self.current().keys.iter().map(|k| PublicJwk { kid: k.kid.clone(), x: k.x.clone() }).collect()
+    }
+
+    /// Signs claims with the current key.
+    pub fn sign(&self, mut claims: Claims) -> Result<String> {
+        let loaded = self.current();
+        let key = loaded.keys.first().ok_or_else(|| Error::internal(anyhow::anyhow!("no signing key")))?;
+        let encoding = key.encoding.as_ref().ok_or_else(|| Error::internal(anyhow::anyhow!("no private key")))?;
+        claims.iss.clone_from(&self.issuer);
+        claims.aud.clone_from(&self.audience);
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        header.typ = Some("at+jwt".into());
+        jsonwebtoken::encode(&header, &claims, encoding).map_err(Error::internal)
+    }
+
+    /// Verifies signature, algorithm, issuer, audience and expiry. A token signed by a key this
+    /// replica has not seen yet triggers one reload (the key may have been rotated elsewhere).
+    pub async fn verify(&self, token: &str) -> Option<Verified> {
+        if let Some(v) = self.verify_loaded(token) {
+            return v;
+        }
+        let fresh = self.current().at.elapsed() < Duration::from_secs(1);
+        if fresh || self.reload().await.is_err() {
+            return None;
+        }
+        self.verify_loaded(token).flatten()
+    }
+
+    /// Some(result) when the token's key is known; None when it is not.
+    fn verify_loaded(&self, token: &str) -> Option<Option<Verified>> {
+        let header = match jsonwebtoken::decode_header(token) {
+            Ok(h) => h,
+            Err(_) => return Some(None),
+        };
+        if header.alg != Algorithm::EdDSA {
+            return Some(None);
+        }
+        let kid = match header.kid {
+            Some(kid) => kid,
+            None => return Some(None),
+        };
+        let loaded = self.current();
+        let key = loaded.keys.iter().find(|k| k.kid == kid)?;
+        let ok = jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation).ok();
+        Some(ok.map(|data| Verified { claims: data.claims, kid }))
+    }
+}
