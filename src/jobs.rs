@@ -6,7 +6,11 @@ use std::time::Duration;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use tokio_util::sync::CancellationToken;
 
-use crate::{domain::now, service::Iam, store::entity::idempotency_keys};
+use crate::{
+    domain::now,
+    service::Iam,
+    store::entity::{idempotency_keys, refresh_tokens, sessions},
+};
 
 /// Purges DELETED users whose restore window has passed, every `interval`.
 pub async fn purge_sweeper(iam: Iam, interval: Duration, stop: CancellationToken) {
@@ -25,7 +29,19 @@ pub async fn purge_sweeper(iam: Iam, interval: Duration, stop: CancellationToken
     }
 }
 
-/// Deletes idempotency keys older than `retention`, hourly (and at start).
+/// Deletes sessions a day after they expired (with their refresh tokens), and refresh tokens
+/// rotated more than a day ago (reuse detection needs them only while a stolen copy is fresh).
+async fn sweep_sessions(iam: &Iam) -> Result<(), sea_orm::DbErr> {
+    let day_ago = now() - chrono::Duration::days(1);
+    refresh_tokens::Entity::delete_many()
+        .filter(refresh_tokens::Column::RotateTime.lt(day_ago))
+        .exec(iam.db.conn())
+        .await?;
+    sessions::Entity::delete_many().filter(sessions::Column::ExpireTime.lt(day_ago)).exec(iam.db.conn()).await?;
+    Ok(())
+}
+
+/// Deletes idempotency keys older than `retention`, and old sessions, hourly (and at start).
 pub async fn idempotency_sweeper(iam: Iam, retention: Duration, stop: CancellationToken) {
     loop {
         let cutoff = now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(2));
@@ -35,6 +51,9 @@ pub async fn idempotency_sweeper(iam: Iam, retention: Duration, stop: Cancellati
             .await;
         if let Err(e) = result {
             tracing::warn!(error = %e, "idempotency key sweep failed; will retry");
+        }
+        if let Err(e) = sweep_sessions(&iam).await {
+            tracing::warn!(error = %e, "session sweep failed; will retry");
         }
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -348,7 +348,7 @@ impl Auth for AuthApi {
         let Some(verified) = self.iam.introspect(&msg.token).await? else {
             return Ok(Response::new(pb::IntrospectTokenResponse { active: false, claims: None }));
         };
-        let c = verified.claims;
+        let c = verified.claims.clone();
         let at = |secs: i64| Some(prost_types::Timestamp { seconds: secs, nanos: 0 });
         Ok(Response::new(pb::IntrospectTokenResponse {
             active: true,
@@ -360,7 +360,7 @@ impl Auth for AuthApi {
                 audience: c.aud,
                 issue_time: at(c.iat),
                 expire_time: at(c.exp),
-                key_id: verified.kid,
+                key_id: verified.kid.clone(),
                 scope: c.scope,
                 authentication_methods: c.amr,
             }),

@@ -87,7 +87,16 @@ pub struct KeyRing {
     loaded: RwLock<Arc<Loaded>>,
     validation: Validation,
     reload: tokio::sync::Mutex<()>,
+    /// Tokens already verified (by SHA-256 of the token): a signature stays valid, so a sibling
+    /// asking about the same token again costs a hash lookup, not an Ed25519 verification.
+    /// Expiry is checked on every hit; the map is flushed when the key set changes or grows large.
+    verified: dashmap::DashMap<[u8; 32], Arc<Verified>, foldhash::fast::RandomState>,
 }
+
+/// Verified tokens kept before the map is flushed.
+const MAX_VERIFIED: usize = 100_000;
+/// Clock leeway on `exp`, seconds (the same as the verification's).
+const LEEWAY: i64 = 30;
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -143,6 +152,7 @@ impl KeyRing {
             loaded: RwLock::new(Arc::new(Loaded { keys: Vec::new(), at: Instant::now() })),
             validation,
             reload: tokio::sync::Mutex::new(()),
+            verified: Default::default(),
         };
         ring.reload().await?;
         if ring.current().keys.is_empty() {
@@ -172,7 +182,11 @@ impl KeyRing {
             .filter(|(i, r)| *i == 0 || r.retire_time.is_none_or(|t| t > oldest))
             .map(|(_, r)| to_key(r))
             .collect::<Result<Vec<_>>>()?;
-        *self.loaded.write().expect("key ring poisoned") = Arc::new(Loaded { keys, at: Instant::now() });
+        let mut loaded = self.loaded.write().expect("key ring poisoned");
+        if loaded.keys.iter().map(|k| &k.kid).ne(keys.iter().map(|k| &k.kid)) {
+            self.verified.clear();
+        }
+        *loaded = Arc::new(Loaded { keys, at: Instant::now() });
         Ok(())
     }
 
@@ -225,15 +239,28 @@ impl KeyRing {
 
     /// Verifies signature, algorithm, issuer, audience and expiry. A token signed by a key this
     /// replica has not seen yet triggers one reload (the key may have been rotated elsewhere).
-    pub async fn verify(&self, token: &str) -> Option<Verified> {
-        if let Some(v) = self.verify_loaded(token) {
-            return v;
+    pub async fn verify(&self, token: &str) -> Option<Arc<Verified>> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.verified.get(&digest).map(|v| v.clone()) {
+            return (hit.claims.exp + LEEWAY > chrono::Utc::now().timestamp()).then_some(hit);
         }
-        let fresh = self.current().at.elapsed() < Duration::from_secs(1);
-        if fresh || self.reload().await.is_err() {
-            return None;
+        let verified = match self.verify_loaded(token) {
+            Some(v) => v,
+            None => {
+                let fresh = self.current().at.elapsed() < Duration::from_secs(1);
+                if fresh || self.reload().await.is_err() {
+                    return None;
+                }
+                self.verify_loaded(token).flatten()
+            }
+        }?;
+        let verified = Arc::new(verified);
+        if self.verified.len() >= MAX_VERIFIED {
+            self.verified.clear();
         }
-        self.verify_loaded(token).flatten()
+        self.verified.insert(digest, verified.clone());
+        Some(verified)
     }
 
     /// Some(result) when the token's key is known; None when it is not.

@@ -189,7 +189,7 @@ impl Authenticator {
         if !active {
             return Err(unauthenticated("the session of this access token has ended: log in again"));
         }
-        let c = v.claims;
+        let c = &v.claims;
         let (Ok(user_id), Ok(session_id)) = (Uuid::parse_str(&c.sub), Uuid::parse_str(&c.sid)) else {
             return Err(unauthenticated("the access token is not valid"));
         };
@@ -201,7 +201,13 @@ impl Authenticator {
                 "the password must be changed first: call Auth.ChangePassword with this token",
             )));
         }
-        Ok(Caller::User(UserCaller { tenant_id: c.tenant, user_id, session_id, restricted, amr: c.amr }))
+        Ok(Caller::User(UserCaller {
+            tenant_id: c.tenant.clone(),
+            user_id,
+            session_id,
+            restricted,
+            amr: c.amr.clone(),
+        }))
     }
 }
 

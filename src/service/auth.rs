@@ -319,7 +319,7 @@ impl Iam {
     ) -> Result<Tokens> {
         self.auth.admit(ip)?;
         let email_key = email.trim().to_lowercase();
-        let tenant = match tenants::get(self.db.conn(), tenant_id).await {
+        let tenant = match tenants::get_settings(self.db.conn(), tenant_id).await {
             Ok(t) => Some(t),
             Err(e) if e.reason == Reason::TenantNotFound => None,
             Err(e) => return Err(e),
@@ -417,10 +417,13 @@ impl Iam {
                     }
                     amr.push("otp");
                 }
+                let before = state.clone();
                 state.failed_logins = 0;
                 state.lockouts = 0;
                 state.locked_until = None;
-                sessions::save_login_state(tx, state.clone()).await?;
+                if state != before || mfa.is_some() {
+                    sessions::save_login_state(tx, state.clone()).await?;
+                }
                 users::set_last_login(tx, user_id, at).await?;
                 let tokens = self.open_session(tx, ctx, &tenant, &row, row.must_change_password, &amr).await?;
                 tx.audit(
@@ -455,7 +458,7 @@ impl Iam {
         let Some(session) = sessions::find(self.db.conn(), stored.session_id).await? else {
             return Err(token_invalid("refresh token"));
         };
-        let tenant = tenants::get(self.db.conn(), &session.tenant_id).await?;
+        let tenant = tenants::get_settings(self.db.conn(), &session.tenant_id).await?;
         #[derive(Serialize, Deserialize)]
         enum Outcome {
             Ok(Tokens),
@@ -517,7 +520,7 @@ impl Iam {
     }
 
     /// A verified, active token, or None.
-    pub async fn introspect(&self, token: &str) -> Result<Option<Verified>> {
+    pub async fn introspect(&self, token: &str) -> Result<Option<std::sync::Arc<Verified>>> {
         let Some(v) = self.auth.keys.verify(token).await else { return Ok(None) };
         Ok(self.session_active(&v.claims).await?.then_some(v))
     }
@@ -595,7 +598,7 @@ impl Iam {
         new: SecretString,
     ) -> Result<Tokens> {
         let (tenant_id, user_id) = (caller.tenant_id.as_str(), caller.user_id);
-        let tenant = tenants::get(self.db.conn(), tenant_id).await?;
+        let tenant = tenants::get_settings(self.db.conn(), tenant_id).await?;
         let row = users::get(self.db.conn(), tenant_id, user_id).await?;
         if !self.passwords.verify(old, row.password_hash.clone()).await? {
             return Err(Error::invalid_field("old_password", "is not the current password"));
@@ -639,7 +642,7 @@ impl Iam {
             .await?
             .filter(|t| t.kind == kind.as_str() && t.used_time.is_none() && t.expire_time > now())
             .ok_or_else(|| token_invalid(what))?;
-        let tenant = tenants::get(self.db.conn(), &stored.tenant_id).await?;
+        let tenant = tenants::get_settings(self.db.conn(), &stored.tenant_id).await?;
         let row = users::get(self.db.conn(), &stored.tenant_id, stored.user_id).await?;
         self.password_policy(&tenant, "new_password", &new, row.email_key.as_deref())?;
         let hash = self.passwords.hash(new).await?;
@@ -847,7 +850,7 @@ impl Iam {
     /// Whether the tenant requires administrators to enroll TOTP and this user is an
     /// administrator without it.
     pub async fn mfa_missing(&self, tenant_id: &str, user_id: Uuid) -> Result<bool> {
-        let tenant = tenants::get(self.db.conn(), tenant_id).await?;
+        let tenant = tenants::get_settings(self.db.conn(), tenant_id).await?;
         if !tenant.settings.require_mfa_for_admins {
             return Ok(false);
         }

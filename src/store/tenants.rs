@@ -42,6 +42,13 @@ pub async fn seats_used(conn: &impl ConnectionTrait, tenant_id: &str) -> Result<
 
 use sea_orm::PaginatorTrait;
 
+/// The tenant's settings and names, without counting its seats (`seats_used` is -1): for the
+/// login path, which reads the policies on every attempt.
+pub async fn get_settings(conn: &impl ConnectionTrait, tenant_id: &str) -> Result<Tenant> {
+    let m = tenants::Entity::find_by_id(tenant_id).one(conn).await?.ok_or_else(|| not_found(tenant_id))?;
+    to_domain(m, -1)
+}
+
 pub async fn get(conn: &impl ConnectionTrait, tenant_id: &str) -> Result<Tenant> {
     let m = tenants::Entity::find_by_id(tenant_id).one(conn).await?.ok_or_else(|| not_found(tenant_id))?;
     let seats = seats_used(conn, tenant_id).await?;

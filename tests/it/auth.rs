@@ -668,3 +668,26 @@ fn forge(token: &str) -> String {
     let der = key.to_pkcs8_der().unwrap();
     jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes())).unwrap()
 }
+
+/// Two replicas on one PostgreSQL: a token from one works on the other, a logout on one is seen
+/// by the other, and a key rotated on one verifies on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_sessions_and_keys() {
+    let a = TestServer::start(Backend::Postgres).await;
+    let b = TestServer::start_on(crate::common::TestDb::attach(&a.db), crate::common::test_config(&a.db)).await;
+    a.tenant("acme", 0).await;
+    let id = a.password_user("acme", "ann@example.com", PASSWORD, &[]).await;
+    let t = a.login("acme", "ann@example.com", PASSWORD).await;
+    b.users_as(&t.access_token).await.get_user(get_user("acme", &id)).await.expect("B accepts A's token");
+    assert!(b.token_active(&t.access_token).await);
+
+    a.auth_as(&t.access_token).await.logout(pb::LogoutRequest {}).await.unwrap();
+    crate::common::eventually("B sees the logout", || async { !b.token_active(&t.access_token).await }).await;
+    expect_code(b.users_as(&t.access_token).await.get_user(get_user("acme", &id)).await, Code::Unauthenticated);
+
+    a.auth_as(common_admin()).await.rotate_signing_key(pb::RotateSigningKeyRequest::default()).await.unwrap();
+    let fresh = a.login("acme", "ann@example.com", PASSWORD).await;
+    b.users_as(&fresh.access_token).await.get_user(get_user("acme", &id)).await.expect("B learns the new key");
+    b.stop().await;
+    a.stop().await;
+}

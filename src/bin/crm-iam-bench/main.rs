@@ -9,6 +9,7 @@
 
 mod access;
 mod audit;
+mod auth;
 mod harness;
 mod transfer;
 
@@ -48,6 +49,8 @@ enum Cmd {
     Access(Opts),
     /// Audit stream: commit-to-delivery latency with 100 subscribers; memory with 1,000 streams.
     Audit(Opts),
+    /// Auth: Authenticate against the argon2 ceiling, Check p99 under a login flood, IntrospectToken.
+    Auth(Opts),
     /// Ownership: RecordOwnership ingest and a 1,000,000-record transfer against raw SQL floors.
     Transfer(Opts),
     /// Every benchmark.
@@ -215,6 +218,7 @@ async fn async_main() -> anyhow::Result<()> {
         Cmd::Serve { database_url } => return serve(database_url).await,
         Cmd::Access(o) => (o, "access"),
         Cmd::Audit(o) => (o, "audit"),
+        Cmd::Auth(o) => (o, "auth"),
         Cmd::Transfer(o) => (o, "transfer"),
         Cmd::All(o) => (o, "all"),
     };
@@ -230,6 +234,9 @@ async fn async_main() -> anyhow::Result<()> {
         }
         if matches!(which, "audit" | "all") {
             rows.extend(audit::run(&db, opts.load()).await?);
+        }
+        if matches!(which, "auth" | "all") {
+            rows.extend(auth::run(&db, opts.load()).await?);
         }
         if matches!(which, "transfer" | "all") {
             rows.extend(transfer::run(&db, opts.load()).await?);

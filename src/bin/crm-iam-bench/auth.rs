@@ -1,0 +1,202 @@
+//! Logins against the argon2 ceiling, Access.Check latency while logins flood the server, and
+//! token introspection against the echo floor.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crm_iam::{
+    auth::password::{self, Passwords},
+    proto::{
+        bench::EchoRequest,
+        v1::{self as pb, auth_client::AuthClient, user_admin_client::UserAdminClient},
+    },
+};
+use secrecy::SecretString;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::{
+    Database, access,
+    harness::{self, Bearer, Load, Row, Server, Stats, fmt_stats},
+};
+
+const LOGIN_USERS: usize = 64;
+const PASSWORD: &str = "velvet staircase under morning rain";
+
+/// Raw argon2 verifications per second on `threads` OS threads: the server's verification
+/// function (same parameters, same reused working memory), nothing else, on as many threads as
+/// the server's hashing pool, measured for `duration`.
+fn argon2_ceiling(threads: usize, duration: Duration) -> f64 {
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let hash = rt.block_on(Passwords::new(1).hash(SecretString::from(PASSWORD))).expect("hash");
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (hash, done) = (hash.clone(), done.clone());
+            std::thread::spawn(move || {
+                while start.elapsed() < duration {
+                    assert!(password::verify_now(PASSWORD.as_bytes(), &hash));
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("argon2 thread");
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A tenant with users who log in with a password.
+async fn seed_logins(server: &Server) -> anyhow::Result<()> {
+    let ch = server.channel().await?;
+    // Each user logs in hundreds of times here; the default limit of 10 sessions would make most
+    // logins also evict one (a real login flood is many users once each, not this).
+    pb::tenant_admin_client::TenantAdminClient::new(ch.clone())
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant: Some(pb::Tenant {
+                tenant_id: access::TENANT.into(),
+                settings: Some(pb::TenantSettings {
+                    session_policy: Some(pb::SessionPolicy { max_sessions_per_user: 100, ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["settings.session_policy".into()] }),
+            ..Default::default()
+        })
+        .await?;
+    let mut users = UserAdminClient::new(ch);
+    let requests = (0..LOGIN_USERS).map(|i| pb::CreateUserRequest {
+        tenant_id: access::TENANT.into(),
+        user: Some(pb::User {
+            email: format!("login{i}@bench.example"),
+            given_name: format!("Login{i}"),
+            ..Default::default()
+        }),
+        initial_password: PASSWORD.into(),
+        password_is_permanent: true,
+        ..Default::default()
+    });
+    for r in requests {
+        users.create_user(r).await?;
+    }
+    Ok(())
+}
+
+fn login_request(i: u64) -> pb::AuthenticateRequest {
+    pb::AuthenticateRequest {
+        tenant_id: access::TENANT.into(),
+        email: format!("login{}@bench.example", i as usize % LOGIN_USERS),
+        password: PASSWORD.into(),
+        totp_code: String::new(),
+    }
+}
+
+async fn logins(channels: Vec<tonic::transport::Channel>, load: Load, stop: Arc<AtomicBool>) -> Stats {
+    harness::run_until(&channels, load, stop, |ch, i| async move {
+        AuthClient::new(ch).authenticate(login_request(i)).await.map(|_| ())
+    })
+    .await
+}
+
+async fn introspect(server: &Server, load: Load, token: String) -> anyhow::Result<Stats> {
+    let channels = server.channels(load.connections).await?;
+    let token = Arc::new(token);
+    Ok(harness::run(&channels, load, move |ch, _| {
+        let token = token.clone();
+        async move {
+            let mut c = AuthClient::new(InterceptedService::new(ch, Bearer));
+            let r = c.introspect_token(pb::IntrospectTokenRequest { token: token.to_string() }).await?;
+            if r.into_inner().active { Ok(()) } else { Err(tonic::Status::internal("token reported inactive")) }
+        }
+    })
+    .await)
+}
+
+pub async fn run(db: &Database, load: Load) -> anyhow::Result<Vec<Row>> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let server = Server::start(&db.url, &[("CRM_IAM_LOGIN_FAILURES_PER_ADDRESS", "0")])?;
+    let t = Instant::now();
+    let seed = access::seed(&server).await?;
+    seed_logins(&server).await?;
+    eprintln!(
+        "[{}] seeded the access tenant and {LOGIN_USERS} login users in {:.1} s",
+        db.label,
+        t.elapsed().as_secs_f64()
+    );
+    let pool = Arc::new(access::checks(&seed, 20_000));
+
+    // Ceiling and subject alternate (twice), so drift on a shared machine hits both alike.
+    let (mut ceilings, mut auths) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        ceilings.push(tokio::task::spawn_blocking(move || argon2_ceiling(threads, load.duration)).await?);
+        auths.push(logins(server.channels(load.connections).await?, load, Arc::new(AtomicBool::new(false))).await);
+    }
+    let ceiling = ceilings.iter().sum::<f64>() / ceilings.len() as f64;
+    let auth = Stats {
+        rate: auths.iter().map(|s| s.rate).sum::<f64>() / auths.len() as f64,
+        p50_ms: auths.iter().map(|s| s.p50_ms).sum::<f64>() / auths.len() as f64,
+        p99_ms: auths.iter().map(|s| s.p99_ms).sum::<f64>() / auths.len() as f64,
+        errors: auths.iter().map(|s| s.errors).sum(),
+    };
+
+    // Access.Check idle, then while 16 callers log in as fast as they can.
+    let idle = access::check(&server, load, pool.clone()).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood_load =
+        Load { concurrency: 16, connections: 2, warmup: Duration::ZERO, duration: load.warmup + load.duration * 2 };
+    let flood = tokio::spawn(logins(server.channels(2).await?, flood_load, stop.clone()));
+    let busy = access::check(&server, load, pool.clone()).await?;
+    stop.store(true, Ordering::Relaxed);
+    let flood = flood.await?;
+
+    // IntrospectToken against the echo floor.
+    let token = AuthClient::new(server.channels(1).await?.remove(0)).authenticate(login_request(0)).await?.into_inner();
+    let echo_pool = Arc::new(vec![EchoRequest { tenant_id: access::TENANT.into(), ..Default::default() }]);
+    let (mut echoes, mut intros) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        echoes.push(access::echo(&server, load, echo_pool.clone()).await?);
+        intros.push(introspect(&server, load, token.access_token.clone()).await?);
+    }
+    server.stop();
+    let avg = |runs: &[Stats]| Stats {
+        rate: runs.iter().map(|s| s.rate).sum::<f64>() / runs.len() as f64,
+        p50_ms: runs.iter().map(|s| s.p50_ms).sum::<f64>() / runs.len() as f64,
+        p99_ms: runs.iter().map(|s| s.p99_ms).sum::<f64>() / runs.len() as f64,
+        errors: runs.iter().map(|s| s.errors).sum(),
+    };
+    let (echo, intro) = (avg(&echoes), avg(&intros));
+
+    let mut rows = Vec::new();
+    let mut r = Row::new("Authenticate throughput", db.label);
+    r.value = fmt_stats(&auth);
+    r.baseline = format!("raw argon2id verify {ceiling:.1}/s on {threads} threads");
+    let ratio = auth.rate / ceiling;
+    r.ratio = format!("{:.0}% of argon2", ratio * 100.0);
+    r.target = "≥ 85% of argon2".into();
+    r.met = Some(ratio >= 0.85 && auth.errors == 0);
+    rows.push(r);
+    let mut r = Row::new("Access.Check p99 during a login flood", db.label);
+    r.value = format!("{:.2} ms ({:.0}/s; logins {:.1}/s)", busy.p99_ms, busy.rate, flood.rate);
+    r.baseline = format!("idle p99 {:.2} ms ({:.0}/s)", idle.p99_ms, idle.rate);
+    let ratio = busy.p99_ms / idle.p99_ms;
+    r.ratio = format!("{ratio:.2}× idle");
+    r.target = "≤ 2× idle p99".into();
+    r.met = Some(ratio <= 2.0 && busy.errors == 0);
+    rows.push(r);
+    let mut r = Row::new("IntrospectToken throughput", db.label);
+    r.value = fmt_stats(&intro);
+    r.baseline = format!("echo {}", fmt_stats(&echo));
+    let ratio = intro.rate / echo.rate;
+    r.ratio = format!("{:.0}% of echo", ratio * 100.0);
+    r.target = "≥ 70% of echo".into();
+    r.met = Some(ratio >= 0.70 && intro.errors == 0);
+    rows.push(r);
+    Ok(rows)
+}
