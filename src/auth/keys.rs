@@ -87,6 +87,9 @@ pub struct KeyRing {
     loaded: RwLock<Arc<Loaded>>,
     validation: Validation,
     reload: tokio::sync::Mutex<()>,
+    /// When a token with an unknown `kid` last made this replica re-read the keys: at most once a
+    /// second, so a stream of forged kids cannot turn into a stream of database reads.
+    unknown_kid_reload: std::sync::Mutex<Option<Instant>>,
     /// Tokens already verified (by SHA-256 of the token): a signature stays valid, so a sibling
     /// asking about the same token again costs a hash lookup, not an Ed25519 verification.
     /// Expiry is checked on every hit; the map is flushed when the key set changes or grows large.
@@ -152,6 +155,7 @@ impl KeyRing {
             loaded: RwLock::new(Arc::new(Loaded { keys: Vec::new(), at: Instant::now() })),
             validation,
             reload: tokio::sync::Mutex::new(()),
+            unknown_kid_reload: std::sync::Mutex::new(None),
             verified: Default::default(),
         };
         ring.reload().await?;
@@ -248,8 +252,15 @@ impl KeyRing {
         let verified = match self.verify_loaded(token) {
             Some(v) => v,
             None => {
-                let fresh = self.current().at.elapsed() < Duration::from_secs(1);
-                if fresh || self.reload().await.is_err() {
+                let allowed = {
+                    let mut last = self.unknown_kid_reload.lock().expect("key ring poisoned");
+                    let allowed = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+                    if allowed {
+                        *last = Some(Instant::now());
+                    }
+                    allowed
+                };
+                if !allowed || self.reload().await.is_err() {
                     return None;
                 }
                 self.verify_loaded(token).flatten()

@@ -324,13 +324,12 @@ impl Iam {
             Err(e) if e.reason == Reason::TenantNotFound => None,
             Err(e) => return Err(e),
         };
-        let row = match &tenant {
-            Some(_) => users::find_by_email(self.db.conn(), tenant_id, &email_key).await?,
-            None => None,
-        };
-        let state = match &row {
-            Some(r) => Some(sessions::login_state(self.db.conn(), r.user_id).await?),
-            None => None,
+        let (row, state) = match &tenant {
+            Some(_) => match sessions::user_for_login(self.db.conn(), tenant_id, &email_key).await? {
+                Some((row, state)) => (Some(row), Some(state)),
+                None => (None, None),
+            },
+            None => (None, None),
         };
         // Always one argon2 verification: unknown users and wrong passwords take the same time.
         let stored = row.as_ref().and_then(|r| r.password_hash.clone());

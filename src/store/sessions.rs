@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{
     db::Tx,
-    entity::{login_states, recovery_codes, refresh_tokens, sessions},
+    entity::{login_states, recovery_codes, refresh_tokens, sessions, users},
 };
 use crate::domain::{Result, now};
 
@@ -138,8 +138,8 @@ pub async fn rotate_refresh(tx: &Tx, token_hash: &str) -> Result<bool> {
     Ok(r.rows_affected == 1)
 }
 
-pub async fn login_state(conn: &impl ConnectionTrait, user_id: Uuid) -> Result<LoginState> {
-    Ok(login_states::Entity::find_by_id(user_id).one(conn).await?.unwrap_or(LoginState {
+fn fresh_state(user_id: Uuid) -> LoginState {
+    LoginState {
         user_id,
         failed_logins: 0,
         lockouts: 0,
@@ -147,6 +147,34 @@ pub async fn login_state(conn: &impl ConnectionTrait, user_id: Uuid) -> Result<L
         totp_secret: None,
         totp_pending_secret: None,
         totp_last_step: None,
+    }
+}
+
+pub async fn login_state(conn: &impl ConnectionTrait, user_id: Uuid) -> Result<LoginState> {
+    Ok(login_states::Entity::find_by_id(user_id).one(conn).await?.unwrap_or_else(|| fresh_state(user_id)))
+}
+
+/// The user with this email in the tenant and the user's login state, in one query (the login path).
+pub async fn user_for_login(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    email_key: &str,
+) -> Result<Option<(users::Model, LoginState)>> {
+    use sea_orm::JoinType;
+    let rel = login_states::Entity::belongs_to(users::Entity)
+        .from(login_states::Column::UserId)
+        .to(users::Column::UserId)
+        .into();
+    let found = users::Entity::find()
+        .filter(users::Column::TenantId.eq(tenant_id))
+        .filter(users::Column::EmailKey.eq(email_key))
+        .join_rev(JoinType::LeftJoin, rel)
+        .select_also(login_states::Entity)
+        .one(conn)
+        .await?;
+    Ok(found.map(|(u, s)| {
+        let state = s.unwrap_or_else(|| fresh_state(u.user_id));
+        (u, state)
     }))
 }
 

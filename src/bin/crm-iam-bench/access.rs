@@ -33,7 +33,7 @@ pub struct Seed {
 pub async fn seed(server: &Server) -> anyhow::Result<Seed> {
     let ch = server.channel().await?;
     let mut tenants = pb::tenant_admin_client::TenantAdminClient::new(ch.clone());
-    tenants
+    let created = tenants
         .create_tenant(pb::CreateTenantRequest {
             tenant: Some(pb::Tenant {
                 tenant_id: TENANT.into(),
@@ -42,7 +42,13 @@ pub async fn seed(server: &Server) -> anyhow::Result<Seed> {
             }),
             request_id: String::new(),
         })
-        .await?;
+        .await;
+    match created {
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+        other => {
+            other?;
+        }
+    }
     let users = UserAdminClient::new(ch.clone());
     let roles = RoleAdminClient::new(ch.clone());
     let mut rng = StdRng::seed_from_u64(7);
