@@ -90,6 +90,7 @@ pub struct Application {
     listener: TcpListener,
     iam: Iam,
     authenticator: AuthLayer,
+    metrics_listener: Option<TcpListener>,
     admin_token_file: Option<PathBuf>,
     shutdown: CancellationToken,
 }
@@ -131,7 +132,16 @@ impl Application {
         iam.ensure_builtin_roles().await?;
         let authenticator = Authenticator::new(iam.clone(), token.expose_secret(), &config.service_credentials)?;
         let listener = TcpListener::bind(config.listen).await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(Application {
+            metrics_listener,
             extra: None,
             authenticator: AuthLayer::new(authenticator),
             config,
@@ -157,6 +167,11 @@ impl Application {
         self.listener.local_addr().expect("bound listener has an address")
     }
 
+    /// Where `/metrics` is served (None unless `metrics_listen` is set).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Where the generated admin token was stored (None when it came from the environment).
     pub fn admin_token_file(&self) -> Option<&PathBuf> {
         self.admin_token_file.as_ref()
@@ -180,7 +195,7 @@ impl Application {
     /// Serves until the shutdown handle fires, then drains (bounded by `shutdown_grace`).
     pub async fn run(self) -> anyhow::Result<()> {
         let addr = self.local_addr();
-        let Application { config, listener, iam, authenticator, shutdown, extra, .. } = self;
+        let Application { config, listener, iam, authenticator, shutdown, extra, metrics_listener, .. } = self;
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         set_health(&reporter, ServingStatus::Serving).await;
@@ -266,6 +281,10 @@ impl Application {
         if let Some(tls) = tls_config(&config)? {
             builder = builder.tls_config(tls)?;
         }
+        let metrics_task = metrics_listener.map(|listener| {
+            crate::metrics::install();
+            tokio::spawn(crate::metrics::serve(listener, iam.clone(), stop.clone()))
+        });
         let router = builder
             // The default deadline of every call; a caller's shorter grpc-timeout wins.
             .timeout(config.request_timeout)
@@ -275,6 +294,10 @@ impl Application {
             .tcp_nodelay(true)
             // One span per RPC, continuing the caller's trace, with method, tenant and status.
             .layer(trace_layer)
+            // Counts and times every call (when metrics are served).
+            .layer(tower::util::option_layer(metrics_task.as_ref().map(|_| crate::metrics::MetricsLayer)))
+            // Refuses calls beyond the concurrency limit at once, before any work.
+            .layer(crate::overload::ShedLayer::new(config.max_concurrent_requests))
             // Every call's bearer token becomes a Caller before routing (health, reflection and
             // the login methods excepted).
             .layer(authenticator)
@@ -290,9 +313,6 @@ impl Application {
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
             stop_serving.cancelled().await;
         }));
-        if let Some(metrics) = config.metrics_listen {
-            tracing::warn!(%metrics, "metrics_listen is set, but this version does not serve metrics yet");
-        }
         tracing::info!(%addr, database = %redact_url(&config.database_url), "crm-iam serving");
 
         shutdown.cancelled().await;
@@ -307,6 +327,11 @@ impl Application {
         }
         for task in background {
             let _ = task.await;
+        }
+        if let Some(task) = metrics_task
+            && let Ok(Err(e)) = task.await
+        {
+            tracing::warn!(error = %e, "the metrics endpoint failed");
         }
         tracing::info!("crm-iam stopped");
         Ok(())

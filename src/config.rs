@@ -93,6 +93,8 @@ pub struct Config {
     /// Testing aid: a random delay of up to this long before each commit (default 0).
     #[serde(with = "humantime_serde")]
     pub debug_commit_delay: Duration,
+    /// Unary calls served at once; beyond it calls are refused at once (RESOURCE_EXHAUSTED).
+    pub max_concurrent_requests: usize,
     /// `iss` of the access tokens (sibling services check it).
     pub token_issuer: String,
     /// `aud` of the access tokens (sibling services check it).
@@ -137,6 +139,7 @@ impl Default for Config {
             transfer_poll_interval: Duration::from_secs(1),
             transfer_yield_ratio: 1.0,
             debug_commit_delay: Duration::ZERO,
+            max_concurrent_requests: 1000,
             token_issuer: "crm-iam".into(),
             token_audience: "crm".into(),
             signing_key_rotation: Duration::from_secs(30 * 24 * 3600),

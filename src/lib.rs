@@ -10,6 +10,8 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod jobs;
+pub mod metrics;
+pub mod overload;
 pub mod proto;
 pub mod service;
 pub mod store;

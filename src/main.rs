@@ -33,6 +33,98 @@ enum Command {
     /// Audit trail commands (they talk to a running server over gRPC).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Bulk user commands: CSV import and export (they talk to a running server over gRPC).
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Write a consistent snapshot of the SQLite database to FILE while the server keeps serving
+    /// (works on the database file, not through the server; PostgreSQL: use pg_dump).
+    Backup(BackupArgs),
+    /// Replace the SQLite database with a backup (works on the files; stop the server first).
+    Restore(RestoreArgs),
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Onboard a company from CSV: one INVITED user per row. Columns (header row; only email is
+    /// required): email, given_name, family_name, display_name, phone, position, employee_number,
+    /// department (by name), hire_date (YYYY-MM-DD), roles (role names separated by ';').
+    /// Every row is checked first; bad rows are reported with their line and nothing is written
+    /// for them. Users whose email exists already are skipped, so a re-run creates nothing twice.
+    Import(ImportArgs),
+    /// Write every user of a tenant as CSV (the import columns plus user_id and state) to stdout
+    /// or --out.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// The server, for example http://127.0.0.1:50051.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// File holding the token (default ./crm-iam.admin-token) when CRM_IAM_TOKEN and
+    /// CRM_IAM_ADMIN_TOKEN are unset. A tenant administrator's access token works too.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The tenant to import into.
+    #[arg(long)]
+    tenant: String,
+    /// The CSV file.
+    file: PathBuf,
+    /// Check every row and report, but create nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Create departments named in the file that do not exist yet (otherwise such rows are errors).
+    #[arg(long)]
+    create_departments: bool,
+    /// Write email,user_id,invitation_token of the invited users to this file (mode 0600), for
+    /// the mail that invites them. Tokens are returned only once.
+    #[arg(long, value_name = "FILE")]
+    invitations: Option<PathBuf>,
+    /// Rows sent at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The tenant to export.
+    #[arg(long)]
+    tenant: String,
+    /// Write here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BackupArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The backup file to write (must not exist).
+    #[arg(long, value_name = "FILE")]
+    to: PathBuf,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The backup file to restore.
+    #[arg(long, value_name = "FILE")]
+    from: PathBuf,
+    /// Replace an existing database (stop the server first).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -149,6 +241,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             let mut stdout = std::io::stdout();
             crm_iam::cli::audit_tail::tail(opts, &mut stdout, stop).await
+        }
+        Command::Users(UsersCommand::Import(args)) => {
+            let token = crm_iam::cli::token(args.client.token_file.as_deref())?;
+            let (users, roles) = crm_iam::cli::users::clients(&args.client.server, &token).await?;
+            let progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let report = crm_iam::cli::users::import(
+                users,
+                roles,
+                crm_iam::cli::users::ImportOptions {
+                    tenant: args.tenant,
+                    file: args.file,
+                    dry_run: args.dry_run,
+                    create_departments: args.create_departments,
+                    concurrency: args.concurrency,
+                    invitations: args.invitations,
+                    progress,
+                },
+            )
+            .await?;
+            for (line, email, problem) in &report.errors {
+                eprintln!("line {line} ({email}): {problem}");
+            }
+            let verb = if args.dry_run { "would be checked" } else { "created" };
+            println!(
+                "{} rows: {} {verb}, {} already present, {} with errors",
+                report.rows,
+                report.created,
+                report.existing,
+                report.errors.len()
+            );
+            anyhow::ensure!(report.errors.is_empty(), "{} rows were not imported (listed above)", report.errors.len());
+            Ok(())
+        }
+        Command::Users(UsersCommand::Export(args)) => {
+            let token = crm_iam::cli::token(args.client.token_file.as_deref())?;
+            let (users, roles) = crm_iam::cli::users::clients(&args.client.server, &token).await?;
+            let n = match &args.out {
+                Some(path) => {
+                    let mut f = std::fs::File::create(path)?;
+                    crm_iam::cli::users::export(users, roles, &args.tenant, &mut f).await?
+                }
+                None => crm_iam::cli::users::export(users, roles, &args.tenant, &mut std::io::stdout()).await?,
+            };
+            eprintln!("{n} users exported");
+            Ok(())
+        }
+        Command::Backup(args) => {
+            let config = load(&args.common, Overrides::default())?;
+            let bytes = crm_iam::cli::backup::backup(&config.database_url, &args.to).await?;
+            println!("backup written to {} ({bytes} bytes, integrity checked)", args.to.display());
+            Ok(())
+        }
+        Command::Restore(args) => {
+            let config = load(&args.common, Overrides::default())?;
+            crm_iam::cli::backup::restore(&config.database_url, &args.from, args.force).await?;
+            println!("restored {} into {}; start the server to use it", args.from.display(), config.database_url);
+            Ok(())
         }
         Command::Migrate(common) => {
             let config = load(&common, Overrides::default())?;

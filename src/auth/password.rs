@@ -98,6 +98,7 @@ impl Passwords {
 
     async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
+        let queued = std::time::Instant::now();
         let permit = self.permits.clone().acquire_owned().await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         let permit = permit.map_err(Error::internal)?;
@@ -105,6 +106,7 @@ impl Passwords {
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _permit = permit;
+            metrics::histogram!("crm_iam_password_hash_wait_seconds").record(queued.elapsed().as_secs_f64());
             let _ = done.send(span.in_scope(work));
         });
         self.jobs.send(job).map_err(|_| Error::internal(anyhow::anyhow!("the hashing threads are gone")))?;

@@ -1,6 +1,9 @@
-//! Operations commands of the `crm-iam` binary that talk to a running server over gRPC.
+//! Operations commands of the `crm-iam` binary: `audit tail` and `users import/export` talk to a
+//! running server over gRPC; `backup` and `restore` work on the SQLite file.
 
 pub mod audit_tail;
+pub mod backup;
+pub mod users;
 
 use tonic::{
     Request, Status,

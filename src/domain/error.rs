@@ -51,6 +51,7 @@ pub enum Reason {
     PasswordChangeRequired,
     MfaRequired,
     TotpState,
+    Overloaded,
 }
 
 impl Reason {
@@ -100,6 +101,7 @@ impl Reason {
             Reason::PasswordChangeRequired => "PASSWORD_CHANGE_REQUIRED",
             Reason::MfaRequired => "MFA_REQUIRED",
             Reason::TotpState => "TOTP_STATE",
+            Reason::Overloaded => "OVERLOADED",
         }
     }
 }

@@ -45,7 +45,7 @@ impl Iam {
     ) -> Result<Tenant> {
         self.db
             .write(ctx, async |tx| {
-                let before = tenants::lock(tx, tenant_id).await?;
+                let before = tenants::lock_with_seats(tx, tenant_id).await?;
                 check_etag(etag, before.version, "tenant")?;
                 let mut after = before.clone();
                 if let Some(name) = patch.display_name {

@@ -52,8 +52,8 @@ impl Default for TransferSettings {
 /// What one step of a job did.
 #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Step {
-    /// A batch moved; more may follow.
-    More,
+    /// A batch moved this many records; more may follow.
+    More(u64),
     /// The job reached a terminal state.
     Ended,
     /// Another replica holds the job now.
@@ -124,8 +124,9 @@ impl Iam {
             let started = std::time::Instant::now();
             let served = self.foreground.load(std::sync::atomic::Ordering::Relaxed);
             match self.transfer_step(me, id, settings).await {
-                Ok(Step::More) => {
+                Ok(Step::More(moved)) => {
                     failures = 0;
+                    metrics::counter!("crm_iam_transfer_records_moved_total").increment(moved);
                     // Foreground traffic during the batch: give it the cores for a while.
                     if self.foreground.load(std::sync::atomic::Ordering::Relaxed) != served
                         && settings.yield_ratio > 0.0
@@ -270,7 +271,7 @@ impl Iam {
                     return Err(lost_lease());
                 }
                 if moves.is_empty() {
-                    return Ok(Step::More);
+                    return Ok(Step::More(0));
                 }
                 tx.owners_changed(&tenant_id, Some(ids.iter().map(|id| (module.clone(), id.clone())).collect()));
                 tx.audit(
@@ -281,7 +282,7 @@ impl Iam {
                         .with_detail("worker", me)
                         .with_detail("moves", serde_json::Value::Array(moves)),
                 );
-                Ok(Step::More)
+                Ok(Step::More(moved as u64))
             })
             .await
     }

@@ -58,13 +58,26 @@ pub async fn get(conn: &impl ConnectionTrait, tenant_id: &str) -> Result<Tenant>
 /// Loads the tenant and, on PostgreSQL, locks its row until the transaction ends. Every write
 /// that checks a tenant-wide rule (seats, unique names, the department tree, ...) takes this lock
 /// first, so such checks never race. On SQLite the writer lock already serializes them.
+///
+/// Seats are counted only when the tenant has a seat limit (the only case a check needs them;
+/// counting is a scan of the tenant's users, which every transfer batch and import row would pay
+/// otherwise): unlimited tenants get `seats_used` -1. [`lock_with_seats`] always counts.
 pub async fn lock(tx: &Tx, tenant_id: &str) -> Result<Tenant> {
+    lock_counting(tx, tenant_id, false).await
+}
+
+/// [`lock`], with `seats_used` always counted.
+pub async fn lock_with_seats(tx: &Tx, tenant_id: &str) -> Result<Tenant> {
+    lock_counting(tx, tenant_id, true).await
+}
+
+async fn lock_counting(tx: &Tx, tenant_id: &str, always: bool) -> Result<Tenant> {
     let m = tenants::Entity::find_by_id(tenant_id)
         .lock_exclusive()
         .one(&**tx)
         .await?
         .ok_or_else(|| not_found(tenant_id))?;
-    let seats = seats_used(&**tx, tenant_id).await?;
+    let seats = if always || m.seat_limit > 0 { seats_used(&**tx, tenant_id).await? } else { -1 };
     to_domain(m, seats)
 }
 

@@ -233,3 +233,15 @@ pub fn progress_of<'a>(t: &'a mut Transfer, module: &str) -> &'a mut ModuleProgr
     });
     t.progress.last_mut().expect("just pushed")
 }
+
+/// Jobs per state (for metrics).
+pub async fn count_by_state(conn: &impl ConnectionTrait) -> Result<Vec<(String, i64)>> {
+    Ok(transfers::Entity::find()
+        .select_only()
+        .column(transfers::Column::State)
+        .column_as(Expr::col(transfers::Column::TransferId).count(), "n")
+        .group_by(transfers::Column::State)
+        .into_tuple()
+        .all(conn)
+        .await?)
+}

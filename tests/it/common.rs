@@ -138,6 +138,8 @@ impl Drop for TestDb {
 /// A running server.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where /metrics is served, when the config asked for it.
+    pub metrics_addr: Option<SocketAddr>,
     pub db: TestDb,
     handle: ShutdownHandle,
     join: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -172,9 +174,10 @@ impl TestServer {
         init_telemetry();
         let app = Application::build(config).await.expect("build application");
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let handle = app.shutdown_handle();
         let join = tokio::spawn(app.run());
-        TestServer { addr, db, handle, join }
+        TestServer { addr, metrics_addr, db, handle, join }
     }
 
     /// Stops the server (graceful drain) and returns its database.

@@ -1,0 +1,84 @@
+//! Load shedding: at most `max_concurrent_requests` unary calls run at once; a call beyond that is
+//! answered at once with RESOURCE_EXHAUSTED (`OVERLOADED`, with a short `RetryInfo`) instead of
+//! queueing without bound. Health checks, reflection and long-lived streams are not counted:
+//! probes must keep answering under load, and an open stream costs memory, not CPU.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tokio::sync::Semaphore;
+
+use crate::domain::{Error, Kind, Reason};
+
+/// Paths that are never shed.
+fn exempt(path: &str) -> bool {
+    path.starts_with("/grpc.health.")
+        || path.starts_with("/grpc.reflection.")
+        || path == "/crm.iam.v1.AuditEvents/StreamEvents"
+        || path == "/crm.iam.v1.OwnershipTransfer/WatchTransfer"
+}
+
+#[derive(Clone)]
+pub struct ShedLayer(Arc<Semaphore>);
+
+impl ShedLayer {
+    pub fn new(max_concurrent: usize) -> ShedLayer {
+        ShedLayer(Arc::new(Semaphore::new(max_concurrent.max(1))))
+    }
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed { inner, permits: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Shed<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Shed<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if exempt(req.uri().path()) {
+            return Box::pin(inner.call(req));
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            metrics::counter!("crm_iam_grpc_requests_shed_total").increment(1);
+            let mut e = Error::new(
+                Kind::ResourceExhausted,
+                Reason::Overloaded,
+                "the server is at its limit of concurrent calls: retry shortly (with backoff)",
+            );
+            e.retry_after_ms = 100;
+            let response = crate::api::status::from_error(e).into_http();
+            return Box::pin(async move { Ok(response) });
+        };
+        Box::pin(async move {
+            let response = inner.call(req).await;
+            drop(permit);
+            response
+        })
+    }
+}

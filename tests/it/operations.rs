@@ -1,0 +1,107 @@
+//! Operations: Prometheus metrics, load shedding under overload, deadlines.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+use crate::{
+    both_backends,
+    common::{Backend, TestServer, pb, reason},
+};
+
+const PASSWORD: &str = "velvet staircase under morning rain";
+
+async fn scrape(server: &TestServer) -> String {
+    let addr = server.metrics_addr.expect("metrics enabled");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect to /metrics");
+    socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    socket.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    out
+}
+
+/// The value of one series (labels as the exporter renders them), 0 when absent.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+both_backends!(metrics_count_calls_by_method_and_code, overload_is_refused_at_once_and_passes);
+
+async fn metrics_count_calls_by_method_and_code(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    server.tenant("acme", 0).await;
+    let get = r#"crm_iam_grpc_requests_total{method="crm.iam.v1.TenantAdmin/GetTenant",code="NotFound"}"#;
+    let before = value(&scrape(&server).await, get);
+    for _ in 0..3 {
+        let r = server.tenants().await.get_tenant(pb::GetTenantRequest { tenant_id: "nope".into() }).await;
+        assert_eq!(r.unwrap_err().code(), Code::NotFound);
+    }
+    let text = scrape(&server).await;
+    assert!(value(&text, get) >= before + 3.0, "{get} did not grow by 3:\n{text}");
+    let created = r#"crm_iam_grpc_requests_total{method="crm.iam.v1.TenantAdmin/CreateTenant",code="Ok"}"#;
+    assert!(value(&text, created) >= 1.0, "{text}");
+    for needle in [
+        "crm_iam_grpc_request_duration_seconds_bucket{method=\"crm.iam.v1.TenantAdmin/GetTenant\"",
+        "crm_iam_grpc_requests_in_flight",
+        "crm_iam_db_pool_connections{state=\"open\"}",
+        "crm_iam_password_hash_queue_depth",
+        "crm_iam_audit_stream_subscribers",
+        "crm_iam_access_cache_lookups_total",
+    ] {
+        assert!(text.contains(needle), "missing {needle}:\n{text}");
+    }
+    // Anything but /metrics is not found.
+    let mut socket = tokio::net::TcpStream::connect(server.metrics_addr.unwrap()).await.unwrap();
+    socket.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    socket.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    server.stop().await;
+}
+
+async fn overload_is_refused_at_once_and_passes(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.max_concurrent_requests = 2).await;
+    server.tenant("acme", 0).await;
+    server.password_user("acme", "ann@example.com", PASSWORD, &[]).await;
+    // 30 logins at once: each holds its slot for an argon2 verification.
+    let calls = (0..30).map(|_| {
+        let server = &server;
+        async move { server.try_login("acme", "ann@example.com", PASSWORD, "").await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let shed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(ok >= 1, "some calls are served");
+    assert!(!shed.is_empty(), "calls beyond the limit are refused");
+    for s in &shed {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert_eq!(reason(s), "OVERLOADED");
+    }
+    // Probes are never shed, and normal service resumes right after.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let h = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(h.into_inner().status, 1, "SERVING");
+    server.login("acme", "ann@example.com", PASSWORD).await;
+    server.stop().await;
+}
+
+/// A caller's deadline (grpc-timeout) ends a call that cannot finish in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_are_honored() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    server.tenant("acme", 0).await;
+    server.password_user("acme", "ann@example.com", PASSWORD, &[]).await;
+    let mut req = tonic::Request::new(pb::AuthenticateRequest {
+        tenant_id: "acme".into(),
+        email: "ann@example.com".into(),
+        password: PASSWORD.into(),
+        totp_code: String::new(),
+    });
+    req.set_timeout(Duration::from_millis(1));
+    let s = server.auth().await.authenticate(req).await.unwrap_err();
+    assert!(matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled), "{s:?}");
+    server.login("acme", "ann@example.com", PASSWORD).await;
+    server.stop().await;
+}
