@@ -18,6 +18,7 @@ use crate::{
     auth::{AuthLayer, Authenticator, keys::KeyRing, password::Passwords},
     config::{Config, redact_url},
     jobs,
+    middleware::Layer,
     proto::{
         self,
         v1::{
@@ -295,12 +296,12 @@ impl Application {
             // One span per RPC, continuing the caller's trace, with method, tenant and status.
             .layer(trace_layer)
             // Counts and times every call (when metrics are served).
-            .layer(tower::util::option_layer(metrics_task.as_ref().map(|_| crate::metrics::MetricsLayer)))
+            .layer(tower::util::option_layer(metrics_task.as_ref().map(|_| Layer(crate::metrics::MetricsLayer))))
             // Refuses calls beyond the concurrency limit at once, before any work.
-            .layer(crate::overload::ShedLayer::new(config.max_concurrent_requests))
+            .layer(Layer(crate::overload::ShedLayer::new(config.max_concurrent_requests)))
             // Every call's bearer token becomes a Caller before routing (health, reflection and
             // the login methods excepted).
-            .layer(authenticator)
+            .layer(Layer(authenticator))
             .add_routes(routes.routes());
 
         // Our own listener (bound in `build`, so tests can use port 0): the server builder's TCP

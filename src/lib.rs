@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod jobs;
 pub mod metrics;
+pub mod middleware;
 pub mod overload;
 pub mod proto;
 pub mod service;

@@ -9,7 +9,6 @@
 
 use std::{
     sync::{OnceLock, atomic::Ordering},
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -126,41 +125,21 @@ pub async fn record_gauges(iam: &Iam) {
     }
 }
 
-/// The tower layer that counts calls by method and status and times them.
+/// The middleware that counts calls by method and status and times them.
 #[derive(Clone, Default)]
 pub struct MetricsLayer;
 
-impl<S> tower::Layer<S> for MetricsLayer {
-    type Service = MetricsService<S>;
-    fn layer(&self, inner: S) -> MetricsService<S> {
-        MetricsService { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct MetricsService<S> {
-    inner: S,
-}
-
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
-impl<S, B> tower::Service<http::Request<B>> for MetricsService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl crate::middleware::Around for MetricsLayer {
+    fn around<S, B>(
+        &self,
+        mut inner: S,
+        req: http::Request<B>,
+    ) -> crate::middleware::BoxFuture<Result<crate::middleware::Response, S::Error>>
+    where
+        S: tower::Service<http::Request<B>, Response = crate::middleware::Response> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
         let method = req.uri().path().trim_start_matches('/').to_owned();
         Box::pin(async move {
             let started = Instant::now();

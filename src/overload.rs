@@ -3,10 +3,7 @@
 //! queueing without bound. Health checks, reflection and long-lived streams are not counted:
 //! probes must keep answering under load, and an open stream costs memory, not CPU.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
@@ -29,42 +26,21 @@ impl ShedLayer {
     }
 }
 
-impl<S> tower::Layer<S> for ShedLayer {
-    type Service = Shed<S>;
-    fn layer(&self, inner: S) -> Shed<S> {
-        Shed { inner, permits: self.0.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub struct Shed<S> {
-    inner: S,
-    permits: Arc<Semaphore>,
-}
-
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
-impl<S, B> tower::Service<http::Request<B>> for Shed<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl crate::middleware::Around for ShedLayer {
+    fn around<S, B>(
+        &self,
+        mut inner: S,
+        req: http::Request<B>,
+    ) -> crate::middleware::BoxFuture<Result<crate::middleware::Response, S::Error>>
+    where
+        S: tower::Service<http::Request<B>, Response = crate::middleware::Response> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
         if exempt(req.uri().path()) {
             return Box::pin(inner.call(req));
         }
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        let Ok(permit) = self.0.clone().try_acquire_owned() else {
             metrics::counter!("crm_iam_grpc_requests_shed_total").increment(1);
             let mut e = Error::new(
                 Kind::ResourceExhausted,

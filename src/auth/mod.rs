@@ -9,10 +9,7 @@
 pub mod keys;
 pub mod password;
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -231,7 +228,7 @@ fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
     Ok(token.trim())
 }
 
-/// The tower layer that authenticates every request before routing.
+/// The middleware that authenticates every request before routing.
 #[derive(Clone)]
 pub struct AuthLayer(Arc<Authenticator>);
 
@@ -241,40 +238,18 @@ impl AuthLayer {
     }
 }
 
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-    fn layer(&self, inner: S) -> AuthService<S> {
-        AuthService { inner, auth: self.0.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub struct AuthService<S> {
-    inner: S,
-    auth: Arc<Authenticator>,
-}
-
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
-impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        // The clone that was polled ready serves this request (tower's usual swap).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let auth = self.auth.clone();
+impl crate::middleware::Around for AuthLayer {
+    fn around<S, B>(
+        &self,
+        mut inner: S,
+        mut req: http::Request<B>,
+    ) -> crate::middleware::BoxFuture<Result<crate::middleware::Response, S::Error>>
+    where
+        S: tower::Service<http::Request<B>, Response = crate::middleware::Response> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
+        let auth = self.0.clone();
         Box::pin(async move {
             let metadata = MetadataMap::from_headers(std::mem::take(req.headers_mut()));
             let result = auth.authenticate(req.uri().path(), &metadata).await;
