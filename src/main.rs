@@ -263,7 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for (line, email, problem) in &report.errors {
                 eprintln!("line {line} ({email}): {problem}");
             }
-            let verb = if args.dry_run { "would be checked" } else { "created" };
+            let verb = if args.dry_run { "would be created" } else { "created" };
             println!(
                 "{} rows: {} {verb}, {} already present, {} with errors",
                 report.rows,

@@ -81,6 +81,7 @@ pub struct ImportOptions {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ImportReport {
     pub rows: usize,
+    /// Users created (in a dry run: that would be created).
     pub created: usize,
     /// Rows whose email already belongs to a user of the tenant (a re-run creates nothing twice).
     pub existing: usize,
@@ -288,7 +289,8 @@ pub async fn import(mut users: Users, mut role_client: Roles, opts: ImportOption
         }
     }
     if opts.dry_run {
-        report.created = 0;
+        // What a real run would create.
+        report.created = todo.len();
         report.errors.sort();
         return Ok(report);
     }

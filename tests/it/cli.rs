@@ -42,6 +42,7 @@ async fn import_export_round_trip(backend: Backend, rows: usize) {
     // A dry run checks and creates nothing.
     let out = import(&server, &file, &["--dry-run", "--create-departments"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("{rows} rows: {rows} would be created")), "{}", text(&out.stdout));
     let db = server.db.connect().await;
     assert_eq!(count(&db, "SELECT COUNT(*) FROM users").await, 0);
 
