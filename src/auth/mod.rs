@@ -151,10 +151,8 @@ impl Authenticator {
             return Ok(None);
         }
         let token = bearer(metadata)?;
-        if token.split('.').count() == 3 {
-            return self.user(path, token).await.map(Some);
-        }
-        // Compare digests in constant time, against every credential: timing reveals nothing.
+        // Static tokens first (a service's token may be any text, dots included): compare digests
+        // in constant time, against every credential, so timing reveals nothing.
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found: Option<&Service> = None;
         let admin = bool::from(digest[..].ct_eq(&self.admin_token_sha256[..]));
@@ -174,6 +172,8 @@ impl Authenticator {
                 "service credential {:?} may not call {path}: add the method to its configured methods",
                 s.name
             )))),
+            // Not a static token: a user's access token (a JWT), or nothing valid.
+            None if token.split('.').count() == 3 => self.user(path, token).await.map(Some),
             None => Err(unauthenticated("the bearer token is not valid")),
         }
     }
