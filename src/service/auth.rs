@@ -203,7 +203,11 @@ fn unix_now() -> u64 {
 
 /// The TOTP step a code matches (current step ± 1), if it is newer than the last one accepted.
 fn accept_totp(t: &Totp, code: &str, last_step: Option<i64>) -> Option<i64> {
-    let step = t.check(code, unix_now())? as i64;
+    accept_totp_at(t, code, last_step, unix_now())
+}
+
+fn accept_totp_at(t: &Totp, code: &str, last_step: Option<i64>, now: u64) -> Option<i64> {
+    let step = t.check(code, now)? as i64;
     (last_step.is_none_or(|last| step > last)).then_some(step)
 }
 
@@ -897,11 +901,13 @@ mod tests {
     fn totp_codes_are_accepted_once_and_within_one_step() {
         let secret = Secret::from(vec![7u8; 20]).to_base32();
         let t = totp(&secret, "ann@example.com", "crm-iam").unwrap();
-        let now = unix_now();
+        let now = 1_800_000_015; // a fixed clock: no step boundary can move under the test
         let code = t.generate(now - 30).to_string();
-        let step = accept_totp(&t, &code, None).expect("previous step accepted (clock skew)");
-        assert_eq!(accept_totp(&t, &code, Some(step)), None, "a code is accepted once");
-        let old = t.generate(now - 120).to_string();
-        assert_eq!(accept_totp(&t, &old, None), None, "two steps back is too old");
+        let step = accept_totp_at(&t, &code, None, now).expect("previous step accepted (clock skew)");
+        assert_eq!(accept_totp_at(&t, &code, Some(step), now), None, "a code is accepted once");
+        let next = t.generate(now + 30).to_string();
+        assert!(accept_totp_at(&t, &next, Some(step), now).is_some(), "the next step too");
+        let old = t.generate(now - 90).to_string();
+        assert_eq!(accept_totp_at(&t, &old, None, now), None, "two steps back is too old");
     }
 }

@@ -402,9 +402,14 @@ fn totp_for(uri: &str) -> totp_rs::Totp {
     totp_rs::Totp::from_url(uri).expect("otpauth URI")
 }
 
-fn code_at(t: &totp_rs::Totp, offset_secs: i64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    t.generate((now + offset_secs) as u64).to_string()
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// The code of the step `offset_secs` after `base`. Tests fix `base` once, so a step boundary
+/// crossed while they run cannot turn an expected replay into a fresh code.
+fn code_at(t: &totp_rs::Totp, base: i64, offset_secs: i64) -> String {
+    t.generate((base + offset_secs) as u64).to_string()
 }
 
 async fn totp_enrollment_login_and_recovery_codes(backend: Backend) {
@@ -420,8 +425,9 @@ async fn totp_enrollment_login_and_recovery_codes(backend: Backend) {
     let s =
         expect_code(auth.confirm_totp(pb::ConfirmTotpRequest { code: "000000".into() }).await, Code::InvalidArgument);
     assert_eq!(bad_fields(&s), ["code"]);
+    let t0 = unix_now();
     let codes = auth
-        .confirm_totp(pb::ConfirmTotpRequest { code: code_at(&totp, 0) })
+        .confirm_totp(pb::ConfirmTotpRequest { code: code_at(&totp, t0, 0) })
         .await
         .unwrap()
         .into_inner()
@@ -435,17 +441,17 @@ async fn totp_enrollment_login_and_recovery_codes(backend: Backend) {
     assert_eq!(reason(&s), "TOTP_REQUIRED");
     // The code used to confirm was consumed; the next step's code is inside the ±1 step window.
     let s = expect_code(
-        server.try_login("acme", "ann@example.com", PASSWORD, &code_at(&totp, 0)).await,
+        server.try_login("acme", "ann@example.com", PASSWORD, &code_at(&totp, t0, 0)).await,
         Code::Unauthenticated,
     );
     assert_eq!(reason(&s), "INVALID_CREDENTIALS");
     let s = expect_code(
-        server.try_login("acme", "ann@example.com", PASSWORD, &code_at(&totp, 90)).await,
+        server.try_login("acme", "ann@example.com", PASSWORD, &code_at(&totp, t0, 90)).await,
         Code::Unauthenticated,
     );
     assert_eq!(reason(&s), "INVALID_CREDENTIALS", "two steps ahead is outside the window");
     let with_code = server
-        .try_login("acme", "ann@example.com", PASSWORD, &code_at(&totp, 30))
+        .try_login("acme", "ann@example.com", PASSWORD, &code_at(&totp, t0, 30))
         .await
         .expect("code of the next step");
     let c = server
@@ -545,8 +551,9 @@ async fn mfa_required_for_administrators(backend: Backend) {
     let mut auth = server.auth_as(&t.access_token).await;
     let enrolled = auth.enroll_totp(pb::EnrollTotpRequest {}).await.unwrap().into_inner();
     let totp = totp_for(&enrolled.otpauth_uri);
-    auth.confirm_totp(pb::ConfirmTotpRequest { code: code_at(&totp, 0) }).await.unwrap();
-    let t = server.try_login("acme", "root@example.com", PASSWORD, &code_at(&totp, 30)).await.unwrap();
+    let t0 = unix_now();
+    auth.confirm_totp(pb::ConfirmTotpRequest { code: code_at(&totp, t0, 0) }).await.unwrap();
+    let t = server.try_login("acme", "root@example.com", PASSWORD, &code_at(&totp, t0, 30)).await.unwrap();
     let users = server.users_as(&t.access_token).await.list_users(list()).await.expect("allowed with TOTP");
     assert_eq!(users.into_inner().users.len(), 1);
     server.stop().await;
