@@ -11,6 +11,7 @@ mod access;
 mod audit;
 mod auth;
 mod harness;
+mod startup;
 mod transfer;
 
 use std::time::Duration;
@@ -53,6 +54,8 @@ enum Cmd {
     Auth(Opts),
     /// Ownership: RecordOwnership ingest and a 1,000,000-record transfer against raw SQL floors.
     Transfer(Opts),
+    /// Start-up time to SERVING on a fresh database, and idle RSS.
+    Startup(Opts),
     /// Every benchmark.
     All(Opts),
 }
@@ -219,6 +222,7 @@ async fn async_main() -> anyhow::Result<()> {
         Cmd::Access(o) => (o, "access"),
         Cmd::Audit(o) => (o, "audit"),
         Cmd::Auth(o) => (o, "auth"),
+        Cmd::Startup(o) => (o, "startup"),
         Cmd::Transfer(o) => (o, "transfer"),
         Cmd::All(o) => (o, "all"),
     };
@@ -228,7 +232,17 @@ async fn async_main() -> anyhow::Result<()> {
         opts.concurrency, opts.connections, opts.seconds, opts.warmup
     );
     let mut rows = Vec::new();
+    let pg_url =
+        std::env::var("CRM_IAM_BENCH_POSTGRES_URL").or_else(|_| std::env::var("CRM_IAM_TEST_POSTGRES_URL")).ok();
     for db in databases(opts.databases).await? {
+        if matches!(which, "startup" | "all") {
+            let (label, pg_url) = (db.label, pg_url.clone());
+            let fresh = async || match label {
+                "SQLite" => Database::sqlite(),
+                _ => Database::postgres(pg_url.as_deref().unwrap_or_default()).await,
+            };
+            rows.extend(startup::run(&db, fresh).await?);
+        }
         if matches!(which, "access" | "all") {
             rows.extend(access::run(&db, opts.load()).await?);
         }
