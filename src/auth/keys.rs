@@ -245,7 +245,11 @@ impl KeyRing {
     /// replica has not seen yet triggers one reload (the key may have been rotated elsewhere).
     pub async fn verify(&self, token: &str) -> Option<Arc<Verified>> {
         use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        self.verify_hashed(token, sha2::Sha256::digest(token.as_bytes()).into()).await
+    }
+
+    /// [`KeyRing::verify`] for a caller that already has the token's SHA-256 (the cache key).
+    pub async fn verify_hashed(&self, token: &str, digest: [u8; 32]) -> Option<Arc<Verified>> {
         if let Some(hit) = self.verified.get(&digest).map(|v| v.clone()) {
             return (hit.claims.exp + LEEWAY > chrono::Utc::now().timestamp()).then_some(hit);
         }

@@ -173,13 +173,13 @@ impl Authenticator {
                 s.name
             )))),
             // Not a static token: a user's access token (a JWT), or nothing valid.
-            None if token.split('.').count() == 3 => self.user(path, token).await.map(Some),
+            None if token.split('.').count() == 3 => self.user(path, token, digest).await.map(Some),
             None => Err(unauthenticated("the bearer token is not valid")),
         }
     }
 
-    async fn user(&self, path: &str, token: &str) -> Result<Caller, Status> {
-        let Some(v) = self.iam.auth.keys.verify(token).await else {
+    async fn user(&self, path: &str, token: &str, digest: [u8; 32]) -> Result<Caller, Status> {
+        let Some(v) = self.iam.auth.keys.verify_hashed(token, digest).await else {
             return Err(unauthenticated("the access token is not valid or has expired: refresh it or log in again"));
         };
         let active = self.iam.session_active(&v.claims).await.map_err(status)?;

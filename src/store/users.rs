@@ -202,15 +202,6 @@ pub async fn count_in_department(conn: &impl ConnectionTrait, tenant_id: &str, d
         .await?)
 }
 
-/// The user of the tenant with this (lower-cased) email, if any.
-pub async fn find_by_email(conn: &impl ConnectionTrait, tenant_id: &str, email_key: &str) -> Result<Option<Row>> {
-    Ok(users::Entity::find()
-        .filter(users::Column::TenantId.eq(tenant_id))
-        .filter(users::Column::EmailKey.eq(email_key))
-        .one(conn)
-        .await?)
-}
-
 /// Records a login. Not a profile change: the version (etag) stays, so a login never makes an
 /// administrator's concurrent update fail.
 pub async fn set_last_login(tx: &Tx, user_id: Uuid, at: chrono::DateTime<chrono::Utc>) -> Result<()> {
