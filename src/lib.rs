@@ -20,9 +20,10 @@ pub mod telemetry;
 
 /// Tunes the global allocator (mimalloc, set by the binaries) for a long-running server: commit
 /// arena memory on demand and return freed memory to the OS at once, so that idle RSS stays small
-/// (about 20 MiB instead of about 50 MiB). Call first thing in `main`.
+/// (with the `no_thp` build feature, see Cargo.toml). Call first thing in `main`.
 pub fn tune_allocator() {
-    // Option numbers of mimalloc 2.x (`mi_option_e` in mimalloc.h), the version libmimalloc-sys builds.
+    // Option numbers of `mi_option_e` in mimalloc.h: the same in mimalloc 3.x (which libmimalloc-sys
+    // builds by default) and 2.x.
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // SAFETY: plain option setters of the allocator, called before any other thread exists.
