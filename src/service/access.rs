@@ -27,6 +27,7 @@ use crate::{
     domain::{
         Result, Violations,
         access::{Decision, Policy, ResourceFacts, Scope, UserFacts},
+        tenant::Tenant,
     },
     store::{
         ChangeScope, PolicyChange, departments, ownership, roles,
@@ -64,6 +65,9 @@ struct TenantEntry {
     owner_generation: AtomicU64,
     /// Login sessions asked about (by access-token checks); flushed with their user's facts.
     sessions: DashMap<Uuid, SessionFacts, foldhash::fast::RandomState>,
+    /// The tenant's row (settings, state; seats not counted), read by every login. Every tenant
+    /// update is a tenant-wide policy change, which drops this entry.
+    tenant: OnceCell<Arc<Tenant>>,
 }
 
 impl TenantEntry {
@@ -76,6 +80,7 @@ impl TenantEntry {
             owners: DashMap::default(),
             owner_generation: AtomicU64::new(0),
             sessions: DashMap::default(),
+            tenant: OnceCell::new(),
         })
     }
 }
@@ -293,6 +298,16 @@ impl Iam {
         })
         .await
         .cloned()
+    }
+
+    /// The tenant with its settings (seats not counted), cached until the tenant changes.
+    pub async fn tenant_settings(&self, tenant_id: &str) -> Result<Arc<Tenant>> {
+        let entry = self.access.entry(tenant_id);
+        let tenant = entry
+            .tenant
+            .get_or_try_init(async || tenants::get_settings(self.db.conn(), tenant_id).await.map(Arc::new))
+            .await?;
+        Ok(tenant.clone())
     }
 
     /// A login session's facts (cached; every session-ending change flushes its user's sessions).

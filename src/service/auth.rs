@@ -323,7 +323,7 @@ impl Iam {
     ) -> Result<Tokens> {
         self.auth.admit(ip)?;
         let email_key = email.trim().to_lowercase();
-        let tenant = match tenants::get_settings(self.db.conn(), tenant_id).await {
+        let tenant = match self.tenant_settings(tenant_id).await {
             Ok(t) => Some(t),
             Err(e) if e.reason == Reason::TenantNotFound => None,
             Err(e) => return Err(e),
@@ -461,7 +461,7 @@ impl Iam {
         let Some(session) = sessions::find(self.db.conn(), stored.session_id).await? else {
             return Err(token_invalid("refresh token"));
         };
-        let tenant = tenants::get_settings(self.db.conn(), &session.tenant_id).await?;
+        let tenant = self.tenant_settings(&session.tenant_id).await?;
         #[derive(Serialize, Deserialize)]
         enum Outcome {
             Ok(Tokens),

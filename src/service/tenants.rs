@@ -56,6 +56,9 @@ impl Iam {
                 }
                 after.settings = before.settings.apply(&patch.settings).map_err(Violations::into_error)?;
                 let after = tenants::update(tx, &after, before.version).await?;
+                // Settings (sessions, lockout, password policy) are cached with the tenant's
+                // access data on every replica: a tenant-wide change drops them.
+                tx.policy_changed(tenant_id, None);
                 tx.audit(AuditRecord::new(Some(tenant_id), "tenant.updated", "tenant", tenant_id).with_changes(
                     Some(&before),
                     Some(&after),

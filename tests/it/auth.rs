@@ -256,6 +256,26 @@ async fn address_limiter_slows_spraying(backend: Backend) {
     server.stop().await;
 }
 
+async fn set_max_sessions(server: &TestServer, tenant_id: &str, max: i32) {
+    server
+        .tenants()
+        .await
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant: Some(pb::Tenant {
+                tenant_id: tenant_id.into(),
+                settings: Some(pb::TenantSettings {
+                    session_policy: Some(pb::SessionPolicy { max_sessions_per_user: max, ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["settings.session_policy".into()] }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
 async fn session_limit_evicts_the_oldest(backend: Backend) {
     let server = TestServer::start(backend).await;
     let settings = pb::TenantSettings {
@@ -292,6 +312,12 @@ async fn session_limit_evicts_the_oldest(backend: Backend) {
     assert_eq!(n, 1);
     assert!(!server.token_active(&second.access_token).await);
     assert!(server.token_active(&third.access_token).await);
+
+    // A changed limit applies to the next login (the tenant's settings are cached between logins).
+    set_max_sessions(&server, "acme", 1).await;
+    let fourth = server.login("acme", "ann@example.com", PASSWORD).await;
+    assert!(!server.token_active(&third.access_token).await, "the limit of one ended the other session");
+    assert!(server.token_active(&fourth.access_token).await);
     server.stop().await;
 }
 
@@ -695,6 +721,16 @@ async fn replicas_share_sessions_and_keys() {
     a.auth_as(common_admin()).await.rotate_signing_key(pb::RotateSigningKeyRequest::default()).await.unwrap();
     let fresh = a.login("acme", "ann@example.com", PASSWORD).await;
     b.users_as(&fresh.access_token).await.get_user(get_user("acme", &id)).await.expect("B learns the new key");
+
+    // B has the tenant's settings cached (it served a login); a change made on A reaches it: with
+    // one session allowed, each login on B ends the one before.
+    let on_b = b.login("acme", "ann@example.com", PASSWORD).await;
+    set_max_sessions(&a, "acme", 1).await;
+    crate::common::eventually("B applies A's session limit", || async {
+        let newer = b.login("acme", "ann@example.com", PASSWORD).await;
+        !b.token_active(&on_b.access_token).await && b.token_active(&newer.access_token).await
+    })
+    .await;
     b.stop().await;
     a.stop().await;
 }
