@@ -250,6 +250,64 @@ async fn batch(server: &Server, load: Load, pool: Arc<Vec<pb::CheckRequest>>, si
     .await)
 }
 
+/// GetUser of random users of the seeded tenant.
+async fn get_user(server: &Server, load: Load, users: Arc<Vec<String>>) -> anyhow::Result<Stats> {
+    let channels = server.channels(load.connections).await?;
+    Ok(harness::run(&channels, load, move |ch, i| {
+        let users = users.clone();
+        async move {
+            let mut c = UserAdminClient::new(InterceptedService::new(ch, Bearer));
+            let user_id = users[(i as usize).wrapping_mul(2_654_435_761) % users.len()].clone();
+            c.get_user(pb::GetUserRequest { tenant_id: TENANT.into(), user_id }).await.map(|_| ())
+        }
+    })
+    .await)
+}
+
+/// The page tokens of every page of 50 of the seeded tenant's user list ("" for the first).
+async fn page_tokens(server: &Server) -> anyhow::Result<Vec<String>> {
+    let mut users = UserAdminClient::new(server.channel().await?);
+    let mut tokens = vec![String::new()];
+    loop {
+        let page = users
+            .list_users(pb::ListUsersRequest {
+                tenant_id: TENANT.into(),
+                page_size: 50,
+                page_token: tokens.last().cloned().unwrap_or_default(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        anyhow::ensure!(page.users.len() == 50 || page.next_page_token.is_empty(), "short page");
+        if page.next_page_token.is_empty() {
+            return Ok(tokens);
+        }
+        tokens.push(page.next_page_token);
+    }
+}
+
+/// ListUsers, a page of 50 from anywhere in the list (each request a different page).
+async fn list_users(server: &Server, load: Load, tokens: Arc<Vec<String>>) -> anyhow::Result<Stats> {
+    let channels = server.channels(load.connections).await?;
+    Ok(harness::run(&channels, load, move |ch, i| {
+        let tokens = tokens.clone();
+        async move {
+            let mut c = UserAdminClient::new(InterceptedService::new(ch, Bearer));
+            let page_token = tokens[i as usize % tokens.len()].clone();
+            let page = c
+                .list_users(pb::ListUsersRequest {
+                    tenant_id: TENANT.into(),
+                    page_size: 50,
+                    page_token,
+                    ..Default::default()
+                })
+                .await?;
+            if page.into_inner().users.len() == 50 { Ok(()) } else { Err(tonic::Status::internal("short page")) }
+        }
+    })
+    .await)
+}
+
 fn mean(runs: &[Stats]) -> Stats {
     let n = runs.len() as f64;
     Stats {
@@ -268,14 +326,23 @@ pub async fn run(db: &Database, load: Load) -> anyhow::Result<Vec<Row>> {
     let pool = Arc::new(checks(&seed, 20_000));
     let echo_pool: Arc<Vec<EchoRequest>> = Arc::new(pool.iter().map(echo_of).collect());
 
-    // Alternate floor and subject, twice, so drift on a shared machine hits both alike.
-    let (mut echoes, mut checks_) = (Vec::new(), Vec::new());
+    let user_ids = Arc::new(seed.users.clone());
+    let tokens = Arc::new(page_tokens(&server).await?);
+    let rss_idle = server.rss_mib();
+
+    // Alternate floor and subjects, twice, so drift on a shared machine hits all alike. The
+    // server's RSS is sampled throughout.
+    let sampler = harness::RssSampler::start(&server);
+    let (mut echoes, mut checks_, mut gets, mut lists) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..2 {
         echoes.push(echo(&server, load, echo_pool.clone()).await?);
         checks_.push(check(&server, load, pool.clone()).await?);
+        gets.push(get_user(&server, load, user_ids.clone()).await?);
+        lists.push(list_users(&server, load, tokens.clone()).await?);
     }
-    let (e, c) = (mean(&echoes), mean(&checks_));
+    let (e, c, g, l) = (mean(&echoes), mean(&checks_), mean(&gets), mean(&lists));
     let b = batch(&server, load, pool.clone(), 100).await?;
+    let rss_load = sampler.stop().await;
     server.stop();
 
     let mut rows = Vec::new();
@@ -303,6 +370,27 @@ pub async fn run(db: &Database, load: Load) -> anyhow::Result<Vec<Row>> {
     r.ratio = format!("{ratio:.1}× single");
     r.target = "≥ 20× single-check rate".into();
     r.met = Some(ratio >= 20.0 && b.errors == 0);
+    rows.push(r);
+    let mut r = Row::new("GetUser throughput", db.label);
+    r.value = fmt_stats(&g);
+    r.baseline = format!("echo {:.0}/s", e.rate);
+    let ratio = g.rate / e.rate;
+    r.ratio = format!("{:.0}% of echo", ratio * 100.0);
+    r.target = "≥ 50% of echo".into();
+    r.met = Some(ratio >= 0.50 && g.errors == 0);
+    rows.push(r);
+    let mut r = Row::new("ListUsers (pages of 50) throughput", db.label);
+    r.value = format!("{} ({:.0} users/s)", fmt_stats(&l), l.rate * 50.0);
+    r.baseline = format!("echo {:.0}/s", e.rate);
+    r.ratio = format!("{:.0}% of echo", l.rate / e.rate * 100.0);
+    r.target = "none set (reported)".into();
+    r.met = (l.errors > 0).then_some(false);
+    rows.push(r);
+    let mut r = Row::new("Server RSS under load (Check, GetUser, ListUsers, BatchCheck)", db.label);
+    r.value = format!("max {rss_load:.1} MiB");
+    r.baseline = format!("{rss_idle:.1} MiB before (5,000 users seeded)");
+    r.ratio = format!("+{:.1} MiB", rss_load - rss_idle);
+    r.target = "none set (reported)".into();
     rows.push(r);
     Ok(rows)
 }

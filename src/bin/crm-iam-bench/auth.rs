@@ -1,5 +1,6 @@
-//! Logins against the argon2 ceiling, Access.Check latency while logins flood the server, and
-//! token introspection against the echo floor.
+//! Logins and CreateUser against the argon2 ceilings (raw verifications and hashes), Access.Check
+//! latency while logins and user creations flood the server, and token introspection against the
+//! echo floor.
 
 use std::{
     sync::{
@@ -27,10 +28,10 @@ use crate::{
 const LOGIN_USERS: usize = 64;
 const PASSWORD: &str = "velvet staircase under morning rain";
 
-/// Raw argon2 verifications per second on `threads` OS threads: the server's verification
-/// function (same parameters, same reused working memory), nothing else, on as many threads as
-/// the server's hashing pool, measured for `duration`.
-fn argon2_ceiling(threads: usize, duration: Duration) -> f64 {
+/// Raw argon2 operations per second on `threads` OS threads: the server's own hashing or
+/// verification function (same parameters, same reused working memory), nothing else, on as many
+/// threads as the server's hashing pool, measured for `duration`.
+fn argon2_ceiling(threads: usize, duration: Duration, op: Argon2Op) -> f64 {
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let hash = rt.block_on(Passwords::new(1).hash(SecretString::from(PASSWORD))).expect("hash");
     let done = Arc::new(AtomicU64::new(0));
@@ -40,7 +41,10 @@ fn argon2_ceiling(threads: usize, duration: Duration) -> f64 {
             let (hash, done) = (hash.clone(), done.clone());
             std::thread::spawn(move || {
                 while start.elapsed() < duration {
-                    assert!(password::verify_now(PASSWORD.as_bytes(), &hash));
+                    match op {
+                        Argon2Op::Verify => assert!(password::verify_now(PASSWORD.as_bytes(), &hash)),
+                        Argon2Op::Hash => assert!(password::hash_now(PASSWORD.as_bytes()).is_ok()),
+                    }
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -50,6 +54,12 @@ fn argon2_ceiling(threads: usize, duration: Duration) -> f64 {
         h.join().expect("argon2 thread");
     }
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+#[derive(Clone, Copy)]
+enum Argon2Op {
+    Hash,
+    Verify,
 }
 
 /// A tenant with users who log in with a password.
@@ -115,6 +125,45 @@ async fn logins(channels: Vec<tonic::transport::Channel>, load: Load, stop: Arc<
     .await
 }
 
+/// CreateUser with a password (a new user each call, e-mail `{prefix}-{seq}@bench.example`).
+async fn create_users(server: &Server, load: Load, prefix: &str) -> anyhow::Result<Stats> {
+    let channels = server.channels(load.connections).await?;
+    let prefix = Arc::new(prefix.to_owned());
+    Ok(harness::run(&channels, load, move |ch, i| {
+        let prefix = prefix.clone();
+        async move { create_user(ch, &prefix, i).await }
+    })
+    .await)
+}
+
+async fn create_user(ch: tonic::transport::Channel, prefix: &str, i: u64) -> Result<(), tonic::Status> {
+    UserAdminClient::new(InterceptedService::new(ch, Bearer))
+        .create_user(pb::CreateUserRequest {
+            tenant_id: access::TENANT.into(),
+            user: Some(pb::User {
+                email: format!("{prefix}-{i}@bench.example"),
+                given_name: format!("New{i}"),
+                ..Default::default()
+            }),
+            initial_password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+/// The flood: callers alternate between a login and a CreateUser with a password.
+async fn flood(channels: Vec<tonic::transport::Channel>, load: Load, stop: Arc<AtomicBool>) -> Stats {
+    harness::run_until(&channels, load, stop, |ch, i| async move {
+        if i % 2 == 0 {
+            AuthClient::new(ch).authenticate(login_request(i)).await.map(|_| ())
+        } else {
+            create_user(ch, "flood", i).await
+        }
+    })
+    .await
+}
+
 async fn introspect(server: &Server, load: Load, token: String) -> anyhow::Result<Stats> {
     let channels = server.channels(load.connections).await?;
     let token = Arc::new(token);
@@ -135,19 +184,29 @@ pub async fn run(db: &Database, load: Load) -> anyhow::Result<Vec<Row>> {
     seed_logins(&server).await?;
     eprintln!("[{}] seeded {LOGIN_USERS} login users", db.label);
 
+    let avg = |runs: &[Stats]| Stats {
+        rate: runs.iter().map(|s| s.rate).sum::<f64>() / runs.len() as f64,
+        p50_ms: runs.iter().map(|s| s.p50_ms).sum::<f64>() / runs.len() as f64,
+        p99_ms: runs.iter().map(|s| s.p99_ms).sum::<f64>() / runs.len() as f64,
+        errors: runs.iter().map(|s| s.errors).sum(),
+    };
     // Ceiling and subject alternate (twice), so drift on a shared machine hits both alike.
     let (mut ceilings, mut auths) = (Vec::new(), Vec::new());
     for _ in 0..2 {
-        ceilings.push(tokio::task::spawn_blocking(move || argon2_ceiling(threads, load.duration)).await?);
+        let op = Argon2Op::Verify;
+        ceilings.push(tokio::task::spawn_blocking(move || argon2_ceiling(threads, load.duration, op)).await?);
         auths.push(logins(server.channels(load.connections).await?, load, Arc::new(AtomicBool::new(false))).await);
     }
     let ceiling = ceilings.iter().sum::<f64>() / ceilings.len() as f64;
-    let auth = Stats {
-        rate: auths.iter().map(|s| s.rate).sum::<f64>() / auths.len() as f64,
-        p50_ms: auths.iter().map(|s| s.p50_ms).sum::<f64>() / auths.len() as f64,
-        p99_ms: auths.iter().map(|s| s.p99_ms).sum::<f64>() / auths.len() as f64,
-        errors: auths.iter().map(|s| s.errors).sum(),
-    };
+    let auth = avg(&auths);
+    let (mut hash_ceilings, mut creates) = (Vec::new(), Vec::new());
+    for round in 0..2 {
+        let op = Argon2Op::Hash;
+        hash_ceilings.push(tokio::task::spawn_blocking(move || argon2_ceiling(threads, load.duration, op)).await?);
+        creates.push(create_users(&server, load, &format!("new{round}")).await?);
+    }
+    let hash_ceiling = hash_ceilings.iter().sum::<f64>() / hash_ceilings.len() as f64;
+    let create = avg(&creates);
 
     let t = Instant::now();
     let seed = access::seed(&server).await?;
@@ -159,7 +218,7 @@ pub async fn run(db: &Database, load: Load) -> anyhow::Result<Vec<Row>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flood_load =
         Load { concurrency: 16, connections: 2, warmup: Duration::ZERO, duration: load.warmup + load.duration * 2 };
-    let flood = tokio::spawn(logins(server.channels(2).await?, flood_load, stop.clone()));
+    let flood = tokio::spawn(flood(server.channels(2).await?, flood_load, stop.clone()));
     let busy = access::check(&server, load, pool.clone()).await?;
     stop.store(true, Ordering::Relaxed);
     let flood = flood.await?;
@@ -173,12 +232,6 @@ pub async fn run(db: &Database, load: Load) -> anyhow::Result<Vec<Row>> {
         intros.push(introspect(&server, load, token.access_token.clone()).await?);
     }
     server.stop();
-    let avg = |runs: &[Stats]| Stats {
-        rate: runs.iter().map(|s| s.rate).sum::<f64>() / runs.len() as f64,
-        p50_ms: runs.iter().map(|s| s.p50_ms).sum::<f64>() / runs.len() as f64,
-        p99_ms: runs.iter().map(|s| s.p99_ms).sum::<f64>() / runs.len() as f64,
-        errors: runs.iter().map(|s| s.errors).sum(),
-    };
     let (echo, intro) = (avg(&echoes), avg(&intros));
 
     let mut rows = Vec::new();
@@ -190,8 +243,22 @@ pub async fn run(db: &Database, load: Load) -> anyhow::Result<Vec<Row>> {
     r.target = "≥ 85% of argon2".into();
     r.met = Some(ratio >= 0.85 && auth.errors == 0);
     rows.push(r);
-    let mut r = Row::new("Access.Check p99 during a login flood", db.label);
-    r.value = format!("{:.2} ms ({:.0}/s; logins {:.1}/s)", busy.p99_ms, busy.rate, flood.rate);
+    let mut r = Row::new("CreateUser (with a password) throughput", db.label);
+    r.value = fmt_stats(&create);
+    r.baseline = format!("raw argon2id hash {hash_ceiling:.1}/s on {threads} threads");
+    let ratio = create.rate / hash_ceiling;
+    r.ratio = format!("{:.0}% of argon2", ratio * 100.0);
+    r.target = "≥ 85% of argon2".into();
+    r.met = Some(ratio >= 0.85 && create.errors == 0);
+    rows.push(r);
+    let mut r = Row::new("Access.Check p99 during a login + CreateUser flood", db.label);
+    r.value = format!(
+        "{:.2} ms ({:.0}/s; logins and creates {:.1}/s{})",
+        busy.p99_ms,
+        busy.rate,
+        flood.rate,
+        if flood.errors > 0 { format!(", {} failed", flood.errors) } else { String::new() }
+    );
     r.baseline = format!("idle p99 {:.2} ms ({:.0}/s)", idle.p99_ms, idle.rate);
     let ratio = busy.p99_ms / idle.p99_ms;
     r.ratio = format!("{ratio:.2}× idle");

@@ -111,6 +111,33 @@ pub fn rss_mib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Samples a process's RSS every 100 ms until stopped; returns the maximum.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<f64>,
+}
+
+impl RssSampler {
+    pub fn start(server: &Server) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (pid, flag) = (server.child.id(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut max = rss_mib(pid);
+            while !flag.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                max = max.max(rss_mib(pid));
+            }
+            max
+        });
+        RssSampler { stop, task }
+    }
+
+    pub async fn stop(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or(f64::NAN)
+    }
+}
+
 /// How hard and how long to drive a call.
 #[derive(Debug, Clone, Copy)]
 pub struct Load {

@@ -46,11 +46,11 @@ enum Cmd {
         #[arg(long)]
         database_url: String,
     },
-    /// Access.Check and BatchCheck against the echo floor.
+    /// Access.Check, BatchCheck, GetUser and ListUsers against the echo floor; RSS under load.
     Access(Opts),
     /// Audit stream: commit-to-delivery latency with 100 subscribers; memory with 1,000 streams.
     Audit(Opts),
-    /// Auth: Authenticate against the argon2 ceiling, Check p99 under a login flood, IntrospectToken.
+    /// Auth: Authenticate and CreateUser against the argon2 ceilings, Check p99 under a login flood, IntrospectToken.
     Auth(Opts),
     /// Ownership: RecordOwnership ingest and a 1,000,000-record transfer against raw SQL floors.
     Transfer(Opts),
