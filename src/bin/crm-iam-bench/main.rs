@@ -215,6 +215,14 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async_main())
 }
 
+#[derive(Clone, Copy)]
+enum Bench {
+    Access,
+    Audit,
+    Auth,
+    Transfer,
+}
+
 async fn async_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (opts, which) = match cli.command {
@@ -235,27 +243,42 @@ async fn async_main() -> anyhow::Result<()> {
     let pg_url =
         std::env::var("CRM_IAM_BENCH_POSTGRES_URL").or_else(|_| std::env::var("CRM_IAM_TEST_POSTGRES_URL")).ok();
     for db in databases(opts.databases).await? {
-        if matches!(which, "startup" | "all") {
-            let (label, pg_url) = (db.label, pg_url.clone());
-            let fresh = async || match label {
-                "SQLite" => Database::sqlite(),
-                _ => Database::postgres(pg_url.as_deref().unwrap_or_default()).await,
-            };
-            rows.extend(startup::run(&db, fresh).await?);
-        }
-        if matches!(which, "access" | "all") {
-            rows.extend(access::run(&db, opts.load()).await?);
-        }
-        if matches!(which, "audit" | "all") {
-            rows.extend(audit::run(&db, opts.load()).await?);
-        }
-        if matches!(which, "auth" | "all") {
-            rows.extend(auth::run(&db, opts.load()).await?);
-        }
-        if matches!(which, "transfer" | "all") {
-            rows.extend(transfer::run(&db, opts.load()).await?);
-        }
+        let (label, pg_url) = (db.label, pg_url.clone());
+        // Every benchmark gets a database of its own.
+        let fresh = async || match label {
+            "SQLite" => Database::sqlite(),
+            _ => Database::postgres(pg_url.as_deref().unwrap_or_default()).await,
+        };
         db.drop_now().await;
+        if matches!(which, "startup" | "all") {
+            rows.extend(startup::run(label, &fresh).await?);
+        }
+        let benches =
+            [("access", Bench::Access), ("audit", Bench::Audit), ("auth", Bench::Auth), ("transfer", Bench::Transfer)];
+        for (name, bench) in benches {
+            if which != name && which != "all" {
+                continue;
+            }
+            let db = fresh().await?;
+            let result = match bench {
+                Bench::Access => access::run(&db, opts.load()).await,
+                Bench::Audit => audit::run(&db, opts.load()).await,
+                Bench::Auth => auth::run(&db, opts.load()).await,
+                Bench::Transfer => transfer::run(&db, opts.load()).await,
+            };
+            db.drop_now().await;
+            match result {
+                Ok(r) => rows.extend(r),
+                // The other benchmarks still run; the table shows the failure.
+                Err(e) => {
+                    eprintln!("[{label}] {name} failed: {e:#}");
+                    let mut r = harness::Row::new(&format!("{name} benchmark"), label);
+                    r.value = format!("failed: {e}");
+                    r.met = Some(false);
+                    rows.push(r);
+                }
+            }
+        }
     }
     harness::print_table(&rows);
     Ok(())
