@@ -73,7 +73,7 @@ impl Iam {
         match users::find(conn, tenant_id, user_id).await? {
             Some(row) => Ok(row),
             None => {
-                tenants::get(conn, tenant_id).await?;
+                tenants::get_settings(conn, tenant_id).await?;
                 Err(users::not_found(user_id))
             }
         }
@@ -109,7 +109,7 @@ impl Iam {
         password: &SecretString,
         email_key: Option<&str>,
     ) -> Result<()> {
-        let tenant = tenants::get(self.db.conn(), tenant_id).await?;
+        let tenant = tenants::get_settings(self.db.conn(), tenant_id).await?;
         validate::password(password.expose_secret(), tenant.settings.password_min_length as usize, email_key)
             .map_err(|d| Error::invalid_field(field, d))
     }
@@ -207,7 +207,7 @@ impl Iam {
         limit: u64,
     ) -> Result<Page<User>> {
         let conn = self.db.conn();
-        tenants::get(conn, tenant_id).await?;
+        tenants::get_settings(conn, tenant_id).await?;
         if let Some((department_id, include_sub)) = department {
             departments::get(conn, tenant_id, department_id).await?;
             filter.department_ids = Some(if include_sub {

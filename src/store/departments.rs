@@ -34,7 +34,7 @@ pub fn to_domain(m: Row) -> Department {
 }
 
 pub async fn find(conn: &impl ConnectionTrait, tenant_id: &str, id: Uuid) -> Result<Option<Row>> {
-    Ok(departments::Entity::find_by_id(id).filter(departments::Column::TenantId.eq(tenant_id)).one(conn).await?)
+    Ok(departments::Entity::find_by_id(id).one(conn).await?.filter(|m| m.tenant_id == tenant_id))
 }
 
 pub async fn get(conn: &impl ConnectionTrait, tenant_id: &str, id: Uuid) -> Result<Row> {

@@ -102,7 +102,7 @@ pub async fn ensure_builtin(conn: &impl ConnectionTrait, tenant_id: &str) -> Res
 }
 
 pub async fn find(conn: &impl ConnectionTrait, tenant_id: &str, role_id: Uuid) -> Result<Option<Row>> {
-    Ok(roles::Entity::find_by_id(role_id).filter(roles::Column::TenantId.eq(tenant_id)).one(conn).await?)
+    Ok(roles::Entity::find_by_id(role_id).one(conn).await?.filter(|m| m.tenant_id == tenant_id))
 }
 
 pub async fn get(conn: &impl ConnectionTrait, tenant_id: &str, role_id: Uuid) -> Result<Row> {

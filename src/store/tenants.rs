@@ -42,8 +42,8 @@ pub async fn seats_used(conn: &impl ConnectionTrait, tenant_id: &str) -> Result<
 
 use sea_orm::PaginatorTrait;
 
-/// The tenant's settings and names, without counting its seats (`seats_used` is -1): for the
-/// login path, which reads the policies on every attempt.
+/// The tenant without its seat count (`seats_used` -1): for reads that need its settings or just
+/// its existence. Counting seats is a scan of the tenant's users; [`get`] does it.
 pub async fn get_settings(conn: &impl ConnectionTrait, tenant_id: &str) -> Result<Tenant> {
     let m = tenants::Entity::find_by_id(tenant_id).one(conn).await?.ok_or_else(|| not_found(tenant_id))?;
     to_domain(m, -1)

@@ -73,7 +73,7 @@ pub async fn insert(
 }
 
 pub async fn find(conn: &impl ConnectionTrait, tenant_id: &str, id: Uuid) -> Result<Option<Transfer>> {
-    match transfers::Entity::find_by_id(id).filter(transfers::Column::TenantId.eq(tenant_id)).one(conn).await? {
+    match transfers::Entity::find_by_id(id).one(conn).await?.filter(|m| m.tenant_id == tenant_id) {
         Some(m) => Ok(Some(to_domain(m)?)),
         None => Ok(None),
     }

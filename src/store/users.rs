@@ -75,7 +75,7 @@ pub fn date_text(d: Option<NaiveDate>) -> Option<String> {
 
 /// The user's row, if it belongs to the tenant.
 pub async fn find(conn: &impl ConnectionTrait, tenant_id: &str, user_id: Uuid) -> Result<Option<Row>> {
-    Ok(users::Entity::find_by_id(user_id).filter(users::Column::TenantId.eq(tenant_id)).one(conn).await?)
+    Ok(users::Entity::find_by_id(user_id).one(conn).await?.filter(|m| m.tenant_id == tenant_id))
 }
 
 pub async fn get(conn: &impl ConnectionTrait, tenant_id: &str, user_id: Uuid) -> Result<Row> {
