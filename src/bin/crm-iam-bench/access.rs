@@ -308,7 +308,8 @@ async fn list_users(server: &Server, load: Load, tokens: Arc<Vec<String>>) -> an
     .await)
 }
 
-fn mean(runs: &[Stats]) -> Stats {
+/// The mean of several runs of the same load (errors summed).
+pub fn mean(runs: &[Stats]) -> Stats {
     let n = runs.len() as f64;
     Stats {
         rate: runs.iter().map(|s| s.rate).sum::<f64>() / n,

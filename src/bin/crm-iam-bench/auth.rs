@@ -184,12 +184,7 @@ pub async fn run(db: &Database, load: Load) -> anyhow::Result<Vec<Row>> {
     seed_logins(&server).await?;
     eprintln!("[{}] seeded {LOGIN_USERS} login users", db.label);
 
-    let avg = |runs: &[Stats]| Stats {
-        rate: runs.iter().map(|s| s.rate).sum::<f64>() / runs.len() as f64,
-        p50_ms: runs.iter().map(|s| s.p50_ms).sum::<f64>() / runs.len() as f64,
-        p99_ms: runs.iter().map(|s| s.p99_ms).sum::<f64>() / runs.len() as f64,
-        errors: runs.iter().map(|s| s.errors).sum(),
-    };
+    let avg = access::mean;
     // Ceiling and subject alternate (twice), so drift on a shared machine hits both alike.
     let (mut ceilings, mut auths) = (Vec::new(), Vec::new());
     for _ in 0..2 {
