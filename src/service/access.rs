@@ -65,8 +65,8 @@ struct TenantEntry {
     owner_generation: AtomicU64,
     /// Login sessions asked about (by access-token checks); flushed with their user's facts.
     sessions: DashMap<Uuid, SessionFacts, foldhash::fast::RandomState>,
-    /// The tenant's row (settings, state; seats not counted), read by every login. Every tenant
-    /// update is a tenant-wide policy change, which drops this entry.
+    /// The tenant's row (settings, state; seats not counted), read by logins, refreshes, password
+    /// policy and MFA checks. Every tenant update is a tenant-wide policy change, which drops it.
     tenant: OnceCell<Arc<Tenant>>,
 }
 

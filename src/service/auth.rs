@@ -40,7 +40,6 @@ use crate::{
     store::{
         Tx,
         sessions::{self, LoginState, Session, SessionFacts},
-        tenants,
         tokens::{self, TokenKind},
         users::{self, Row},
     },
@@ -601,7 +600,7 @@ impl Iam {
         new: SecretString,
     ) -> Result<Tokens> {
         let (tenant_id, user_id) = (caller.tenant_id.as_str(), caller.user_id);
-        let tenant = tenants::get_settings(self.db.conn(), tenant_id).await?;
+        let tenant = self.tenant_settings(tenant_id).await?;
         let row = users::get(self.db.conn(), tenant_id, user_id).await?;
         if !self.passwords.verify(old, row.password_hash.clone()).await? {
             return Err(Error::invalid_field("old_password", "is not the current password"));
@@ -645,7 +644,7 @@ impl Iam {
             .await?
             .filter(|t| t.kind == kind.as_str() && t.used_time.is_none() && t.expire_time > now())
             .ok_or_else(|| token_invalid(what))?;
-        let tenant = tenants::get_settings(self.db.conn(), &stored.tenant_id).await?;
+        let tenant = self.tenant_settings(&stored.tenant_id).await?;
         let row = users::get(self.db.conn(), &stored.tenant_id, stored.user_id).await?;
         self.password_policy(&tenant, "new_password", &new, row.email_key.as_deref())?;
         let hash = self.passwords.hash(new).await?;
@@ -853,7 +852,7 @@ impl Iam {
     /// Whether the tenant requires administrators to enroll TOTP and this user is an
     /// administrator without it.
     pub async fn mfa_missing(&self, tenant_id: &str, user_id: Uuid) -> Result<bool> {
-        let tenant = tenants::get_settings(self.db.conn(), tenant_id).await?;
+        let tenant = self.tenant_settings(tenant_id).await?;
         if !tenant.settings.require_mfa_for_admins {
             return Ok(false);
         }

@@ -109,7 +109,7 @@ impl Iam {
         password: &SecretString,
         email_key: Option<&str>,
     ) -> Result<()> {
-        let tenant = tenants::get_settings(self.db.conn(), tenant_id).await?;
+        let tenant = self.tenant_settings(tenant_id).await?;
         validate::password(password.expose_secret(), tenant.settings.password_min_length as usize, email_key)
             .map_err(|d| Error::invalid_field(field, d))
     }
