@@ -130,7 +130,7 @@ async fn serve(database_url: String) -> anyhow::Result<()> {
     app.run_until_signal().await
 }
 
-/// A fresh database of each kind requested: (label, URL, cleanup).
+/// A new database made for one benchmark: its label, its URL, and what `drop_now` removes.
 pub struct Database {
     pub label: &'static str,
     pub url: String,
@@ -176,15 +176,38 @@ impl Database {
     }
 }
 
-async fn databases(which: Databases) -> anyhow::Result<Vec<Database>> {
+/// A kind of database to run on (PostgreSQL: a URL whose user may create databases).
+enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Backend {
+    fn label(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    /// A new, empty database of this kind.
+    async fn fresh(&self) -> anyhow::Result<Database> {
+        match self {
+            Backend::Sqlite => Database::sqlite(),
+            Backend::Postgres(admin_url) => Database::postgres(admin_url).await,
+        }
+    }
+}
+
+fn backends(which: Databases) -> anyhow::Result<Vec<Backend>> {
     let mut out = Vec::new();
     if matches!(which, Databases::Sqlite | Databases::Both) {
-        out.push(Database::sqlite()?);
+        out.push(Backend::Sqlite);
     }
     if matches!(which, Databases::Postgres | Databases::Both) {
         let url = std::env::var("CRM_IAM_BENCH_POSTGRES_URL").or_else(|_| std::env::var("CRM_IAM_TEST_POSTGRES_URL"));
         match url {
-            Ok(url) => out.push(Database::postgres(&url).await?),
+            Ok(url) => out.push(Backend::Postgres(url)),
             Err(_) if which == Databases::Both => {
                 eprintln!("note: no CRM_IAM_BENCH_POSTGRES_URL: PostgreSQL skipped (see BENCHMARKS.md)")
             }
@@ -215,14 +238,6 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async_main())
 }
 
-#[derive(Clone, Copy)]
-enum Bench {
-    Access,
-    Audit,
-    Auth,
-    Transfer,
-}
-
 async fn async_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (opts, which) = match cli.command {
@@ -240,31 +255,22 @@ async fn async_main() -> anyhow::Result<()> {
         opts.concurrency, opts.connections, opts.seconds, opts.warmup
     );
     let mut rows = Vec::new();
-    let pg_url =
-        std::env::var("CRM_IAM_BENCH_POSTGRES_URL").or_else(|_| std::env::var("CRM_IAM_TEST_POSTGRES_URL")).ok();
-    for db in databases(opts.databases).await? {
-        let (label, pg_url) = (db.label, pg_url.clone());
-        // Every benchmark gets a database of its own.
-        let fresh = async || match label {
-            "SQLite" => Database::sqlite(),
-            _ => Database::postgres(pg_url.as_deref().unwrap_or_default()).await,
-        };
-        db.drop_now().await;
+    for backend in backends(opts.databases)? {
+        let label = backend.label();
         if matches!(which, "startup" | "all") {
-            rows.extend(startup::run(label, &fresh).await?);
+            rows.extend(startup::run(label, async || backend.fresh().await).await?);
         }
-        let benches =
-            [("access", Bench::Access), ("audit", Bench::Audit), ("auth", Bench::Auth), ("transfer", Bench::Transfer)];
-        for (name, bench) in benches {
+        // Every benchmark gets a database of its own.
+        for name in ["access", "audit", "auth", "transfer"] {
             if which != name && which != "all" {
                 continue;
             }
-            let db = fresh().await?;
-            let result = match bench {
-                Bench::Access => access::run(&db, opts.load()).await,
-                Bench::Audit => audit::run(&db, opts.load()).await,
-                Bench::Auth => auth::run(&db, opts.load()).await,
-                Bench::Transfer => transfer::run(&db, opts.load()).await,
+            let db = backend.fresh().await?;
+            let result = match name {
+                "access" => access::run(&db, opts.load()).await,
+                "audit" => audit::run(&db, opts.load()).await,
+                "auth" => auth::run(&db, opts.load()).await,
+                _ => transfer::run(&db, opts.load()).await,
             };
             db.drop_now().await;
             match result {
