@@ -1004,16 +1004,20 @@ async fn a_stopping_server_hands_its_transfer_over(backend: Backend) {
     let tm = team(&a).await;
     let t = tm.t.clone();
     record_many(&a, &t, "deals", "deal", &tm.from, 2000).await;
-    let db_b = TestDb::attach(&a.db);
-    let mut config = common::test_config(&db_b);
-    config.transfer_batch_size = 10;
-    let b = TestServer::start_on(db_b, config).await;
     let tr = start_at(a.addr, &t, &tm.from, vec![to_user("", &tm.target)]).await;
     common::eventually("replica A moves records", || {
         let (addr, t, id) = (a.addr, t.clone(), tr.transfer_id.clone());
         async move { get_transfer_at(addr, &t, &id).await.moved > 0 }
     })
     .await;
+    // B starts only now: had it been polling when the job was queued, it could have claimed the
+    // job before A's worker woke, and there would be nothing to hand over.
+    let db_b = TestDb::attach(&a.db);
+    let mut config = common::test_config(&db_b);
+    config.transfer_batch_size = 10;
+    let b = TestServer::start_on(db_b, config).await;
+    let moved_before_b = get_transfer(&b, &t, &tr.transfer_id).await.moved;
+    assert!(moved_before_b < 2000, "A finished before it could be stopped: {moved_before_b}");
     let stopped_at = tokio::time::Instant::now();
     let _db = a.stop().await;
     let end = wait_end(&b, &t, &tr.transfer_id, Duration::from_secs(25)).await;
