@@ -110,6 +110,8 @@ pub async fn record_gauges(iam: &Iam) {
         ("crm_iam_access_cache_lookups_total", "user_miss", &s.user_misses),
         ("crm_iam_access_cache_lookups_total", "owner_hit", &s.owner_hits),
         ("crm_iam_access_cache_lookups_total", "owner_miss", &s.owner_misses),
+        ("crm_iam_access_cache_lookups_total", "profile_hit", &s.profile_hits),
+        ("crm_iam_access_cache_lookups_total", "profile_miss", &s.profile_misses),
     ] {
         metrics::counter!(name, "result" => kind).absolute(value.load(Ordering::Relaxed));
     }

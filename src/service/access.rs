@@ -8,6 +8,11 @@
 //! tenant entry is replaced on tenant-wide changes, and user entries are guarded by a generation
 //! counter checked under the map's shard lock.
 //!
+//! The same invalidations keep a cache of user profiles (what GetUser answers): every store
+//! function that writes a user's row or roles records a profile change in its transaction, so a
+//! committed write drops the cached profile before the writer is answered; a profile-only change
+//! (a login's last-login time) drops just the profile and leaves the access facts.
+//!
 //! Other replicas (PostgreSQL) hear the same changes through LISTEN/NOTIFY within milliseconds;
 //! as a safety net every replica also polls the tenants' policy versions (default every second)
 //! and flushes any tenant whose version moved past what it has seen, for example when a
@@ -28,6 +33,7 @@ use crate::{
         Result, Violations,
         access::{Decision, Policy, ResourceFacts, Scope, UserFacts},
         tenant::Tenant,
+        user::User,
     },
     store::{
         ChangeScope, PolicyChange, departments, ownership, roles,
@@ -49,6 +55,9 @@ const MAX_CACHED_SESSIONS: usize = 200_000;
 /// Cached record owners per tenant before the map is flushed.
 const MAX_CACHED_OWNERS: usize = 200_000;
 
+/// Cached user profiles per tenant before the map is flushed.
+const MAX_CACHED_PROFILES: usize = 50_000;
+
 /// One user's facts, loaded once (concurrent lookups share the load). None: not a user here.
 type UserCell = Arc<OnceCell<Option<Arc<UserFacts>>>>;
 
@@ -68,7 +77,12 @@ struct TenantEntry {
     /// The tenant's row (settings, state; seats not counted), read by logins, refreshes, password
     /// policy and MFA checks. Every tenant update is a tenant-wide policy change, which drops it.
     tenant: OnceCell<Arc<Tenant>>,
+    /// Profiles asked for by GetUser, loaded once (concurrent requests share the load). An
+    /// invalidation removes the cell; a load still running fills a cell nobody can reach.
+    profiles: DashMap<Uuid, ProfileCell, foldhash::fast::RandomState>,
 }
+
+type ProfileCell = Arc<OnceCell<Arc<User>>>;
 
 impl TenantEntry {
     fn new() -> Arc<TenantEntry> {
@@ -81,6 +95,7 @@ impl TenantEntry {
             owner_generation: AtomicU64::new(0),
             sessions: DashMap::default(),
             tenant: OnceCell::new(),
+            profiles: DashMap::default(),
         })
     }
 }
@@ -105,6 +120,8 @@ pub struct CacheStats {
     /// Loads not stored because an invalidation raced with them.
     pub stale_loads: AtomicU64,
     pub invalidations: AtomicU64,
+    pub profile_hits: AtomicU64,
+    pub profile_misses: AtomicU64,
 }
 
 impl AccessCache {
@@ -129,6 +146,15 @@ impl AccessCache {
             e.generation.fetch_add(1, Ordering::SeqCst);
             e.users.insert(user_id, Arc::new(OnceCell::new()));
             e.sessions.retain(|_, s| s.user_id != user_id);
+            e.profiles.remove(&user_id);
+        }
+    }
+
+    /// Drops one user's cached profile (a change that does not touch their access).
+    pub fn invalidate_profile(&self, tenant_id: &str, user_id: Uuid) {
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = self.tenants.get(tenant_id) {
+            e.profiles.remove(&user_id);
         }
     }
 
@@ -167,6 +193,11 @@ impl AccessCache {
         for c in changes {
             match c.scope {
                 ChangeScope::User(u) => self.invalidate_user(&c.tenant_id, u),
+                ChangeScope::Profile(u) => {
+                    // Profile changes leave the policy version as it is: nothing to record as seen.
+                    self.invalidate_profile(&c.tenant_id, u);
+                    continue;
+                }
                 ChangeScope::Tenant => self.invalidate_tenant(&c.tenant_id),
                 ChangeScope::Owners => match &c.owner_keys {
                     Some(keys) => self.invalidate_owner_keys(&c.tenant_id, keys),
@@ -298,6 +329,34 @@ impl Iam {
         })
         .await
         .cloned()
+    }
+
+    /// A user's profile with their roles (what GetUser answers), cached until a committed write
+    /// to the user's row or roles. Not found is not cached.
+    pub async fn user_profile(&self, tenant_id: &str, user_id: Uuid) -> Result<Arc<User>> {
+        let tenant = self.access.entry(tenant_id);
+        let cell = match tenant.profiles.get(&user_id) {
+            Some(cell) => cell.clone(),
+            None => {
+                if tenant.profiles.len() >= MAX_CACHED_PROFILES {
+                    tenant.profiles.clear();
+                }
+                tenant.profiles.entry(user_id).or_default().clone()
+            }
+        };
+        if let Some(user) = cell.get() {
+            self.access.stats.profile_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(user.clone());
+        }
+        self.access.stats.profile_misses.fetch_add(1, Ordering::Relaxed);
+        let conn = self.db.conn();
+        let user = cell
+            .get_or_try_init(async || {
+                let row = self.user_row(conn, tenant_id, user_id).await?;
+                self.to_user_in(conn, row).await.map(Arc::new)
+            })
+            .await?;
+        Ok(user.clone())
     }
 
     /// The tenant with its settings (seats not counted), cached until the tenant changes.

@@ -426,7 +426,7 @@ impl Iam {
                 if state != before || mfa.is_some() {
                     sessions::save_login_state(tx, state.clone()).await?;
                 }
-                users::set_last_login(tx, user_id, at).await?;
+                users::set_last_login(tx, tenant_id, user_id, at).await?;
                 let tokens = self.open_session(tx, ctx, &tenant, &row, row.must_change_password, &amr).await?;
                 tx.audit(
                     AuditRecord::new(Some(tenant_id), "auth.login_succeeded", "user", user_id)

@@ -405,7 +405,7 @@ impl Iam {
                         }
                         for u in &holders {
                             roles::assign(tx, tenant_id, *u, r).await?;
-                            roles::unassign(tx, *u, role_id).await?;
+                            roles::unassign(tx, tenant_id, *u, role_id).await?;
                         }
                         record = record
                             .with_detail("replacement_role_id", r.to_string())
@@ -474,7 +474,7 @@ impl Iam {
                 if role_id == roles::builtin_role_id(tenant_id, Template::Administrator) {
                     self.ensure_not_last_admin(tx, tenant_id, &user).await?;
                 }
-                if !roles::unassign(tx, user_id, role_id).await? {
+                if !roles::unassign(tx, tenant_id, user_id, role_id).await? {
                     return Err(Error::not_found(
                         Reason::RoleNotAssigned,
                         format!("user {user_id} does not hold role {:?}", role.name),

@@ -194,8 +194,7 @@ impl Iam {
     }
 
     pub async fn get_user(&self, tenant_id: &str, user_id: Uuid) -> Result<User> {
-        let row = self.user_row(self.db.conn(), tenant_id, user_id).await?;
-        self.to_user_in(self.db.conn(), row).await
+        Ok(User::clone(&*self.user_profile(tenant_id, user_id).await?))
     }
 
     pub async fn list_users(
@@ -504,7 +503,7 @@ impl Iam {
         tokens::revoke(tx, row.user_id, None).await?;
         sessions::end_all_of_user(tx, row.user_id, "user_purged").await?;
         sessions::forget_user(tx, row.user_id).await?;
-        roles::unassign_all(tx, row.user_id).await?;
+        roles::unassign_all(tx, &row.tenant_id, row.user_id).await?;
         tx.policy_changed(&row.tenant_id, Some(row.user_id));
         let version = row.version;
         let mut new = row.clone();

@@ -69,8 +69,11 @@ pub type PolicyHook = Box<dyn Fn(&[PolicyChange]) + Send + Sync>;
 pub enum ChangeScope {
     /// The tenant's rules as a whole (roles, departments, modules).
     Tenant,
-    /// One user (state, department, roles).
+    /// One user (state, department, roles), profile included.
     User(Uuid),
+    /// One user's profile only (what GetUser shows, e.g. the last login time), not their access:
+    /// the policy version does not move.
+    Profile(Uuid),
     /// The ownership registry of the tenant.
     Owners,
 }
@@ -80,7 +83,7 @@ pub enum ChangeScope {
 pub struct PolicyChange {
     pub tenant_id: String,
     pub scope: ChangeScope,
-    /// The tenant's policy version after the change.
+    /// The tenant's policy version after the change (0 for a profile change, which leaves it).
     pub version: i64,
     /// Owners scope, in this process only: exactly which records changed owner (None: any may
     /// have). Other replicas hear "owners" and drop the tenant's cached owners as a whole.
@@ -124,6 +127,12 @@ impl Tx {
     /// or (None) for the tenant's rules as a whole. Caches are invalidated before the caller is answered.
     pub fn policy_changed(&self, tenant_id: &str, user_id: Option<Uuid>) {
         self.changed(tenant_id, user_id.map_or(ChangeScope::Tenant, ChangeScope::User));
+    }
+
+    /// Records that a user's row or roles change with this transaction (called by every store
+    /// function that writes them, so no cached profile outlives a committed write).
+    pub fn profile_changed(&self, tenant_id: &str, user_id: Uuid) {
+        self.changed(tenant_id, ChangeScope::Profile(user_id));
     }
 
     /// Records that the tenant's ownership registry changes with this transaction: these (module,
@@ -311,16 +320,21 @@ impl Db {
         let changes = self.bump_policy_versions(tx).await?;
         let records = std::mem::take(&mut *tx.audit.lock().expect("audit queue poisoned"));
         let last_seq = audit::append(tx, ctx, records).await?;
-        if let Some(seq) = last_seq
-            && self.backend == Backend::Postgres
-        {
-            // Wakes the audit streams of every replica when the transaction commits.
-            tx.execute_raw(raw(
-                Backend::Postgres,
-                "SELECT pg_notify($1, $2)",
-                vec![audit::AUDIT_CHANNEL.into(), seq.to_string().into()],
-            ))
-            .await?;
+        if self.backend == Backend::Postgres {
+            // Tells every replica, at commit, of the changes and of the new audit events (which
+            // wakes their audit streams): one statement for all of them.
+            let mut notices: Vec<(&str, String)> = changes.iter().map(|c| (POLICY_CHANNEL, c.payload())).collect();
+            if let Some(seq) = last_seq {
+                notices.push((audit::AUDIT_CHANNEL, seq.to_string()));
+            }
+            // (in chunks: a statement takes at most 65,535 parameters)
+            for chunk in notices.chunks(1000) {
+                let calls: Vec<String> =
+                    (0..chunk.len()).map(|i| format!("pg_notify(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+                let values = chunk.iter().flat_map(|(channel, payload)| [(*channel).into(), payload.clone().into()]);
+                tx.execute_raw(raw(Backend::Postgres, &format!("SELECT {}", calls.join(", ")), values.collect()))
+                    .await?;
+            }
         }
         if !self.commit_delay_max.is_zero() {
             let delay = rand::Rng::random_range(&mut rand::rng(), Duration::ZERO..=self.commit_delay_max);
@@ -329,13 +343,23 @@ impl Db {
         Ok(Outcome::Done(value, last_seq, changes))
     }
 
-    /// Bumps the policy version of every tenant the transaction changed and, on PostgreSQL,
-    /// announces each change (delivered to listeners at commit).
+    /// Bumps the policy version of every tenant the transaction changed (profile-only changes
+    /// leave it) and returns the changes.
     async fn bump_policy_versions(&self, tx: &Tx) -> Result<Vec<PolicyChange>> {
         let queued = std::mem::take(&mut *tx.policy.lock().expect("policy queue poisoned"));
         let mut versions: Vec<(String, i64)> = Vec::new();
         let mut changes = Vec::with_capacity(queued.len());
-        for (tenant_id, scope) in queued {
+        for (tenant_id, scope) in queued.iter().cloned() {
+            if let ChangeScope::Profile(u) = scope {
+                // A change of the user's access (or the tenant's) drops the profile too.
+                let covered = queued
+                    .iter()
+                    .any(|(t, s)| *t == tenant_id && (*s == ChangeScope::Tenant || *s == ChangeScope::User(u)));
+                if !covered {
+                    changes.push(PolicyChange { tenant_id, scope, version: 0, owner_keys: None });
+                }
+                continue;
+            }
             let version = match versions.iter().find(|(t, _)| *t == tenant_id) {
                 Some((_, v)) => *v,
                 None => {
@@ -367,26 +391,18 @@ impl Db {
                     .map(Arc::new),
                 _ => None,
             };
-            let change = PolicyChange { tenant_id, scope, version, owner_keys };
-            if self.backend == Backend::Postgres {
-                tx.execute_raw(raw(
-                    Backend::Postgres,
-                    "SELECT pg_notify($1, $2)",
-                    vec![POLICY_CHANNEL.into(), change.payload().into()],
-                ))
-                .await?;
-            }
-            changes.push(change);
+            changes.push(PolicyChange { tenant_id, scope, version, owner_keys });
         }
         Ok(changes)
     }
 }
 
 impl PolicyChange {
-    /// `<version> <tenant> <user id | * | owners>`, the notification payload.
+    /// `<version> <tenant> <user id | profile:<user id> | * | owners>`, the notification payload.
     pub fn payload(&self) -> String {
         match self.scope {
             ChangeScope::User(u) => format!("{} {} {u}", self.version, self.tenant_id),
+            ChangeScope::Profile(u) => format!("{} {} profile:{u}", self.version, self.tenant_id),
             ChangeScope::Tenant => format!("{} {} *", self.version, self.tenant_id),
             ChangeScope::Owners => format!("{} {} owners", self.version, self.tenant_id),
         }
@@ -399,6 +415,7 @@ impl PolicyChange {
         let scope = match parts.next()? {
             "*" => ChangeScope::Tenant,
             "owners" => ChangeScope::Owners,
+            p if p.starts_with("profile:") => ChangeScope::Profile(Uuid::parse_str(&p["profile:".len()..]).ok()?),
             u => ChangeScope::User(Uuid::parse_str(u).ok()?),
         };
         Some(PolicyChange { tenant_id, scope, version, owner_keys: None })
@@ -510,4 +527,20 @@ pub fn raw(backend: Backend, sql: &str, values: Vec<sea_orm::Value>) -> Statemen
         Backend::Postgres => DbBackend::Postgres,
     };
     Statement::from_sql_and_values(db, sql, values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_payloads_round_trip() {
+        let u = Uuid::new_v4();
+        for scope in [ChangeScope::Tenant, ChangeScope::Owners, ChangeScope::User(u), ChangeScope::Profile(u)] {
+            let change = PolicyChange { tenant_id: "acme".into(), scope, version: 7, owner_keys: None };
+            assert_eq!(PolicyChange::parse(&change.payload()), Some(change));
+        }
+        assert_eq!(PolicyChange::parse("7 acme profile:not-a-uuid"), None);
+        assert_eq!(PolicyChange::parse("7 acme"), None);
+    }
 }

@@ -243,6 +243,7 @@ pub async fn of_tenant_users(conn: &impl ConnectionTrait, tenant_id: &str) -> Re
 
 /// Gives a user a role; false when the user already had it.
 pub async fn assign(tx: &Tx, tenant_id: &str, user_id: Uuid, role_id: Uuid) -> Result<bool> {
+    tx.profile_changed(tenant_id, user_id);
     let insert = Query::insert()
         .into_table(user_roles::Entity)
         .columns([
@@ -260,7 +261,8 @@ pub async fn assign(tx: &Tx, tenant_id: &str, user_id: Uuid, role_id: Uuid) -> R
 }
 
 /// Takes a role from a user; false when the user did not have it.
-pub async fn unassign(tx: &Tx, user_id: Uuid, role_id: Uuid) -> Result<bool> {
+pub async fn unassign(tx: &Tx, tenant_id: &str, user_id: Uuid, role_id: Uuid) -> Result<bool> {
+    tx.profile_changed(tenant_id, user_id);
     let done = user_roles::Entity::delete_many()
         .filter(user_roles::Column::UserId.eq(user_id))
         .filter(user_roles::Column::RoleId.eq(role_id))
@@ -270,7 +272,8 @@ pub async fn unassign(tx: &Tx, user_id: Uuid, role_id: Uuid) -> Result<bool> {
 }
 
 /// Removes every role of a user (purge).
-pub async fn unassign_all(tx: &Tx, user_id: Uuid) -> Result<()> {
+pub async fn unassign_all(tx: &Tx, tenant_id: &str, user_id: Uuid) -> Result<()> {
+    tx.profile_changed(tenant_id, user_id);
     user_roles::Entity::delete_many().filter(user_roles::Column::UserId.eq(user_id)).exec(&**tx).await?;
     Ok(())
 }

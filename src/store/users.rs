@@ -98,12 +98,14 @@ fn unique_error(e: sea_orm::DbErr) -> Error {
 }
 
 pub async fn insert(tx: &Tx, row: Row) -> Result<Row> {
+    tx.profile_changed(&row.tenant_id, row.user_id);
     row.into_active_model().reset_all().insert(&**tx).await.map_err(unique_error)
 }
 
 /// Writes `row` (whose `version` is already the new one) if the stored version is still
 /// `expected_version`; otherwise ABORTED.
 pub async fn update(tx: &Tx, mut row: Row, expected_version: i64) -> Result<Row> {
+    tx.profile_changed(&row.tenant_id, row.user_id);
     row.version = expected_version + 1;
     row.update_time = crate::domain::now();
     let done = users::Entity::update_many()
@@ -204,7 +206,8 @@ pub async fn count_in_department(conn: &impl ConnectionTrait, tenant_id: &str, d
 
 /// Records a login. Not a profile change: the version (etag) stays, so a login never makes an
 /// administrator's concurrent update fail.
-pub async fn set_last_login(tx: &Tx, user_id: Uuid, at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+pub async fn set_last_login(tx: &Tx, tenant_id: &str, user_id: Uuid, at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+    tx.profile_changed(tenant_id, user_id);
     users::Entity::update_many()
         .col_expr(users::Column::LastLoginTime, Some(at).into())
         .filter(users::Column::UserId.eq(user_id))

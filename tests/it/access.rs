@@ -403,3 +403,42 @@ async fn two_replicas_follow_each_other() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Two servers on one PostgreSQL: a replica that cached a user's profile (GetUser) shows a change
+/// made through the other one well under a second later: a login's time (a profile-only change,
+/// which leaves the policy version alone) as well as a role assignment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_follow_across_replicas() {
+    const PASSWORD: &str = "velvet staircase under morning rain";
+    let a = TestServer::start(Backend::Postgres).await;
+    let b_db = TestDb::attach(&a.db);
+    let config = common::test_config(&b_db);
+    let b = TestServer::start_on(b_db, config).await;
+    let t = a.tenant("acme", 0).await;
+    let user = a.password_user(&t, "ann@example.com", PASSWORD, &[]).await;
+    let get_on_b = || async {
+        let req = pb::GetUserRequest { tenant_id: t.clone(), user_id: user.clone() };
+        b.users().await.get_user(req).await.expect("get user on B").into_inner().user.unwrap()
+    };
+    let cached = get_on_b().await;
+    assert!(cached.last_login_time.is_none() && cached.role_ids.is_empty(), "{cached:?}");
+
+    a.login(&t, "ann@example.com", PASSWORD).await;
+    let started = Instant::now();
+    common::eventually("replica B shows the login", || async { get_on_b().await.last_login_time.is_some() }).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+
+    let manager = a.builtin_role(&t, "manager").await;
+    let assign = pb::AssignRoleRequest {
+        tenant_id: t.clone(),
+        user_id: user.clone(),
+        role_id: manager.clone(),
+        request_id: String::new(),
+    };
+    a.roles().await.assign_role(assign).await.unwrap();
+    let started = Instant::now();
+    common::eventually("replica B shows the role", || async { get_on_b().await.role_ids == [manager.clone()] }).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    b.stop().await;
+    a.stop().await;
+}

@@ -443,6 +443,8 @@ async fn totp_enrollment_login_and_recovery_codes(backend: Backend) {
     server.tenant("acme", 0).await;
     let id = server.password_user("acme", "ann@example.com", PASSWORD, &[]).await;
     let t = server.login("acme", "ann@example.com", PASSWORD).await;
+    let user = server.users().await.get_user(get_user("acme", &id)).await.unwrap().into_inner().user.unwrap();
+    assert!(!user.mfa_enrolled, "not yet (and now the profile is cached)");
     let mut auth = server.auth_as(&t.access_token).await;
     let enrolled = auth.enroll_totp(pb::EnrollTotpRequest {}).await.unwrap().into_inner();
     assert!(enrolled.otpauth_uri.starts_with("otpauth://totp/"), "{}", enrolled.otpauth_uri);

@@ -23,6 +23,7 @@ both_backends!(
     reset_password_and_resend_invitation,
     idempotent_retries,
     list_users_filters,
+    get_user_is_cached_and_current_after_every_change,
 );
 
 async fn stored_string(db: &sea_orm::DatabaseConnection, sql: &str) -> Option<String> {
@@ -986,5 +987,78 @@ async fn list_users_filters(backend: Backend) {
     assert_eq!(reason(&expect_code(misuse, Code::InvalidArgument)), "INVALID_PAGE_TOKEN");
     let bad_state = c.list_users(pb::ListUsersRequest { states: vec![0], ..base.clone() }).await;
     assert_eq!(bad_fields(&expect_code(bad_state, Code::InvalidArgument)), ["states[0]"]);
+    s.stop().await;
+}
+
+/// GetUser answers from the profile cache, and each kind of write (a login's time, role
+/// assignment, profile update, unassignment, deactivation) shows in the very next GetUser on the
+/// same server (TOTP enrolment: `totp_enrollment_login_and_recovery_codes`).
+async fn get_user_is_cached_and_current_after_every_change(backend: Backend) {
+    const PASSWORD: &str = "velvet staircase under morning rain";
+    let s = TestServer::start(backend).await;
+    let t = s.tenant("acme", 0).await;
+    let id = s.password_user(&t, "ann@example.com", PASSWORD, &[]).await;
+    let get = || async {
+        let req = pb::GetUserRequest { tenant_id: t.clone(), user_id: id.clone() };
+        s.users().await.get_user(req).await.expect("get user").into_inner().user.unwrap()
+    };
+    let first = get().await;
+    assert!(first.last_login_time.is_none() && first.role_ids.is_empty(), "{first:?}");
+    // Written behind the server's back (no transaction of its own, so no invalidation): the next
+    // read still comes from memory…
+    let db = s.db.connect().await;
+    let sql = format!("UPDATE users SET position = 'behind the back' WHERE user_id = {}", uid_literal(backend, &id));
+    db.execute_unprepared(&sql).await.unwrap();
+    assert_eq!(get().await, first, "served from the cache");
+
+    // …until the server commits a change to the user: a login is one (its time shows).
+    s.login(&t, "ann@example.com", PASSWORD).await;
+    let after_login = get().await;
+    assert!(after_login.last_login_time.is_some(), "login time shows: {after_login:?}");
+    assert_eq!(after_login.position, "behind the back", "reloaded from the database");
+    assert_eq!(after_login.etag, first.etag, "a login is not a profile edit");
+
+    let manager = s.builtin_role(&t, "manager").await;
+    let role = |role_id: &str| pb::AssignRoleRequest {
+        tenant_id: t.clone(),
+        user_id: id.clone(),
+        role_id: role_id.into(),
+        request_id: String::new(),
+    };
+    s.roles().await.assign_role(role(&manager)).await.unwrap();
+    assert_eq!(get().await.role_ids, std::slice::from_ref(&manager));
+
+    let before = get().await;
+    s.users()
+        .await
+        .update_user(pb::UpdateUserRequest {
+            tenant_id: t.clone(),
+            user: Some(pb::User { user_id: id.clone(), display_name: "Ann B.".into(), ..Default::default() }),
+            update_mask: Some(FieldMask { paths: vec!["display_name".into()] }),
+            etag: before.etag.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let updated = get().await;
+    assert_eq!(updated.display_name, "Ann B.");
+    assert_ne!(updated.etag, before.etag);
+
+    let r = role(&manager);
+    let unassign = pb::UnassignRoleRequest {
+        tenant_id: r.tenant_id,
+        user_id: r.user_id,
+        role_id: r.role_id,
+        request_id: r.request_id,
+    };
+    s.roles().await.unassign_role(unassign).await.unwrap();
+    assert!(get().await.role_ids.is_empty());
+
+    s.users()
+        .await
+        .deactivate_user(pb::DeactivateUserRequest { tenant_id: t.clone(), user_id: id.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(get().await.state, pb::UserState::Deactivated as i32);
     s.stop().await;
 }
