@@ -8,6 +8,7 @@
 //!   change and its audit trail commit (or vanish) together.
 
 use std::{
+    collections::HashSet,
     sync::{Arc, OnceLock},
     time::Duration,
 };
@@ -65,7 +66,7 @@ pub struct Db {
 pub type PolicyHook = Box<dyn Fn(&[PolicyChange]) + Send + Sync>;
 
 /// What a committed change touched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChangeScope {
     /// The tenant's rules as a whole (roles, departments, modules).
     Tenant,
@@ -98,7 +99,9 @@ pub struct Tx {
     txn: DatabaseTransaction,
     backend: Backend,
     audit: std::sync::Mutex<Vec<AuditRecord>>,
-    policy: std::sync::Mutex<Vec<(String, ChangeScope)>>,
+    /// A set: a transaction that touches many users (a role replaced for all its holders) records
+    /// each change once without scanning what it recorded before.
+    policy: std::sync::Mutex<HashSet<(String, ChangeScope)>>,
     /// Per tenant: the records whose owner changed (None once a change named no records).
     owner_keys: std::sync::Mutex<Vec<(String, Option<Vec<OwnerKey>>)>>,
 }
@@ -150,11 +153,7 @@ impl Tx {
     }
 
     fn changed(&self, tenant_id: &str, scope: ChangeScope) {
-        let mut p = self.policy.lock().expect("policy queue poisoned");
-        let entry = (tenant_id.to_owned(), scope);
-        if !p.contains(&entry) {
-            p.push(entry);
-        }
+        self.policy.lock().expect("policy queue poisoned").insert((tenant_id.to_owned(), scope));
     }
 }
 
@@ -349,12 +348,13 @@ impl Db {
         let queued = std::mem::take(&mut *tx.policy.lock().expect("policy queue poisoned"));
         let mut versions: Vec<(String, i64)> = Vec::new();
         let mut changes = Vec::with_capacity(queued.len());
+        let tenant_wide: HashSet<&str> =
+            queued.iter().filter(|(_, s)| *s == ChangeScope::Tenant).map(|(t, _)| t.as_str()).collect();
         for (tenant_id, scope) in queued.iter().cloned() {
             if let ChangeScope::Profile(u) = scope {
                 // A change of the user's access (or the tenant's) drops the profile too.
-                let covered = queued
-                    .iter()
-                    .any(|(t, s)| *t == tenant_id && (*s == ChangeScope::Tenant || *s == ChangeScope::User(u)));
+                let covered = tenant_wide.contains(tenant_id.as_str())
+                    || queued.contains(&(tenant_id.clone(), ChangeScope::User(u)));
                 if !covered {
                     changes.push(PolicyChange { tenant_id, scope, version: 0, owner_keys: None });
                 }

@@ -1005,17 +1005,29 @@ async fn get_user_is_cached_and_current_after_every_change(backend: Backend) {
     let first = get().await;
     assert!(first.last_login_time.is_none() && first.role_ids.is_empty(), "{first:?}");
     // Written behind the server's back (no transaction of its own, so no invalidation): the next
-    // read still comes from memory…
+    // read still comes from memory… (On PostgreSQL the server also hears its own notifications of
+    // the set-up, which may arrive after the first read and drop it: then the read after the
+    // write shows the write, and the next round, with the profile cached again, tells.)
     let db = s.db.connect().await;
-    let sql = format!("UPDATE users SET position = 'behind the back' WHERE user_id = {}", uid_literal(backend, &id));
-    db.execute_unprepared(&sql).await.unwrap();
-    assert_eq!(get().await, first, "served from the cache");
+    let mut marker = String::new();
+    for round in 0.. {
+        assert!(round < 50, "GetUser never answered from its cache");
+        marker = format!("behind the back {round}");
+        let sql = format!("UPDATE users SET position = '{marker}' WHERE user_id = {}", uid_literal(backend, &id));
+        db.execute_unprepared(&sql).await.unwrap();
+        let read = get().await;
+        assert!(read.last_login_time.is_none() && read.display_name == first.display_name);
+        if read.position != marker {
+            break; // served from the cache
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     // …until the server commits a change to the user: a login is one (its time shows).
     s.login(&t, "ann@example.com", PASSWORD).await;
     let after_login = get().await;
     assert!(after_login.last_login_time.is_some(), "login time shows: {after_login:?}");
-    assert_eq!(after_login.position, "behind the back", "reloaded from the database");
+    assert_eq!(after_login.position, marker, "reloaded from the database");
     assert_eq!(after_login.etag, first.etag, "a login is not a profile edit");
 
     let manager = s.builtin_role(&t, "manager").await;
