@@ -345,16 +345,18 @@ impl Db {
     /// Bumps the policy version of every tenant the transaction changed (profile-only changes
     /// leave it) and returns the changes.
     async fn bump_policy_versions(&self, tx: &Tx) -> Result<Vec<PolicyChange>> {
-        let queued = std::mem::take(&mut *tx.policy.lock().expect("policy queue poisoned"));
+        let set = std::mem::take(&mut *tx.policy.lock().expect("policy queue poisoned"));
+        // Tenants in a fixed order, so transactions touching the same tenants lock their rows in
+        // the same order.
+        let mut queued: Vec<(String, ChangeScope)> = set.iter().cloned().collect();
+        queued.sort_by(|a, b| a.0.cmp(&b.0));
         let mut versions: Vec<(String, i64)> = Vec::new();
         let mut changes = Vec::with_capacity(queued.len());
-        let tenant_wide: HashSet<&str> =
-            queued.iter().filter(|(_, s)| *s == ChangeScope::Tenant).map(|(t, _)| t.as_str()).collect();
-        for (tenant_id, scope) in queued.iter().cloned() {
+        for (tenant_id, scope) in queued {
             if let ChangeScope::Profile(u) = scope {
                 // A change of the user's access (or the tenant's) drops the profile too.
-                let covered = tenant_wide.contains(tenant_id.as_str())
-                    || queued.contains(&(tenant_id.clone(), ChangeScope::User(u)));
+                let covered = set.contains(&(tenant_id.clone(), ChangeScope::Tenant))
+                    || set.contains(&(tenant_id.clone(), ChangeScope::User(u)));
                 if !covered {
                     changes.push(PolicyChange { tenant_id, scope, version: 0, owner_keys: None });
                 }
