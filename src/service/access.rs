@@ -75,7 +75,8 @@ struct TenantEntry {
     /// Login sessions asked about (by access-token checks); flushed with their user's facts.
     sessions: DashMap<Uuid, SessionFacts, foldhash::fast::RandomState>,
     /// The tenant's row (settings, state; seats not counted), read by logins, refreshes, password
-    /// policy and MFA checks. Every tenant update is a tenant-wide policy change, which drops it.
+    /// policy and MFA checks, and by reads that check the tenant exists (a tenant that does not
+    /// exist is not cached). Every tenant update is a tenant-wide policy change, which drops it.
     tenant: OnceCell<Arc<Tenant>>,
     /// Profiles asked for by GetUser, loaded once (concurrent requests share the load). An
     /// invalidation removes the cell; a load still running fills a cell nobody can reach.

@@ -243,7 +243,7 @@ impl Iam {
         limit: u64,
     ) -> Result<Page<AuditEvent>> {
         if let EventScope::Tenant(t) = scope {
-            tenants::get_settings(self.db.conn(), t).await?;
+            self.tenant_settings(t).await?;
         }
         let rows = audit::page(self.db.conn(), scope, filter, newest_first, after, limit + 1).await?;
         Ok(Page::from_rows(rows, limit))
@@ -259,7 +259,7 @@ impl Iam {
         stop: CancellationToken,
     ) -> Result<ReceiverStream<Result<StreamItem>>> {
         if let EventScope::Tenant(t) = &scope {
-            tenants::get_settings(self.db.conn(), t).await?;
+            self.tenant_settings(t).await?;
         }
         let conn = self.db.conn();
         let head = audit::max_seq(conn).await?;

@@ -55,7 +55,7 @@ impl Iam {
         match departments::find(conn, tenant_id, id).await? {
             Some(row) => Ok(row),
             None => {
-                tenants::get_settings(conn, tenant_id).await?;
+                self.tenant_settings(tenant_id).await?;
                 Err(departments::not_found(id))
             }
         }
@@ -118,7 +118,7 @@ impl Iam {
         after: Option<Uuid>,
         limit: u64,
     ) -> Result<Page<Department>> {
-        tenants::get_settings(self.db.conn(), tenant_id).await?;
+        self.tenant_settings(tenant_id).await?;
         let rows = departments::list(self.db.conn(), tenant_id, parent, after, limit + 1).await?;
         Ok(Page::from_rows(rows.into_iter().map(departments::to_domain).collect(), limit))
     }

@@ -349,7 +349,7 @@ impl Iam {
         limit: u64,
     ) -> Result<Page<(Uuid, UserState, Vec<(String, i64)>)>> {
         let conn = self.db.conn();
-        tenants::get_settings(conn, tenant_id).await?;
+        self.tenant_settings(tenant_id).await?;
         let rows = ownership::orphaned(conn, tenant_id, after, limit + 1).await?;
         let ids: Vec<Uuid> = rows.iter().map(|(u, _)| *u).collect();
         let states = ownership::user_states(conn, tenant_id, &ids).await?;
@@ -363,7 +363,7 @@ impl Iam {
     /// `PlanTransfer`: changes nothing.
     pub async fn plan_transfer(&self, tenant_id: &str, from: Uuid, rules: &[TransferRule]) -> Result<Plan> {
         let conn = self.db.conn();
-        tenants::get_settings(conn, tenant_id).await?;
+        self.tenant_settings(tenant_id).await?;
         compute_plan(conn, tenant_id, from, rules).await
     }
 
@@ -424,7 +424,7 @@ impl Iam {
         match transfers::find(conn, tenant_id, id).await? {
             Some(t) => Ok(t),
             None => {
-                tenants::get_settings(conn, tenant_id).await?;
+                self.tenant_settings(tenant_id).await?;
                 Err(transfers::not_found(id))
             }
         }
@@ -439,7 +439,7 @@ impl Iam {
         limit: u64,
     ) -> Result<Page<Transfer>> {
         let conn = self.db.conn();
-        tenants::get_settings(conn, tenant_id).await?;
+        self.tenant_settings(tenant_id).await?;
         Ok(Page::from_rows(transfers::list(conn, tenant_id, from, states, before, limit + 1).await?, limit))
     }
 

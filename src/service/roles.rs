@@ -91,7 +91,7 @@ impl Iam {
     }
 
     pub async fn permission_catalog(&self, tenant_id: &str) -> Result<Vec<Module>> {
-        tenants::get_settings(self.db.conn(), tenant_id).await?;
+        self.tenant_settings(tenant_id).await?;
         roles::catalog(self.db.conn(), tenant_id).await
     }
 
@@ -243,7 +243,7 @@ impl Iam {
         match roles::find(conn, tenant_id, role_id).await? {
             Some(r) => Ok(r),
             None => {
-                tenants::get_settings(conn, tenant_id).await?;
+                self.tenant_settings(tenant_id).await?;
                 Err(roles::not_found(role_id))
             }
         }
@@ -308,7 +308,7 @@ impl Iam {
 
     pub async fn list_roles(&self, tenant_id: &str, after: Option<Uuid>, limit: u64) -> Result<Page<Role>> {
         let conn = self.db.conn();
-        tenants::get_settings(conn, tenant_id).await?;
+        self.tenant_settings(tenant_id).await?;
         let catalog = roles::catalog(conn, tenant_id).await?;
         let counts = roles::user_counts(conn, tenant_id).await?;
         let rows = roles::list(conn, tenant_id, after, limit + 1).await?;

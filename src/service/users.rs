@@ -73,7 +73,7 @@ impl Iam {
         match users::find(conn, tenant_id, user_id).await? {
             Some(row) => Ok(row),
             None => {
-                tenants::get_settings(conn, tenant_id).await?;
+                self.tenant_settings(tenant_id).await?;
                 Err(users::not_found(user_id))
             }
         }
@@ -206,7 +206,7 @@ impl Iam {
         limit: u64,
     ) -> Result<Page<User>> {
         let conn = self.db.conn();
-        tenants::get_settings(conn, tenant_id).await?;
+        self.tenant_settings(tenant_id).await?;
         if let Some((department_id, include_sub)) = department {
             departments::get(conn, tenant_id, department_id).await?;
             filter.department_ids = Some(if include_sub {

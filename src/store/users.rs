@@ -204,8 +204,8 @@ pub async fn count_in_department(conn: &impl ConnectionTrait, tenant_id: &str, d
         .await?)
 }
 
-/// Records a login. Not a profile change: the version (etag) stays, so a login never makes an
-/// administrator's concurrent update fail.
+/// Records a login. Not a profile edit: the version (etag) stays, so a login never makes an
+/// administrator's concurrent update fail; the cached profile (which shows the time) is dropped.
 pub async fn set_last_login(tx: &Tx, tenant_id: &str, user_id: Uuid, at: chrono::DateTime<chrono::Utc>) -> Result<()> {
     tx.profile_changed(tenant_id, user_id);
     users::Entity::update_many()
