@@ -1,6 +1,6 @@
 //! Binds, assembles the server, serves, and drains on shutdown.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
@@ -116,20 +116,29 @@ impl Application {
             db.migrate().await?;
         }
         let (token, admin_token_file) = admin_token(&config)?;
+        let secrets = Arc::new(master_keys(&config)?);
+        crate::auth::keys::check_master_keys(&db, &secrets).await?;
+        let sealed = crate::store::sealed::reseal(&db, &secrets, crate::store::sealed::Reseal::Plaintext).await?;
+        if sealed != Default::default() {
+            tracing::info!(?sealed, "secrets stored in clear (from before sealing) are now sealed");
+        }
         let threads = match config.password_hash_threads {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             n => n,
         };
-        let keys = KeyRing::load(db.clone(), config.token_issuer.clone(), config.token_audience.clone()).await?;
+        let keys =
+            KeyRing::load(db.clone(), secrets.clone(), config.token_issuer.clone(), config.token_audience.clone())
+                .await?;
         let auth = AuthState::new(
             keys,
+            secrets,
             AuthSettings {
                 issuer: config.token_issuer.clone(),
                 audience: config.token_audience.clone(),
                 login_failures_per_address: config.login_failures_per_address,
             },
         );
-        let iam = Iam::new(db, Passwords::new(threads), auth);
+        let iam = Iam::new(db, Passwords::new(threads, config.password_hash_queue), auth);
         iam.ensure_builtin_roles().await?;
         let authenticator = Authenticator::new(iam.clone(), token.expose_secret(), &config.service_credentials)?;
         let listener = TcpListener::bind(config.listen).await?;
@@ -403,8 +412,42 @@ fn admin_token(config: &Config) -> anyhow::Result<(SecretString, Option<PathBuf>
     Ok((SecretString::from(token), Some(path)))
 }
 
+/// The master key ring: from the configuration (`master_key`, else `master_key_file`), else, on
+/// SQLite only, from (or newly into) `crm-iam.master-key` beside the database. PostgreSQL serves
+/// several replicas, which must share one key: it has to be configured.
+pub fn master_keys(config: &Config) -> anyhow::Result<crate::secrets::MasterKeys> {
+    use crate::secrets::MasterKeys;
+    if let Some(ring) = &config.master_key {
+        return MasterKeys::parse(ring.expose_secret()).map_err(|e| anyhow::anyhow!("CRM_IAM_MASTER_KEY: {e:#}"));
+    }
+    if let Some(path) = &config.master_key_file {
+        return MasterKeys::from_file(path);
+    }
+    anyhow::ensure!(
+        config.database_url.starts_with("sqlite:"),
+        "PostgreSQL needs a master key (secrets at rest are sealed with it, and every replica must use the same \
+         one): set CRM_IAM_MASTER_KEY or CRM_IAM_MASTER_KEY_FILE (generate one with: crm-iam keys generate-master)"
+    );
+    let path = default_file_path(&config.database_url, "crm-iam.master-key");
+    if path.exists() {
+        tracing::info!(path = %path.display(), "master key read from file");
+        return MasterKeys::from_file(&path);
+    }
+    let key = MasterKeys::generate();
+    write_private(&path, key.expose_secret())?;
+    tracing::info!(
+        path = %path.display(),
+        "generated the master key that seals secrets at rest and stored it in this file (mode 0600): back it up apart from the database"
+    );
+    MasterKeys::parse(key.expose_secret())
+}
+
 fn default_token_path(database_url: &str) -> PathBuf {
-    let file = "crm-iam.admin-token";
+    default_file_path(database_url, "crm-iam.admin-token")
+}
+
+/// A file beside the SQLite database (in the working directory otherwise).
+fn default_file_path(database_url: &str, file: &str) -> PathBuf {
     let Some(rest) = database_url.strip_prefix("sqlite:") else {
         return PathBuf::from(file);
     };

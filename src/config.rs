@@ -106,8 +106,23 @@ pub struct Config {
     /// refused for a while (RESOURCE_EXHAUSTED). 0 = no limit.
     pub login_failures_per_address: u32,
     /// Named credentials of sibling services: `[[service_credentials]]` with `name`,
-    /// `token_sha256` (hex SHA-256 of the service's token) and `methods` (`Access.Check`, `Access.*`).
+    /// `token_sha256` (hex SHA-256 of the service's token), `methods` (`Access.Check`, `Access.*`)
+    /// and optionally `client_subject` (mutual TLS: the client certificate it must come with).
     pub service_credentials: Vec<crate::auth::ServiceCredential>,
+    /// The master key ring sealing secrets at rest (`CRM_IAM_MASTER_KEY`): base64 32-byte keys
+    /// separated by commas, the sealing key first, older ones after it during a rotation.
+    #[serde(skip_serializing)]
+    pub master_key: Option<SecretString>,
+    /// A file holding the master key ring, one key per line (`CRM_IAM_MASTER_KEY_FILE`; a
+    /// Kubernetes Secret). Default with SQLite and no `master_key`: `crm-iam.master-key` beside
+    /// the database, generated on first start (mode 0600).
+    pub master_key_file: Option<PathBuf>,
+    /// Password hashes admitted at once (waiting or running); beyond it, calls that hash are
+    /// refused at once with RESOURCE_EXHAUSTED. 0 = 32 per hashing thread.
+    pub password_hash_queue: usize,
+    /// A plaintext listener serving only `grpc.health.v1.Health`, for Kubernetes gRPC probes
+    /// when the main listener speaks TLS (probes cannot) (`CRM_IAM_HEALTH_LISTEN`, `--health-listen`).
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -145,6 +160,10 @@ impl Default for Config {
             signing_key_rotation: Duration::from_secs(30 * 24 * 3600),
             login_failures_per_address: 30,
             service_credentials: Vec::new(),
+            master_key: None,
+            master_key_file: None,
+            password_hash_queue: 0,
+            health_listen: None,
         }
     }
 }
@@ -171,6 +190,8 @@ impl fmt::Debug for Config {
             .field("metrics_listen", &self.metrics_listen)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("admin_token_file", &self.admin_token_file)
+            .field("master_key", &self.master_key.as_ref().map(|_| "<set>"))
+            .field("master_key_file", &self.master_key_file)
             .field("log_format", &self.log_format)
             .field("request_timeout", &self.request_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -196,6 +217,8 @@ pub struct Overrides {
     pub tls_key: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl Config {

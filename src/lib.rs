@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod overload;
 pub mod proto;
+pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod telemetry;

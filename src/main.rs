@@ -187,6 +187,10 @@ struct ServeArgs {
     /// Do not apply pending migrations on start.
     #[arg(long)]
     no_migrate: bool,
+    /// Serve only the gRPC health service, in plaintext, at ADDR (Kubernetes probes when the main
+    /// listener speaks TLS). Env: CRM_IAM_HEALTH_LISTEN.
+    #[arg(long, value_name = "ADDR")]
+    health_listen: Option<SocketAddr>,
     /// Serve gRPC over TLS with this certificate chain (PEM). Env: CRM_IAM_TLS_CERT.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -213,6 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tls_cert: args.tls_cert,
                 tls_key: args.tls_key,
                 client_ca: args.client_ca,
+                health_listen: args.health_listen,
                 ..Default::default()
             };
             let config = load(&args.common, overrides)?;

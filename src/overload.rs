@@ -1,7 +1,10 @@
 //! Load shedding: at most `max_concurrent_requests` unary calls run at once; a call beyond that is
 //! answered at once with RESOURCE_EXHAUSTED (`OVERLOADED`, with a short `RetryInfo`) instead of
 //! queueing without bound. Health checks, reflection and long-lived streams are not counted:
-//! probes must keep answering under load, and an open stream costs memory, not CPU.
+//! probes must keep answering under load, and an open stream costs memory, not CPU. Nor are the
+//! methods that wait for password hashing: they take a place in the hashing queue first thing
+//! (`Passwords::admit`, refused at once when full), their own bound, so a login flood never holds
+//! the permits that Access.Check and the other cheap calls need.
 
 use std::sync::Arc;
 
@@ -9,12 +12,21 @@ use tokio::sync::Semaphore;
 
 use crate::domain::{Error, Kind, Reason};
 
-/// Paths that are never shed.
+/// Methods bounded by the password-hashing queue instead (each admits itself before any work).
+const HASHING_METHODS: [&str; 4] = [
+    "/crm.iam.v1.Auth/Authenticate",
+    "/crm.iam.v1.Auth/ChangePassword",
+    "/crm.iam.v1.Auth/AcceptInvitation",
+    "/crm.iam.v1.Auth/CompletePasswordReset",
+];
+
+/// Paths that are never shed here.
 fn exempt(path: &str) -> bool {
     path.starts_with("/grpc.health.")
         || path.starts_with("/grpc.reflection.")
         || path == "/crm.iam.v1.AuditEvents/StreamEvents"
         || path == "/crm.iam.v1.OwnershipTransfer/WatchTransfer"
+        || HASHING_METHODS.contains(&path)
 }
 
 #[derive(Clone)]

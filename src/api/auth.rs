@@ -327,8 +327,11 @@ impl Auth for AuthApi {
         } else {
             self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::User(user_id)).await?;
         }
-        let code = own.then(|| msg.code.trim());
-        let user = self.iam.disable_totp(&ctx, &tenant_id, user_id, code).await?;
+        let by_self = match &caller {
+            Caller::User(u) if own => Some((u, msg.code.trim())),
+            _ => None,
+        };
+        let user = self.iam.disable_totp(&ctx, &tenant_id, user_id, by_self).await?;
         Ok(Response::new(pb::DisableTotpResponse { user: Some(convert::user_to_proto(user)) }))
     }
 

@@ -3,7 +3,8 @@
 //! Keys live in the database, so every replica signs and verifies with the same set. The newest
 //! key signs; a rotation adds a newer one and marks the old one retired. Retired keys keep
 //! verifying (and stay in the JWK Set) until every token they can have signed has expired: the
-//! longest access-token lifetime plus the reload interval of other replicas.
+//! longest access-token lifetime plus the reload interval of other replicas. The private seeds are
+//! stored sealed under the master key (`crate::secrets`); the public keys in clear.
 
 use std::{
     sync::{Arc, RwLock},
@@ -19,6 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{Error, Result, now},
+    secrets::{MasterKeys, OpenError, Slot},
     store::{Db, Tx, entity::signing_keys},
 };
 
@@ -82,6 +84,7 @@ struct Loaded {
 /// The signing and verifying keys of this replica.
 pub struct KeyRing {
     db: Db,
+    secrets: Arc<MasterKeys>,
     issuer: String,
     audience: String,
     loaded: RwLock<Arc<Loaded>>,
@@ -105,28 +108,55 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// A fresh key row: random seed, its public key, a new kid.
-fn new_key_row() -> Result<signing_keys::Model> {
+/// A fresh key row: random seed (sealed), its public key, a new kid.
+fn new_key_row(secrets: &MasterKeys) -> Result<signing_keys::Model> {
     let mut seed = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut seed);
     let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
     let public = signing.verifying_key().to_bytes();
+    let kid = Uuid::now_v7().simple().to_string();
     Ok(signing_keys::Model {
-        kid: Uuid::now_v7().simple().to_string(),
+        private_key: secrets.seal(Slot::SigningKey(&kid), &seed),
+        kid,
         alg: "EdDSA".into(),
-        private_key: b64(&seed),
         public_key: b64(&public),
         create_time: now(),
         retire_time: None,
     })
 }
 
-fn to_key(row: &signing_keys::Model) -> Result<Key> {
-    let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(&row.private_key)
-        .map_err(|e| Error::internal(anyhow::anyhow!("signing key {} is corrupt: {e}", row.kid)))?;
-    let seed: [u8; 32] =
-        seed.try_into().map_err(|_| Error::internal(anyhow::anyhow!("signing key {} has a bad length", row.kid)))?;
+/// The seed of a stored signing key. A value from before sealing (plain base64url) is read as is;
+/// [`crate::store::sealed::reseal`] seals it at start.
+fn open_seed(secrets: &MasterKeys, row: &signing_keys::Model) -> std::result::Result<[u8; 32], String> {
+    let bytes = if MasterKeys::sealed_with(&row.private_key).is_some() {
+        secrets.open(Slot::SigningKey(&row.kid), &row.private_key).map_err(|e| match e {
+            OpenError::UnknownKey(id) => format!(
+                "signing key {} is sealed with master key {id}, which is not in the configured key ring {:?}: \
+                 start with the master key this database was sealed with (CRM_IAM_MASTER_KEY or CRM_IAM_MASTER_KEY_FILE)",
+                row.kid,
+                secrets.ids()
+            ),
+            e => format!("signing key {}: {e}: the configured master key is not the one this database was sealed with", row.kid),
+        })?
+    } else {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&row.private_key)
+            .map_err(|e| format!("signing key {} is corrupt: {e}", row.kid))?
+    };
+    bytes.try_into().map_err(|_| format!("signing key {} has a bad length", row.kid))
+}
+
+/// Checks at start that the configured master key ring opens the stored signing keys (sealed
+/// last by a master key rotation, so they tell whether the ring fits the database).
+pub async fn check_master_keys(db: &Db, secrets: &MasterKeys) -> anyhow::Result<()> {
+    for row in signing_keys::Entity::find().all(db.conn()).await? {
+        open_seed(secrets, &row).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+fn to_key(secrets: &MasterKeys, row: &signing_keys::Model) -> Result<Key> {
+    let seed = open_seed(secrets, row).map_err(|e| Error::internal(anyhow::anyhow!(e)))?;
     let der = ed25519_dalek::SigningKey::from_bytes(&seed)
         .to_pkcs8_der()
         .map_err(|e| Error::internal(anyhow::anyhow!("PKCS#8 encoding failed: {e}")))?;
@@ -142,7 +172,7 @@ fn to_key(row: &signing_keys::Model) -> Result<Key> {
 
 impl KeyRing {
     /// Loads the keys, creating the first one when there is none.
-    pub async fn load(db: Db, issuer: String, audience: String) -> Result<KeyRing> {
+    pub async fn load(db: Db, secrets: Arc<MasterKeys>, issuer: String, audience: String) -> Result<KeyRing> {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&issuer]);
         validation.set_audience(&[&audience]);
@@ -150,6 +180,7 @@ impl KeyRing {
         validation.leeway = 30;
         let ring = KeyRing {
             db,
+            secrets,
             issuer,
             audience,
             loaded: RwLock::new(Arc::new(Loaded { keys: Vec::new(), at: Instant::now() })),
@@ -161,7 +192,7 @@ impl KeyRing {
         ring.reload().await?;
         if ring.current().keys.is_empty() {
             // Two replicas starting at once may both create one: harmless, the newer one signs.
-            new_key_row().map(signing_keys::ActiveModel::from)?.insert(ring.db.conn()).await?;
+            new_key_row(&ring.secrets).map(signing_keys::ActiveModel::from)?.insert(ring.db.conn()).await?;
             ring.reload().await?;
         }
         Ok(ring)
@@ -184,7 +215,7 @@ impl KeyRing {
             .iter()
             .enumerate()
             .filter(|(i, r)| *i == 0 || r.retire_time.is_none_or(|t| t > oldest))
-            .map(|(_, r)| to_key(r))
+            .map(|(_, r)| to_key(&self.secrets, r))
             .collect::<Result<Vec<_>>>()?;
         let mut loaded = self.loaded.write().expect("key ring poisoned");
         if loaded.keys.iter().map(|k| &k.kid).ne(keys.iter().map(|k| &k.kid)) {
@@ -201,8 +232,8 @@ impl KeyRing {
 
     /// Adds a new signing key and retires the others (in the caller's transaction); call
     /// [`KeyRing::reload`] after commit.
-    pub async fn rotate(tx: &Tx) -> Result<PublicJwk> {
-        let row = new_key_row()?;
+    pub async fn rotate(tx: &Tx, secrets: &MasterKeys) -> Result<PublicJwk> {
+        let row = new_key_row(secrets)?;
         signing_keys::Entity::update_many()
             .col_expr(signing_keys::Column::RetireTime, Some(row.create_time).into())
             .filter(signing_keys::Column::RetireTime.is_null())

@@ -1,8 +1,12 @@
 //! Password hashing with argon2id (OWASP parameters: m = 19456 KiB, t = 2, p = 1; PHC strings).
 //!
 //! Hashing is CPU- and memory-heavy, so it never runs on the async workers: hashes run on a few
-//! dedicated threads (default: one per core), and a semaphore bounds how many are queued or
-//! running, so a login or import flood waits here instead of exhausting memory. The threads run
+//! dedicated threads (default: one per core). Admission is bounded: at most `queue_limit` hashes
+//! may wait or run; the next caller is refused at once (RESOURCE_EXHAUSTED, `OVERLOADED`, with a
+//! `RetryInfo` of about the time the queue needs to drain) instead of queueing without bound, so a
+//! login flood costs memory and latency only up to that limit. Callers take their admission
+//! ([`Passwords::admit`]) before any other work of theirs (a login before reserving its attempt),
+//! so a refused call has changed nothing. The threads run
 //! at a lower CPU priority (nice 10): when the machine is busy, request serving (Access.Check on
 //! the hot path of every CRM request) goes first and logins wait; when it is idle, hashing gets
 //! every core.
@@ -22,13 +26,19 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use tracing::Span;
 
-use crate::domain::{Error, Result};
+use crate::domain::{Error, Kind, Reason, Result};
 
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The bounded hashing pool.
 #[derive(Clone)]
 pub struct Passwords {
+    /// Hashes admitted (waiting or running): the bound of the queue.
+    admitted: Arc<Semaphore>,
+    queue_limit: usize,
+    parallelism: usize,
+    /// Duration of the last hash, microseconds (for the RetryInfo of a refusal).
+    last_hash_micros: Arc<std::sync::atomic::AtomicU64>,
     permits: Arc<Semaphore>,
     jobs: std::sync::mpsc::Sender<Job>,
     waiting: Arc<AtomicUsize>,
@@ -73,10 +83,15 @@ fn phc(params: &Params, salt: &[u8], output: Output) -> Result<String> {
     Ok(hash.to_string())
 }
 
+/// A caller's place in the hashing queue (see [`Passwords::admit`]): held until its hash is done.
+pub struct HashTicket(#[allow(dead_code, reason = "held for its Drop")] tokio::sync::OwnedSemaphorePermit);
+
 impl Passwords {
-    /// A pool running at most `parallelism` hashes at once.
-    pub fn new(parallelism: usize) -> Passwords {
+    /// A pool running at most `parallelism` hashes at once, with at most `queue_limit` admitted
+    /// (0: 32 per hashing thread).
+    pub fn new(parallelism: usize, queue_limit: usize) -> Passwords {
         let parallelism = parallelism.max(1);
+        let queue_limit = if queue_limit == 0 { 32 * parallelism } else { queue_limit.max(parallelism) };
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let queue = Arc::new(std::sync::Mutex::new(queue));
         for i in 0..parallelism {
@@ -109,6 +124,10 @@ impl Passwords {
         let output = Output::new(&output).expect("a 32-byte argon2 output");
         let dummy_hash = phc(argon2().params(), &salt, output).expect("dummy hash");
         Passwords {
+            admitted: Arc::new(Semaphore::new(queue_limit)),
+            queue_limit,
+            parallelism,
+            last_hash_micros: Arc::new(std::sync::atomic::AtomicU64::new(50_000)),
             // One job queued behind each running one: a thread that finishes starts the next hash
             // at once instead of waiting for an async task to be scheduled and hand it over.
             permits: Arc::new(Semaphore::new(parallelism * 2)),
@@ -123,7 +142,26 @@ impl Passwords {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    /// A place in the hashing queue, or RESOURCE_EXHAUSTED (`OVERLOADED`) at once when it is full.
+    pub fn admit(&self) -> Result<HashTicket> {
+        match self.admitted.clone().try_acquire_owned() {
+            Ok(permit) => Ok(HashTicket(permit)),
+            Err(_) => {
+                metrics::counter!("crm_iam_password_hash_refused_total").increment(1);
+                let per_hash = self.last_hash_micros.load(Ordering::Relaxed).max(1_000);
+                let drain_ms = per_hash * (self.queue_limit / self.parallelism) as u64 / 1_000;
+                let mut e = Error::new(
+                    Kind::ResourceExhausted,
+                    Reason::Overloaded,
+                    "too many password checks are waiting: retry shortly (with backoff)",
+                );
+                e.retry_after_ms = u32::try_from(drain_ms).unwrap_or(u32::MAX).clamp(100, 30_000);
+                Err(e)
+            }
+        }
+    }
+
+    async fn run<T: Send + 'static>(&self, ticket: HashTicket, work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let queued = std::time::Instant::now();
         let permit = self.permits.clone().acquire_owned().await;
@@ -131,25 +169,37 @@ impl Passwords {
         let permit = permit.map_err(Error::internal)?;
         let span = Span::current();
         let (done, result) = tokio::sync::oneshot::channel();
+        let last_hash = self.last_hash_micros.clone();
         let job: Job = Box::new(move || {
-            let _permit = permit;
             metrics::histogram!("crm_iam_password_hash_wait_seconds").record(queued.elapsed().as_secs_f64());
-            let _ = done.send(span.in_scope(work));
+            let started = std::time::Instant::now();
+            let out = span.in_scope(work);
+            last_hash.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            // The places are free before the caller hears of the result.
+            drop((permit, ticket));
+            let _ = done.send(out);
         });
         self.jobs.send(job).map_err(|_| Error::internal(anyhow::anyhow!("the hashing threads are gone")))?;
         result.await.map_err(|_| Error::internal(anyhow::anyhow!("a hashing thread failed")))
     }
 
-    /// Hashes a password into a PHC string.
+    /// Hashes a password into a PHC string (admission included: see [`Passwords::admit`]).
     pub async fn hash(&self, password: SecretString) -> Result<String> {
-        self.run(move || hash_now(password.expose_secret().as_bytes())).await?
+        let ticket = self.admit()?;
+        self.hash_admitted(ticket, password).await
+    }
+
+    /// Hashes a password with a place in the queue taken earlier.
+    pub async fn hash_admitted(&self, ticket: HashTicket, password: SecretString) -> Result<String> {
+        self.run(ticket, move || hash_now(password.expose_secret().as_bytes())).await?
     }
 
     /// Verifies a password against a stored PHC string; with no stored hash (unknown user,
-    /// invited user) it verifies against a dummy hash and returns false, taking the same time.
-    pub async fn verify(&self, password: SecretString, stored: Option<String>) -> Result<bool> {
+    /// invited user, a refused attempt) it verifies against a dummy hash and returns false,
+    /// taking the same time. Needs a place in the queue taken with [`Passwords::admit`].
+    pub async fn verify(&self, ticket: HashTicket, password: SecretString, stored: Option<String>) -> Result<bool> {
         let dummy = self.dummy_hash.clone();
-        self.run(move || {
+        self.run(ticket, move || {
             let (phc, real) = match &stored {
                 Some(s) => (s.as_str(), true),
                 None => (dummy.as_str(), false),
@@ -238,12 +288,25 @@ mod tests {
 
     #[tokio::test]
     async fn hash_is_argon2id_owasp_and_verifies() {
-        let p = Passwords::new(2);
+        let p = Passwords::new(2, 0);
         let h = p.hash(SecretString::from("correct horse battery")).await.unwrap();
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
-        assert!(p.verify(SecretString::from("correct horse battery"), Some(h.clone())).await.unwrap());
-        assert!(!p.verify(SecretString::from("wrong"), Some(h)).await.unwrap());
-        assert!(!p.verify(SecretString::from("anything"), None).await.unwrap());
+        let verify = |pw: &str, stored: Option<String>| p.verify(p.admit().unwrap(), SecretString::from(pw), stored);
+        assert!(verify("correct horse battery", Some(h.clone())).await.unwrap());
+        assert!(!verify("wrong", Some(h)).await.unwrap());
+        assert!(!verify("anything", None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_frees_with_the_tickets() {
+        let p = Passwords::new(1, 2);
+        let a = p.admit().unwrap();
+        let _b = p.admit().unwrap();
+        let e = p.admit().err().expect("a third is refused");
+        assert_eq!((e.kind, e.reason), (Kind::ResourceExhausted, Reason::Overloaded));
+        assert!(e.retry_after_ms >= 100);
+        assert!(!p.verify(a, SecretString::from("x"), None).await.unwrap());
+        p.admit().expect("the verified ticket's place is free again");
     }
 
     #[test]
@@ -270,11 +333,11 @@ mod tests {
 
     #[test]
     fn the_dummy_hash_has_the_real_parameters_and_matches_nothing() {
-        let p = Passwords::new(1);
+        let p = Passwords::new(1, 0);
         let real = hash_now(b"x").unwrap();
         let params = |phc: &str| phc.rsplitn(3, '$').nth(2).unwrap().to_owned();
         assert_eq!(params(&p.dummy_hash), params(&real));
         assert!(!verify_now(b"", &p.dummy_hash));
-        assert_ne!(Passwords::new(1).dummy_hash, p.dummy_hash);
+        assert_ne!(Passwords::new(1, 0).dummy_hash, p.dummy_hash);
     }
 }

@@ -4,6 +4,7 @@ pub mod access;
 pub mod audit;
 pub mod department;
 pub mod error;
+pub mod lockout;
 pub mod ownership;
 pub mod role;
 pub mod tenant;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{Iam, access::CheckInput};
 use crate::{
-    auth::Caller,
+    auth::{Caller, UserCaller},
     domain::{
         Error, Kind, Reason, Result,
         access::{ResourceFacts, Scope},
@@ -32,6 +32,21 @@ pub enum Target {
 
 /// Modules whose rights make a user an administrator of some kind (MFA may be required).
 const ADMIN_MODULES: [&str; 3] = ["users", "roles", "settings"];
+
+/// `amr` values of a session opened with a second factor.
+const SECOND_FACTORS: [&str; 3] = ["otp", "mfa", "hwk"];
+
+/// Whether a right is administrative: any right on users, roles or settings at TENANT scope, and
+/// any but `view` at DEPARTMENT scope (a team lead who may edit, reset or disable the users of a
+/// department tree can take their accounts over). Viewing one's department's users is not.
+fn is_administrative(module: &str, action: &str, scope: Scope) -> bool {
+    ADMIN_MODULES.contains(&module)
+        && match scope {
+            Scope::Tenant => true,
+            Scope::Department => action != "view",
+            _ => false,
+        }
+}
 
 impl Iam {
     /// Allows `action` on `module` in `tenant_id` for the caller, or PERMISSION_DENIED saying why.
@@ -71,15 +86,28 @@ impl Iam {
                 decision.scope.as_str()
             )));
         }
-        if ADMIN_MODULES.contains(&module) && self.mfa_missing(tenant_id, user.user_id).await? {
+        if ADMIN_MODULES.contains(&module) && self.second_factor_missing(tenant_id, user).await? {
             return Err(Error::new(
                 Kind::PermissionDenied,
                 Reason::MfaRequired,
-                "this tenant requires administrators to use two-factor authentication: enroll TOTP \
-                 (Auth.EnrollTotp, Auth.ConfirmTotp) and log in again",
+                "this tenant requires administrators to use a second factor: enroll TOTP (Auth.EnrollTotp, \
+                 Auth.ConfirmTotp) if you have not, and log in again with a code",
             ));
         }
         Ok(())
+    }
+
+    /// Whether the tenant requires a second factor of administrators, the user is one (holds an
+    /// administrative right: see `Policy::is_administrative`), and the caller's session was opened
+    /// without one (its `amr`).
+    async fn second_factor_missing(&self, tenant_id: &str, user: &UserCaller) -> Result<bool> {
+        if !self.tenant_settings(tenant_id).await?.settings.require_mfa_for_admins
+            || user.amr.iter().any(|m| SECOND_FACTORS.contains(&m.as_str()))
+        {
+            return Ok(false);
+        }
+        let effective = self.effective_permissions(tenant_id, user.user_id).await?;
+        Ok(effective.permissions.iter().any(|(m, a, s, _)| is_administrative(m, a, *s)))
     }
 
     /// For listings of users: None when the caller may see every user of the tenant, or the

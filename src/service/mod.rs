@@ -3,6 +3,7 @@
 //! returns domain values. The gRPC layer above only converts and authorizes.
 
 pub mod access;
+mod address_limiter;
 pub mod audit;
 pub mod auth;
 mod authz;

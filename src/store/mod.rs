@@ -6,6 +6,7 @@ pub mod departments;
 pub mod entity;
 pub mod ownership;
 pub mod roles;
+pub mod sealed;
 pub mod sessions;
 pub mod tenants;
 pub mod tokens;

@@ -154,28 +154,29 @@ pub async fn login_state(conn: &impl ConnectionTrait, user_id: Uuid) -> Result<L
     Ok(login_states::Entity::find_by_id(user_id).one(conn).await?.unwrap_or_else(|| fresh_state(user_id)))
 }
 
-/// The user with this email in the tenant and the user's login state, in one query (the login path).
+/// The user with this email in the tenant (the login path).
 pub async fn user_for_login(
     conn: &impl ConnectionTrait,
     tenant_id: &str,
     email_key: &str,
-) -> Result<Option<(users::Model, LoginState)>> {
-    use sea_orm::JoinType;
-    let rel = login_states::Entity::belongs_to(users::Entity)
-        .from(login_states::Column::UserId)
-        .to(users::Column::UserId)
-        .into();
-    let found = users::Entity::find()
+) -> Result<Option<users::Model>> {
+    Ok(users::Entity::find()
         .filter(users::Column::TenantId.eq(tenant_id))
         .filter(users::Column::EmailKey.eq(email_key))
-        .join_rev(JoinType::LeftJoin, rel)
-        .select_also(login_states::Entity)
         .one(conn)
-        .await?;
-    Ok(found.map(|(u, s)| {
-        let state = s.unwrap_or_else(|| fresh_state(u.user_id));
-        (u, state)
-    }))
+        .await?)
+}
+
+/// A user's login state, read with its row locked until `tx` ends (created when missing), so a
+/// read-modify-write of the counters or the TOTP step in `tx` is atomic: on PostgreSQL the upsert
+/// takes the row lock, on SQLite writers are serialized anyway. One statement either way.
+pub async fn lock_login_state(tx: &Tx, user_id: Uuid) -> Result<LoginState> {
+    Ok(login_states::Entity::insert(login_states::ActiveModel::from(fresh_state(user_id)))
+        .on_conflict(
+            OnConflict::column(login_states::Column::UserId).update_column(login_states::Column::UserId).to_owned(),
+        )
+        .exec_with_returning(&**tx)
+        .await?)
 }
 
 /// Writes a user's login state (insert or replace).

@@ -47,6 +47,8 @@ macro_rules! both_backends {
 }
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+/// The master key of test servers (base64 of 32 bytes; every replica of a test shares it).
+pub const MASTER_KEY: &str = "dGVzdC1tYXN0ZXIta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
 
 static TELEMETRY: Once = Once::new();
 
@@ -150,6 +152,7 @@ pub fn test_config(db: &TestDb) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: db.url.clone(),
         admin_token: Some(ADMIN_TOKEN.to_owned().into()),
+        master_key: Some(MASTER_KEY.to_owned().into()),
         db_max_connections: 5,
         password_hash_threads: 2,
         shutdown_grace: Duration::from_secs(5),

@@ -8,6 +8,7 @@ mod authz;
 mod cli;
 mod common;
 mod departments;
+mod login_attacks;
 mod operations;
 mod ownership;
 mod roles;

@@ -146,9 +146,18 @@ fn bin() -> Command {
 /// Spawns `crm-iam serve` and waits for its "serving" log line; returns the bound address.
 pub fn spawn_server(args: &[&str], envs: &[(&str, &str)]) -> (Proc, SocketAddr) {
     let mut cmd = bin();
-    cmd.arg("serve").args(args).env_remove("CRM_IAM_ADMIN_TOKEN").env("RUST_LOG", "info");
+    cmd.arg("serve")
+        .args(args)
+        .env_remove("CRM_IAM_ADMIN_TOKEN")
+        .env("CRM_IAM_MASTER_KEY", crate::common::MASTER_KEY)
+        .env("RUST_LOG", "info");
     for (k, v) in envs {
-        cmd.env(k, v);
+        // An empty value removes a variable (a test of what happens without it).
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
     }
     let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn crm-iam");
     let stderr = child.stderr.take().unwrap();

@@ -33,7 +33,7 @@ const PASSWORD: &str = "velvet staircase under morning rain";
 /// threads as the server's hashing pool, measured for `duration`.
 fn argon2_ceiling(threads: usize, duration: Duration, op: Argon2Op) -> f64 {
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-    let hash = rt.block_on(Passwords::new(1).hash(SecretString::from(PASSWORD))).expect("hash");
+    let hash = rt.block_on(Passwords::new(1, 0).hash(SecretString::from(PASSWORD))).expect("hash");
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let handles: Vec<_> = (0..threads)

@@ -1,0 +1,156 @@
+//! `Auth.Authenticate`.
+//!
+//! In order, each step before the next so that a refused login has cost nothing after it:
+//! 1. the address takes a slot of the per-address limit (given back on success);
+//! 2. a place in the hashing queue (refused at once when full);
+//! 3. the user is looked up; for an ACTIVE user the verification is admitted (counted as a
+//!    failure, or refused while the account is locked) in its own transaction;
+//! 4. one argon2 verification, always: against the user's hash when admitted, against a dummy
+//!    hash otherwise (unknown email, inactive or locked account), so every failure takes as long;
+//! 5. one transaction with the outcome: a failure's audit event, or (password and, for TOTP
+//!    users, a code both right) the count taken back, the TOTP step consumed and the session opened.
+//!
+//! For TOTP users a right password without a right code is an ordinary failure: the same answer
+//! as a wrong password, and counted (SECURITY.md: no password oracle).
+
+use std::net::IpAddr;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Tokens, attempt_context,
+    guard::{Attempt, take_back},
+    invalid_credentials,
+};
+use crate::{
+    domain::{
+        Result,
+        audit::{AuditRecord, RequestContext},
+        lockout::Admission,
+        now,
+        user::UserState,
+    },
+    service::Iam,
+    store::{
+        sessions::{self},
+        users,
+    },
+};
+
+/// Outcome of a login transaction (failures commit too).
+#[derive(Serialize, Deserialize)]
+enum Login {
+    Ok(Tokens),
+    Failed,
+}
+
+impl Iam {
+    /// `Auth.Authenticate`.
+    pub async fn authenticate(
+        &self,
+        ctx: &RequestContext,
+        ip: Option<IpAddr>,
+        tenant_id: &str,
+        email: &str,
+        password: SecretString,
+        code: &str,
+    ) -> Result<Tokens> {
+        let slot = self.auth.limiter.take(ip)?;
+        let ticket = match self.passwords.admit() {
+            Ok(t) => t,
+            Err(e) => {
+                // Refused before anything was tried: not a failure of this address.
+                slot.give_back();
+                return Err(e);
+            }
+        };
+        let email_key = email.trim().to_lowercase();
+        let tenant = match self.tenant_settings(tenant_id).await {
+            Ok(t) => Some(t),
+            Err(e) if e.reason == crate::domain::Reason::TenantNotFound => None,
+            Err(e) => return Err(e),
+        };
+        let tenant_exists = tenant.is_some();
+        let row = match &tenant {
+            Some(_) => sessions::user_for_login(self.db.conn(), tenant_id, &email_key).await?,
+            None => None,
+        };
+        let (Some(tenant), Some(row)) = (tenant, row) else {
+            self.passwords.verify(ticket, password, None).await?;
+            // Unknown emails are audited too (password spraying shows); unknown tenants have no trail.
+            if tenant_exists {
+                let record = AuditRecord::new(Some(tenant_id), "auth.login_failed", "user", "")
+                    .with_detail("reason", "unknown_email")
+                    .with_detail("email", email_key.clone());
+                self.db
+                    .write(&attempt_context(ctx), async |tx| {
+                        tx.audit(record);
+                        Ok(())
+                    })
+                    .await?;
+            }
+            return Err(invalid_credentials());
+        };
+        let user_id = row.user_id;
+        if users::state(&row)? != UserState::Active {
+            self.passwords.verify(ticket, password, None).await?;
+            let record = AuditRecord::new(Some(tenant_id), "auth.login_failed", "user", user_id)
+                .with_detail("reason", "not_active");
+            self.db
+                .write(&attempt_context(ctx), async |tx| {
+                    tx.audit(record);
+                    Ok(())
+                })
+                .await?;
+            return Err(invalid_credentials());
+        }
+        let admission = self.admit_verification(ctx, &tenant, user_id, Attempt::Login).await?;
+        let stored = match admission {
+            Admission::Admitted { .. } => row.password_hash.clone(),
+            Admission::Refused { .. } => None,
+        };
+        let password_ok = self.passwords.verify(ticket, password, stored).await?;
+        if let Admission::Refused { .. } = admission {
+            return Err(invalid_credentials());
+        }
+        let account = row.email.clone().unwrap_or_default();
+        let outcome = self
+            .db
+            .write(&attempt_context(ctx), async |tx| {
+                if !password_ok {
+                    self.record_failure(tx, tenant_id, user_id, Attempt::Login, admission, "wrong_password").await?;
+                    return Ok(Login::Failed);
+                }
+                let mut amr = vec!["pwd"];
+                let mut state = sessions::lock_login_state(tx, user_id).await?;
+                if row.mfa_enrolled {
+                    if !self.second_factor_ok(tx, &mut state, &account, code).await? {
+                        let reason = if code.is_empty() { "code_missing" } else { "wrong_code" };
+                        self.record_failure(tx, tenant_id, user_id, Attempt::Login, admission, reason).await?;
+                        return Ok(Login::Failed);
+                    }
+                    amr.push("otp");
+                }
+                take_back(&mut state);
+                sessions::save_login_state(tx, state).await?;
+                users::set_last_login(tx, tenant_id, user_id, now()).await?;
+                let tokens = self.open_session(tx, ctx, &tenant, &row, row.must_change_password, &amr).await?;
+                tx.audit(
+                    AuditRecord::new(Some(tenant_id), "auth.login_succeeded", "user", user_id)
+                        .with_detail("session_id", tokens.session_id.to_string())
+                        .with_detail("methods", amr.join(","))
+                        .with_detail("password_change_required", tokens.restricted),
+                );
+                Ok(Login::Ok(tokens))
+            })
+            .await?;
+        match outcome {
+            Login::Ok(tokens) => {
+                slot.give_back();
+                Ok(tokens)
+            }
+            Login::Failed => Err(invalid_credentials()),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Logins, sessions, passwords set by users, TOTP, and access tokens.
+//!
+//! Every verification of a user's secret (a login's password and code, the old password of
+//! ChangePassword, the code of ConfirmTotp/DisableTotp) is *admitted* first, in a transaction of
+//! its own that counts it as a failure with the account's login-state row locked
+//! ([`guard`], rules in `domain::lockout`): however many arrive at once, on however many replicas,
+//! at most `max_failed_attempts` wrong secrets are verified before the lock holds. The outcome is
+//! a second transaction (a failure writes its audit event, a success takes the count back, opens
+//! the session, consumes the TOTP step by compare-and-set). Every session-ending change also
+//! announces a policy change for the user, which flushes the session from the access cache of
+//! every replica.
+
+mod guard;
+mod login;
+mod passwords;
+mod sessions;
+mod totp;
+
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+pub use self::sessions::SessionView;
+use super::{Iam, address_limiter::AddressLimiter};
+use crate::{
+    auth::keys::{KeyRing, PublicJwk},
+    domain::{
+        Error, Kind, Reason, Result,
+        audit::{AuditRecord, RequestContext},
+        tenant::Tenant,
+        validate,
+    },
+    secrets::MasterKeys,
+};
+
+/// How logins are limited and tokens named (from the configuration).
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `iss` of access tokens.
+    pub issuer: String,
+    /// `aud` of access tokens.
+    pub audience: String,
+    /// Failed logins per minute from one network address before further attempts from it are
+    /// refused for a while (0 = no limit).
+    pub login_failures_per_address: u32,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings { issuer: "crm-iam".into(), audience: "crm".into(), login_failures_per_address: 30 }
+    }
+}
+
+/// Signing keys, the master key ring and the per-address login limiter of this replica.
+pub struct AuthState {
+    pub keys: KeyRing,
+    pub settings: AuthSettings,
+    /// Seals TOTP secrets (and, through the key ring, signing keys) at rest.
+    pub secrets: Arc<MasterKeys>,
+    limiter: AddressLimiter,
+}
+
+impl AuthState {
+    pub fn new(keys: KeyRing, secrets: Arc<MasterKeys>, settings: AuthSettings) -> AuthState {
+        let limiter = AddressLimiter::new(settings.login_failures_per_address);
+        AuthState { keys, settings, secrets, limiter }
+    }
+}
+
+/// The tokens of a session, as returned by Authenticate, Refresh and ChangePassword.
+#[derive(Serialize, Deserialize)]
+pub struct Tokens {
+    #[serde(skip)]
+    pub access_token: String,
+    #[serde(skip)]
+    pub refresh_token: Option<String>,
+    pub expires_in_secs: i64,
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    pub restricted: bool,
+}
+
+const INVALID_CREDENTIALS: &str =
+    "login failed: the email, password or one-time code is wrong, or the account is locked or not active";
+
+fn invalid_credentials() -> Error {
+    Error::new(Kind::Unauthenticated, Reason::InvalidCredentials, INVALID_CREDENTIALS)
+}
+
+fn token_invalid(what: &str) -> Error {
+    Error::new(
+        Kind::Unauthenticated,
+        Reason::TokenInvalid,
+        format!("the {what} is not valid: it is unknown, was already used, or has expired"),
+    )
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+}
+
+/// The context of a transaction that only counts or records an attempt: never replayed from an
+/// idempotency key (an attempt is not a retryable change).
+fn attempt_context(ctx: &RequestContext) -> RequestContext {
+    RequestContext { idempotency: None, ..ctx.clone() }
+}
+
+impl Iam {
+    /// Checks a new password against the tenant's policy.
+    fn password_policy(
+        &self,
+        tenant: &Tenant,
+        field: &str,
+        password: &SecretString,
+        email_key: Option<&str>,
+    ) -> Result<()> {
+        validate::password(password.expose_secret(), tenant.settings.password_min_length as usize, email_key)
+            .map_err(|d| Error::invalid_field(field, d))
+    }
+
+    /// `Auth.GetJwks`.
+    pub fn jwks(&self) -> Vec<PublicJwk> {
+        self.auth.keys.jwks()
+    }
+
+    /// `Auth.RotateSigningKey`.
+    pub async fn rotate_signing_key(&self, ctx: &RequestContext) -> Result<PublicJwk> {
+        let secrets = self.auth.secrets.clone();
+        let key = self
+            .db
+            .write(ctx, async |tx| {
+                let key = KeyRing::rotate(tx, &secrets).await?;
+                tx.audit(AuditRecord::new(None, "auth.signing_key_rotated", "signing_key", &key.kid));
+                Ok(StoredJwk { kid: key.kid, x: key.x })
+            })
+            .await?;
+        self.auth.keys.reload().await?;
+        Ok(PublicJwk { kid: key.kid, x: key.x })
+    }
+}
+
+/// A public key as returned through idempotent replays (serializable).
+#[derive(Serialize, Deserialize)]
+struct StoredJwk {
+    kid: String,
+    x: String,
+}
+
+/// Compares two secrets in constant time.
+pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
