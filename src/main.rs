@@ -41,6 +41,19 @@ enum Command {
     Backup(BackupArgs),
     /// Replace the SQLite database with a backup (works on the files; stop the server first).
     Restore(RestoreArgs),
+    /// The master key that seals secrets at rest (TOTP secrets, token signing keys).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new random master key (base64 of 32 bytes) for CRM_IAM_MASTER_KEY or a key file.
+    GenerateMaster,
+    /// Seal every stored secret again under the first key of the configured ring
+    /// (CRM_IAM_MASTER_KEY=NEW,OLD or a key file with NEW on the first line). Safe while replicas
+    /// serve; afterwards the old key can be dropped from the ring.
+    RotateMaster(CommonArgs),
 }
 
 #[derive(Subcommand)]
@@ -302,6 +315,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load(&args.common, Overrides::default())?;
             crm_iam::cli::backup::restore(&config.database_url, &args.from, args.force).await?;
             println!("restored {} into {}; start the server to use it", args.from.display(), config.database_url);
+            Ok(())
+        }
+        Command::Keys(KeysCommand::GenerateMaster) => {
+            println!("{}", secrecy::ExposeSecret::expose_secret(&crm_iam::secrets::MasterKeys::generate()));
+            Ok(())
+        }
+        Command::Keys(KeysCommand::RotateMaster(common)) => {
+            let config = load(&common, Overrides::default())?;
+            let _telemetry = telemetry::init(config.log_format)?;
+            let done = crm_iam::cli::keys::rotate_master(&config).await?;
+            println!(
+                "sealed again under the current master key: {} TOTP secrets, {} signing keys",
+                done.totp_secrets, done.signing_keys
+            );
             Ok(())
         }
         Command::Migrate(common) => {

@@ -1,8 +1,10 @@
 //! Operations commands of the `crm-iam` binary: `audit tail` and `users import/export` talk to a
-//! running server over gRPC; `backup` and `restore` work on the SQLite file.
+//! running server over gRPC; `backup` and `restore` work on the SQLite file; `keys` on the
+//! master key that seals secrets at rest.
 
 pub mod audit_tail;
 pub mod backup;
+pub mod keys;
 pub mod users;
 
 use tonic::{

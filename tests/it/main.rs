@@ -12,6 +12,7 @@ mod login_attacks;
 mod operations;
 mod ownership;
 mod roles;
+mod secrets_at_rest;
 mod server;
 mod tenants;
 mod tls;
