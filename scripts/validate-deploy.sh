@@ -40,8 +40,34 @@ for c in pod.get("initContainers", []) + pod["containers"]:
     if sc.get("capabilities", {}).get("drop") != ["ALL"]: problems.append(f"{c['name']}: capabilities not dropped")
 if not pod["securityContext"].get("runAsNonRoot"): problems.append("pod may run as root")
 main = next(c for c in pod["containers"] if c["name"] == "crm-iam")
+env = {e["name"]: e.get("value") for e in main.get("env", [])}
+env.update({k: v for k, v in config.items()})
+health_port = int(env.get("CRM_IAM_HEALTH_LISTEN", ":0").rsplit(":", 1)[1])
 for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-    if "grpc" not in main.get(probe, {}): problems.append(f"{probe} is not a gRPC probe")
+    grpc = main.get(probe, {}).get("grpc")
+    if grpc is None: problems.append(f"{probe} is not a gRPC probe")
+    # Kubelet probes cannot speak TLS: they must use the plaintext health listener.
+    elif grpc.get("port") != health_port: problems.append(f"{probe} does not use the health listener (port {health_port})")
+if main["livenessProbe"]["grpc"].get("service") != "liveness":
+    problems.append("liveness must not follow the database (service: liveness)")
+mounts = {m["mountPath"]: m["name"] for m in main.get("volumeMounts", [])}
+volumes = {v["name"]: v for v in pod.get("volumes", [])}
+def secret_of(path):
+    for mount, vol in mounts.items():
+        if path.startswith(mount.rstrip("/") + "/"):
+            return volumes[vol].get("secret", {}).get("secretName")
+if name == "production":
+    # Secure by default: TLS with client certificates, a master key from a Secret, the
+    # certificate issued by cert-manager into the Secret that is mounted.
+    for var in ("CRM_IAM_TLS_CERT", "CRM_IAM_TLS_KEY", "CRM_IAM_CLIENT_CA", "CRM_IAM_MASTER_KEY_FILE"):
+        if not env.get(var): problems.append(f"production must set {var}")
+        elif not secret_of(env[var]): problems.append(f"{var} is not in a mounted Secret")
+    certs = {d["spec"]["secretName"] for d in docs if d["kind"] == "Certificate"}
+    if env.get("CRM_IAM_TLS_CERT") and secret_of(env["CRM_IAM_TLS_CERT"]) not in certs:
+        problems.append("no cert-manager Certificate writes the mounted TLS Secret")
+    svc = next(d for d in docs if d["kind"] == "Service")
+    if any(p.get("appProtocol") == "kubernetes.io/h2c" for p in svc["spec"]["ports"]):
+        problems.append("the Service still announces cleartext h2c")
 grace = config.get("CRM_IAM_SHUTDOWN_GRACE", "20s")
 assert grace.endswith("s"), grace
 if pod.get("terminationGracePeriodSeconds", 30) <= int(grace[:-1]):

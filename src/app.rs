@@ -54,6 +54,9 @@ fn tls_config(config: &Config) -> anyhow::Result<Option<tonic::transport::Server
     Ok(Some(tls))
 }
 
+/// The health-check service name of liveness (the process alone, not the database).
+pub const LIVENESS: &str = "liveness";
+
 /// Names of the gRPC services whose health is reported (besides "").
 pub fn service_names() -> Vec<&'static str> {
     vec![
@@ -92,6 +95,7 @@ pub struct Application {
     iam: Iam,
     authenticator: AuthLayer,
     metrics_listener: Option<TcpListener>,
+    health_listener: Option<TcpListener>,
     admin_token_file: Option<PathBuf>,
     shutdown: CancellationToken,
 }
@@ -150,8 +154,17 @@ impl Application {
             ),
             None => None,
         };
+        let health_listener = match config.health_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen for health checks on {addr}: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(Application {
             metrics_listener,
+            health_listener,
             extra: None,
             authenticator: AuthLayer::new(authenticator),
             config,
@@ -182,6 +195,11 @@ impl Application {
         self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Where the plaintext health listener is (None unless `health_listen` is set).
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Where the generated admin token was stored (None when it came from the environment).
     pub fn admin_token_file(&self) -> Option<&PathBuf> {
         self.admin_token_file.as_ref()
@@ -205,10 +223,37 @@ impl Application {
     /// Serves until the shutdown handle fires, then drains (bounded by `shutdown_grace`).
     pub async fn run(self) -> anyhow::Result<()> {
         let addr = self.local_addr();
-        let Application { config, listener, iam, authenticator, shutdown, extra, metrics_listener, .. } = self;
+        let Application {
+            config,
+            listener,
+            iam,
+            authenticator,
+            shutdown,
+            extra,
+            metrics_listener,
+            health_listener,
+            ..
+        } = self;
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         set_health(&reporter, ServingStatus::Serving).await;
+        // Liveness: the process answers. It does not follow the database (a database outage must
+        // not make Kubernetes restart every replica at once); only shutdown turns it NOT_SERVING.
+        reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
+        // Probes cannot speak TLS: with `health_listen`, a plaintext listener serves the health
+        // service alone (no other method, no data) beside a TLS main listener.
+        let health_task = health_listener.map(|listener| {
+            let service = tonic_health::pb::health_server::HealthServer::new(
+                tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+            );
+            let stop = iam.stop.clone();
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            tokio::spawn(
+                Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
+            )
+        });
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -328,6 +373,7 @@ impl Application {
         shutdown.cancelled().await;
         // Turn NOT_SERVING first, so load balancers stop sending new calls.
         set_health(&reporter, ServingStatus::NotServing).await;
+        reporter.set_service_status(LIVENESS, ServingStatus::NotServing).await;
         stop.cancel();
         match tokio::time::timeout(config.shutdown_grace, server).await {
             Ok(joined) => joined??,
@@ -337,6 +383,11 @@ impl Application {
         }
         for task in background {
             let _ = task.await;
+        }
+        if let Some(task) = health_task
+            && let Ok(Err(e)) = task.await
+        {
+            tracing::warn!(error = %e, "the health listener failed");
         }
         if let Some(task) = metrics_task
             && let Ok(Err(e)) = task.await

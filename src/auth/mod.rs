@@ -14,7 +14,14 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tonic::{Status, metadata::MetadataMap};
+use tonic::{
+    Status,
+    metadata::MetadataMap,
+    transport::{
+        CertificateDer,
+        server::{TcpConnectInfo, TlsConnectInfo},
+    },
+};
 use uuid::Uuid;
 
 use crate::{
@@ -69,6 +76,11 @@ pub struct ServiceCredential {
     pub token_sha256: String,
     /// Methods it may call: `Access.Check`, `crm.iam.v1.Access/Check`, or `Access.*` for a whole service.
     pub methods: Vec<String>,
+    /// Mutual TLS: the token is accepted only on a connection whose client certificate names
+    /// this subject (its common name, or a DNS or URI subject alternative name, exactly), so a
+    /// stolen token alone is not enough. Unset: any connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_subject: Option<String>,
 }
 
 /// Methods that need no token.
@@ -86,6 +98,7 @@ const RESTRICTED_METHODS: &[&str] = &["/crm.iam.v1.Auth/ChangePassword", "/crm.i
 struct Service {
     name: Arc<str>,
     digest: [u8; 32],
+    client_subject: Option<String>,
     /// `/crm.iam.v1.Access/Check` or `/crm.iam.v1.Access/` (whole service).
     methods: Vec<String>,
 }
@@ -139,13 +152,21 @@ impl Authenticator {
                     || anyhow::anyhow!("service credential {:?}: token_sha256 must be 64 hex digits", c.name),
                 )?;
             let methods = c.methods.iter().map(|m| method_path(m, &known)).collect::<anyhow::Result<Vec<_>>>()?;
-            services.push(Service { name: c.name.as_str().into(), digest, methods });
+            let client_subject =
+                c.client_subject.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+            services.push(Service { name: c.name.as_str().into(), digest, client_subject, methods });
         }
         Ok(Authenticator { iam, admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(), services })
     }
 
-    /// The caller of a request to `path` (None for methods that need no token).
-    pub async fn authenticate(&self, path: &str, metadata: &MetadataMap) -> Result<Option<Caller>, Status> {
+    /// The caller of a request to `path` (None for methods that need no token). `client_certs`:
+    /// the certificate chain the client presented on a mutual-TLS connection.
+    pub async fn authenticate(
+        &self,
+        path: &str,
+        metadata: &MetadataMap,
+        client_certs: Option<&[CertificateDer<'static>]>,
+    ) -> Result<Option<Caller>, Status> {
         if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") || PUBLIC_METHODS.contains(&path)
         {
             return Ok(None);
@@ -163,6 +184,14 @@ impl Authenticator {
         }
         if admin {
             return Ok(Some(Caller::PlatformAdmin));
+        }
+        if let Some(s) = found
+            && let Some(subject) = &s.client_subject
+            && !client_certs.is_some_and(|chain| certificate_names(chain).iter().any(|n| n == subject))
+        {
+            return Err(unauthenticated(
+                "this service credential is bound to a client certificate: connect with mutual TLS using that certificate",
+            ));
         }
         match found {
             Some(s) if s.methods.iter().any(|m| if m.ends_with('/') { path.starts_with(m) } else { m == path }) => {
@@ -206,6 +235,28 @@ impl Authenticator {
             amr: c.amr.clone(),
         }))
     }
+}
+
+/// The names of a client certificate (the leaf of the chain): subject common names and DNS and
+/// URI subject alternative names.
+fn certificate_names(chain: &[CertificateDer<'static>]) -> Vec<String> {
+    use x509_parser::{extensions::GeneralName, prelude::FromDer};
+    let Some(leaf) = chain.first() else { return Vec::new() };
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(leaf.as_ref()) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> =
+        cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_owned).collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push((*d).to_owned()),
+                GeneralName::URI(u) => names.push((*u).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    names
 }
 
 fn status(e: Error) -> Status {
@@ -252,7 +303,8 @@ impl crate::middleware::Around for AuthLayer {
         let auth = self.0.clone();
         Box::pin(async move {
             let metadata = MetadataMap::from_headers(std::mem::take(req.headers_mut()));
-            let result = auth.authenticate(req.uri().path(), &metadata).await;
+            let certs = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(TlsConnectInfo::peer_certs);
+            let result = auth.authenticate(req.uri().path(), &metadata, certs.as_deref().map(Vec::as_slice)).await;
             *req.headers_mut() = metadata.into_headers();
             match result {
                 Ok(caller) => {

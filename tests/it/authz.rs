@@ -435,11 +435,13 @@ async fn every_rpc_for_every_caller(backend: Backend) {
                 name: "all".into(),
                 token_sha256: digest(SERVICE_ALL),
                 methods: every.iter().map(|m| m.trim_start_matches('/').to_owned()).collect(),
+                client_subject: None,
             },
             crm_iam::auth::ServiceCredential {
                 name: "none".into(),
                 token_sha256: digest(SERVICE_NONE),
                 methods: vec!["Auth.GetJwks".into()],
+                client_subject: None,
             },
         ];
     })

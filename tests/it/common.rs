@@ -142,6 +142,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Where /metrics is served, when the config asked for it.
     pub metrics_addr: Option<SocketAddr>,
+    /// The plaintext health listener, when the config asked for it.
+    pub health_addr: Option<SocketAddr>,
     pub db: TestDb,
     handle: ShutdownHandle,
     join: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -178,9 +180,10 @@ impl TestServer {
         let app = Application::build(config).await.expect("build application");
         let addr = app.local_addr();
         let metrics_addr = app.metrics_addr();
+        let health_addr = app.health_addr();
         let handle = app.shutdown_handle();
         let join = tokio::spawn(app.run());
-        TestServer { addr, metrics_addr, db, handle, join }
+        TestServer { addr, metrics_addr, health_addr, db, handle, join }
     }
 
     /// Stops the server (graceful drain) and returns its database.

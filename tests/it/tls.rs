@@ -12,6 +12,9 @@ struct Pki {
     ca: String,
     client_cert: String,
     client_key: String,
+    /// A second client of the same CA (another sibling service).
+    other_cert: String,
+    other_key: String,
 }
 
 fn pki(dir: &Path) -> Pki {
@@ -27,11 +30,21 @@ fn pki(dir: &Path) -> Pki {
     client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let client_key = KeyPair::generate().unwrap();
     let client = client_params.signed_by(&client_key, &issuer).unwrap();
+    let mut other_params = CertificateParams::new(vec!["reports-service".to_owned()]).unwrap();
+    other_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let other_key = KeyPair::generate().unwrap();
+    let other = other_params.signed_by(&other_key, &issuer).unwrap();
 
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
     std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
-    Pki { ca: ca.pem(), client_cert: client.pem(), client_key: client_key.serialize_pem() }
+    Pki {
+        ca: ca.pem(),
+        client_cert: client.pem(),
+        client_key: client_key.serialize_pem(),
+        other_cert: other.pem(),
+        other_key: other_key.serialize_pem(),
+    }
 }
 
 async fn list_tenants(channel: Channel) -> Result<(), tonic::Status> {
@@ -103,5 +116,61 @@ async fn mutual_tls_requires_a_client_certificate() {
         Ok(ch) => list_tenants(ch).await.is_err(),
     };
     assert!(refused, "a client without a certificate is refused");
+    s.stop().await;
+}
+
+/// A service credential bound to a client certificate: its token works only over a connection
+/// with that certificate. Another service of the same CA that stole the token gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_service_token_needs_its_client_certificate() {
+    use sha2::Digest;
+    let token = "deals-service-token-0123456789";
+    let db = TestDb::new(common::Backend::Sqlite).await;
+    let p = pki(db.dir());
+    let mut config = common::test_config(&db);
+    config.tls_cert = Some(db.dir().join("server.pem"));
+    config.tls_key = Some(db.dir().join("server.key"));
+    config.client_ca = Some(db.dir().join("ca.pem"));
+    config.service_credentials = vec![crm_iam::auth::ServiceCredential {
+        name: "deals".into(),
+        token_sha256: hex::encode(sha2::Sha256::digest(token.as_bytes())),
+        methods: vec!["TenantAdmin.ListTenants".into()],
+        client_subject: Some("deals-service".into()),
+    }];
+    let s = TestServer::start_on(db, config).await;
+    let base = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&p.ca)).domain_name("localhost");
+    let list = |channel: Channel| async move {
+        pb::tenant_admin_client::TenantAdminClient::with_interceptor(channel, Bearer::token(token))
+            .list_tenants(pb::ListTenantsRequest::default())
+            .await
+    };
+    let own = base.clone().identity(Identity::from_pem(&p.client_cert, &p.client_key));
+    list(connect(s.addr, Some(own)).await.unwrap()).await.expect("the bound certificate is served");
+    let other = base.identity(Identity::from_pem(&p.other_cert, &p.other_key));
+    let refused = list(connect(s.addr, Some(other)).await.unwrap()).await.expect_err("another certificate");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    s.stop().await;
+}
+
+/// With TLS on the main listener, Kubernetes gRPC probes (which cannot speak TLS) use the
+/// plaintext health listener: it answers health checks, including liveness, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_use_the_plaintext_health_listener() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let db = TestDb::new(common::Backend::Sqlite).await;
+    pki(db.dir());
+    let mut config = common::test_config(&db);
+    config.tls_cert = Some(db.dir().join("server.pem"));
+    config.tls_key = Some(db.dir().join("server.key"));
+    config.health_listen = Some("127.0.0.1:0".parse().unwrap());
+    let s = TestServer::start_on(db, config).await;
+    let channel = connect(s.health_addr.expect("health listener"), None).await.unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "liveness", "crm.iam.v1.Access"] {
+        let status = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status;
+        assert_eq!(status, 1, "{service:?} SERVING");
+    }
+    let other = list_tenants(channel).await.expect_err("only health is served there");
+    assert_eq!(other.code(), tonic::Code::Unimplemented);
     s.stop().await;
 }
