@@ -22,6 +22,8 @@ use tonic::{
 };
 
 pub const TOKEN: &str = "bench-admin-token-0123456789abcdef";
+/// The master key of benchmark servers (base64 of 32 bytes).
+const MASTER_KEY: &str = "YmVuY2gtbWFzdGVyLWtleS0wMTIzNDU2Nzg5YWJjZGU=";
 
 /// Adds the admin bearer token.
 #[derive(Clone)]
@@ -49,6 +51,7 @@ impl Server {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(["serve", "--database-url", database_url])
             .env("CRM_IAM_ADMIN_TOKEN", TOKEN)
+            .env("CRM_IAM_MASTER_KEY", MASTER_KEY)
             .env("RUST_LOG", std::env::var("CRM_IAM_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
