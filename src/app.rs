@@ -140,6 +140,11 @@ impl Application {
                 issuer: config.token_issuer.clone(),
                 audience: config.token_audience.clone(),
                 login_failures_per_address: config.login_failures_per_address,
+                trusted_proxies: config
+                    .trusted_proxies
+                    .iter()
+                    .map(|c| c.parse().map_err(|e| anyhow::anyhow!("trusted_proxies: {c:?} is not a CIDR range: {e}")))
+                    .collect::<anyhow::Result<_>>()?,
             },
         );
         let iam = Iam::new(db, Passwords::new(threads, config.password_hash_queue), auth);

@@ -120,6 +120,10 @@ pub struct Config {
     /// Password hashes admitted at once (waiting or running); beyond it, calls that hash are
     /// refused at once with RESOURCE_EXHAUSTED. 0 = 32 per hashing thread.
     pub password_hash_queue: usize,
+    /// Proxies (CIDR ranges, e.g. `10.0.0.0/8`) whose `x-forwarded-for` metadata names the client:
+    /// logins through them count against the client's address, not the proxy's. Empty: the TCP
+    /// peer is the client (the header is ignored, so nobody can choose their address).
+    pub trusted_proxies: Vec<String>,
     /// A plaintext listener serving only `grpc.health.v1.Health`, for Kubernetes gRPC probes
     /// when the main listener speaks TLS (probes cannot) (`CRM_IAM_HEALTH_LISTEN`, `--health-listen`).
     pub health_listen: Option<SocketAddr>,
@@ -164,6 +168,7 @@ impl Default for Config {
             master_key_file: None,
             password_hash_queue: 0,
             health_listen: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }

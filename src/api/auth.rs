@@ -36,15 +36,27 @@ impl AuthApi {
 /// Longest password accepted (argon2 cost grows with it).
 const PASSWORD_MAX: usize = 1024;
 
-/// Context of a call made without a token (login, token exchanges): the actor is who it is about.
-fn public_context<T>(req: &Request<T>, actor_id: &str) -> RequestContext {
+/// Context of a call made without a token (login, token exchanges): the actor is who it is about;
+/// the peer is the client's address (through trusted proxies: `AuthSettings::client_ip`).
+fn public_context<T>(iam: &Iam, req: &Request<T>, actor_id: &str) -> RequestContext {
+    let peer = match (client_ip(iam, req), req.remote_addr()) {
+        (Some(ip), Some(tcp)) if ip != tcp.ip() => Some(format!("{ip} via {tcp}")),
+        (_, tcp) => tcp.map(|a| a.to_string()),
+    };
     RequestContext {
         actor: Actor { kind: ActorKind::User, id: actor_id.to_owned() },
         request_id: None,
         trace_id: telemetry::current_trace_id(),
-        peer: req.remote_addr().map(|a| a.to_string()),
+        peer,
         idempotency: None,
     }
+}
+
+/// The client's address (see `AuthSettings::client_ip`).
+fn client_ip<T>(iam: &Iam, req: &Request<T>) -> Option<std::net::IpAddr> {
+    let forwarded: Vec<&str> =
+        req.metadata().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+    iam.auth.settings.client_ip(req.remote_addr().map(|a| a.ip()), &forwarded)
 }
 
 fn secret_field(v: &mut Violations, field: &str, value: &str) -> SecretString {
@@ -138,8 +150,8 @@ impl Auth for AuthApi {
             v.add("totp_code", "must be at most 64 characters");
         }
         v.finish()?;
-        let ctx = public_context(&req, "");
-        let ip = req.remote_addr().map(|a| a.ip());
+        let ctx = public_context(&self.iam, &req, "");
+        let ip = client_ip(&self.iam, &req);
         let t = self.iam.authenticate(&ctx, ip, &tenant_id, &msg.email, password, msg.totp_code.trim()).await?;
         Ok(Response::new(authenticate_response(t)))
     }
@@ -149,7 +161,7 @@ impl Auth for AuthApi {
         let mut v = Violations::default();
         token_field(&mut v, "refresh_token", &msg.refresh_token);
         v.finish()?;
-        let ctx = public_context(&req, "");
+        let ctx = public_context(&self.iam, &req, "");
         let t = self.iam.refresh(&ctx, &msg.refresh_token).await?;
         let a = authenticate_response(t);
         Ok(Response::new(pb::RefreshResponse {
@@ -260,7 +272,7 @@ impl Auth for AuthApi {
         token_field(&mut v, "invitation_token", &msg.invitation_token);
         let new = secret_field(&mut v, "new_password", &msg.new_password);
         v.finish()?;
-        let ctx = public_context(&req, "");
+        let ctx = public_context(&self.iam, &req, "");
         let user = self.iam.accept_invitation(&ctx, &msg.invitation_token, new).await?;
         Ok(Response::new(pb::AcceptInvitationResponse { user: Some(convert::user_to_proto(user)) }))
     }
@@ -274,7 +286,7 @@ impl Auth for AuthApi {
         token_field(&mut v, "reset_token", &msg.reset_token);
         let new = secret_field(&mut v, "new_password", &msg.new_password);
         v.finish()?;
-        let ctx = public_context(&req, "");
+        let ctx = public_context(&self.iam, &req, "");
         let user = self.iam.complete_password_reset(&ctx, &msg.reset_token, new).await?;
         Ok(Response::new(pb::CompletePasswordResetResponse { user: Some(convert::user_to_proto(user)) }))
     }
@@ -285,8 +297,11 @@ impl Auth for AuthApi {
     ) -> Result<Response<pb::EnrollTotpResponse>, Status> {
         let caller = caller(&req)?;
         let user = user_caller(&caller)?;
-        let ctx = mutation(&req, &caller, &user.tenant_id, "/crm.iam.v1.Auth/EnrollTotp", req.get_ref(), "", |_| {})?;
-        let (otpauth_uri, secret) = self.iam.enroll_totp(&ctx, user).await?;
+        let mut v = Violations::default();
+        let password = secret_field(&mut v, "current_password", &req.get_ref().current_password);
+        v.finish()?;
+        let ctx = mutation(&req, &caller, &user.tenant_id, "/crm.iam.v1.Auth/EnrollTotp", &(), "", |_| {})?;
+        let (otpauth_uri, secret) = self.iam.enroll_totp(&ctx, user, password).await?;
         Ok(Response::new(pb::EnrollTotpResponse { otpauth_uri, secret }))
     }
 

@@ -125,9 +125,15 @@ fn new_key_row(secrets: &MasterKeys) -> Result<signing_keys::Model> {
     })
 }
 
-/// The seed of a stored signing key. A value from before sealing (plain base64url) is read as is;
-/// [`crate::store::sealed::reseal`] seals it at start.
-fn open_seed(secrets: &MasterKeys, row: &signing_keys::Model) -> std::result::Result<[u8; 32], String> {
+/// The seed of a stored signing key. A value from before sealing (plain base64url) is accepted
+/// only with `allow_plain` (the start-up check, before [`crate::store::sealed::reseal`] seals it):
+/// once serving, an unsealed key is refused, so whoever can write to the database cannot plant a
+/// signing key of their own.
+fn open_seed(
+    secrets: &MasterKeys,
+    row: &signing_keys::Model,
+    allow_plain: bool,
+) -> std::result::Result<[u8; 32], String> {
     let bytes = if MasterKeys::sealed_with(&row.private_key).is_some() {
         secrets.open(Slot::SigningKey(&row.kid), &row.private_key).map_err(|e| match e {
             OpenError::UnknownKey(id) => format!(
@@ -138,10 +144,12 @@ fn open_seed(secrets: &MasterKeys, row: &signing_keys::Model) -> std::result::Re
             ),
             e => format!("signing key {}: {e}: the configured master key is not the one this database was sealed with", row.kid),
         })?
-    } else {
+    } else if allow_plain {
         base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(&row.private_key)
             .map_err(|e| format!("signing key {} is corrupt: {e}", row.kid))?
+    } else {
+        return Err(format!("signing key {} is not sealed with the master key: refused", row.kid));
     };
     bytes.try_into().map_err(|_| format!("signing key {} has a bad length", row.kid))
 }
@@ -150,13 +158,13 @@ fn open_seed(secrets: &MasterKeys, row: &signing_keys::Model) -> std::result::Re
 /// last by a master key rotation, so they tell whether the ring fits the database).
 pub async fn check_master_keys(db: &Db, secrets: &MasterKeys) -> anyhow::Result<()> {
     for row in signing_keys::Entity::find().all(db.conn()).await? {
-        open_seed(secrets, &row).map_err(anyhow::Error::msg)?;
+        open_seed(secrets, &row, true).map_err(anyhow::Error::msg)?;
     }
     Ok(())
 }
 
 fn to_key(secrets: &MasterKeys, row: &signing_keys::Model) -> Result<Key> {
-    let seed = open_seed(secrets, row).map_err(|e| Error::internal(anyhow::anyhow!(e)))?;
+    let seed = open_seed(secrets, row, false).map_err(|e| Error::internal(anyhow::anyhow!(e)))?;
     let der = ed25519_dalek::SigningKey::from_bytes(&seed)
         .to_pkcs8_der()
         .map_err(|e| Error::internal(anyhow::anyhow!("PKCS#8 encoding failed: {e}")))?;

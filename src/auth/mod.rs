@@ -77,8 +77,9 @@ pub struct ServiceCredential {
     /// Methods it may call: `Access.Check`, `crm.iam.v1.Access/Check`, or `Access.*` for a whole service.
     pub methods: Vec<String>,
     /// Mutual TLS: the token is accepted only on a connection whose client certificate names
-    /// this subject (its common name, or a DNS or URI subject alternative name, exactly), so a
-    /// stolen token alone is not enough. Unset: any connection.
+    /// this subject as a DNS or URI subject alternative name (exactly; a SPIFFE ID such as
+    /// `spiffe://crm.example/ns/deals/sa/deals`), so a stolen token alone is not enough. Unset:
+    /// any connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_subject: Option<String>,
 }
@@ -237,16 +238,16 @@ impl Authenticator {
     }
 }
 
-/// The names of a client certificate (the leaf of the chain): subject common names and DNS and
-/// URI subject alternative names.
+/// The names of a client certificate (the leaf of the chain): its DNS and URI subject alternative
+/// names (a SPIFFE ID is a URI SAN). The subject's common name is not used: it is free text that
+/// CAs constrain less, and RFC 6125 retired it for names.
 fn certificate_names(chain: &[CertificateDer<'static>]) -> Vec<String> {
     use x509_parser::{extensions::GeneralName, prelude::FromDer};
     let Some(leaf) = chain.first() else { return Vec::new() };
     let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(leaf.as_ref()) else {
         return Vec::new();
     };
-    let mut names: Vec<String> =
-        cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_owned).collect();
+    let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
             match n {

@@ -52,6 +52,7 @@ pub enum Reason {
     MfaRequired,
     TotpState,
     Overloaded,
+    Conflict,
 }
 
 impl Reason {
@@ -102,6 +103,7 @@ impl Reason {
             Reason::MfaRequired => "MFA_REQUIRED",
             Reason::TotpState => "TOTP_STATE",
             Reason::Overloaded => "OVERLOADED",
+            Reason::Conflict => "CONFLICT",
         }
     }
 }

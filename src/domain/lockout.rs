@@ -50,7 +50,14 @@ impl Policy {
     pub fn admit(&self, c: &mut Counters, now: DateTime<Utc>) -> Admission {
         match c.locked_until {
             Some(until) if until > now => return Admission::Refused { until },
-            Some(_) => c.locked_until = None,
+            Some(until) => {
+                c.locked_until = None;
+                // Locks in a row: a day without one starts the doubling afresh, so a handful of
+                // guesses a day cannot keep an account locked for a day at a time forever.
+                if now - until > QUIET_RESET {
+                    c.lockouts = 0;
+                }
+            }
             None => {}
         }
         c.failed += 1;
@@ -66,9 +73,21 @@ impl Policy {
     }
 }
 
-/// A verification succeeded: the account is in good standing again.
+/// How long after a lock ends the lockouts-in-a-row count starts again.
+const QUIET_RESET: Duration = Duration::days(1);
+
+/// A verification of the account's own secret (its password, or a code of the second factor at
+/// login) succeeded: the account is in good standing again, even if a racing admission locked it.
 pub fn succeed(c: &mut Counters) {
     *c = Counters::default();
+}
+
+/// A verification of something the caller may have chosen (the code of an authenticator being
+/// enrolled, or of one enrolled in this session) succeeded: only its own admission is taken back.
+/// It never lifts a lock: a session thief who enrolls an authenticator must not be able to reset
+/// the count of their password guesses with its codes.
+pub fn take_back_one(c: &mut Counters) {
+    c.failed = (c.failed - 1).max(0);
 }
 
 #[cfg(test)]
@@ -113,6 +132,31 @@ mod tests {
         p.admit(&mut c, later);
         let Admission::Admitted { locked_until: Some(until), .. } = p.admit(&mut c, later) else { panic!() };
         assert_eq!(until - later, Duration::seconds(600));
+    }
+
+    #[test]
+    fn a_quiet_day_restarts_the_doubling() {
+        let (p, now) = (policy(), Utc::now());
+        let mut c = Counters { failed: 0, lockouts: 6, locked_until: Some(now - Duration::hours(25)) };
+        let Admission::Admitted { .. } = p.admit(&mut c, now) else { panic!() };
+        assert_eq!(c.lockouts, 0);
+        let mut c = Counters { failed: 0, lockouts: 6, locked_until: Some(now - Duration::hours(1)) };
+        p.admit(&mut c, now);
+        assert_eq!(c.lockouts, 6, "an hour is not quiet enough");
+    }
+
+    #[test]
+    fn a_chosen_secret_takes_back_only_its_own_admission() {
+        let (p, now) = (policy(), Utc::now());
+        let mut c = Counters::default();
+        p.admit(&mut c, now);
+        p.admit(&mut c, now);
+        take_back_one(&mut c);
+        assert_eq!(c.failed, 1, "the earlier failure stays counted");
+        p.admit(&mut c, now);
+        let Admission::Admitted { locked_until: Some(until), .. } = p.admit(&mut c, now) else { panic!() };
+        take_back_one(&mut c);
+        assert_eq!(c.locked_until, Some(until), "never lifts a lock");
     }
 
     #[test]

@@ -49,6 +49,8 @@ struct Inner {
     limit: u32,
     window: Duration,
     windows: DashMap<Key, Window, foldhash::fast::RandomState>,
+    /// When expired windows were last swept (at most once a second, whatever the traffic).
+    swept: std::sync::Mutex<Instant>,
 }
 
 /// Failing-login slots per address and minute (0 = no limit).
@@ -62,13 +64,19 @@ pub struct Slot {
     inner: Option<(Arc<Inner>, Key, Instant)>,
 }
 
-/// Windows kept before the expired ones are swept.
+/// Windows kept before the expired ones are swept. Memory is bounded by the addresses (IPv6:
+/// /64 prefixes) that fail within one window: about 64 bytes each.
 const SWEEP_AT: usize = 50_000;
 
 impl AddressLimiter {
     pub fn new(limit_per_minute: u32) -> AddressLimiter {
         AddressLimiter((limit_per_minute > 0).then(|| {
-            Arc::new(Inner { limit: limit_per_minute, window: Duration::from_secs(60), windows: DashMap::default() })
+            Arc::new(Inner {
+                limit: limit_per_minute,
+                window: Duration::from_secs(60),
+                windows: DashMap::default(),
+                swept: std::sync::Mutex::new(Instant::now()),
+            })
         }))
     }
 
@@ -79,7 +87,7 @@ impl AddressLimiter {
         let (Some(inner), Some(ip)) = (&self.0, ip) else { return Ok(Slot { inner: None }) };
         let key = Key::from(ip);
         let now = Instant::now();
-        if inner.windows.len() >= SWEEP_AT {
+        if inner.windows.len() >= SWEEP_AT && inner.sweep_due(now) {
             inner.windows.retain(|_, w| now.duration_since(w.start) < inner.window);
         }
         let mut w = inner.windows.entry(key).or_insert(Window { start: now, used: 0 });
@@ -99,6 +107,19 @@ impl AddressLimiter {
         w.used += 1;
         let start = w.start;
         Ok(Slot { inner: Some((inner.clone(), key, start)) })
+    }
+}
+
+impl Inner {
+    /// Whether this caller sweeps now: at most once a second (a sweep walks every window; many
+    /// addresses at once must not make every login pay for it).
+    fn sweep_due(&self, now: Instant) -> bool {
+        let Ok(mut last) = self.swept.try_lock() else { return false };
+        if now.duration_since(*last) < Duration::from_secs(1) {
+            return false;
+        }
+        *last = now;
+        true
     }
 }
 

@@ -500,11 +500,30 @@ fn is_unavailable(e: &DbErr) -> bool {
     }
 }
 
+/// A transaction PostgreSQL aborted to resolve a conflict with another (deadlock, serialization
+/// failure): nothing was changed, and the caller may retry.
+fn is_conflict(e: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    match e {
+        DbErr::Exec(RuntimeErr::SqlxError(s)) | DbErr::Query(RuntimeErr::SqlxError(s)) => {
+            matches!(s.as_ref(), sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")))
+        }
+        _ => false,
+    }
+}
+
 impl From<DbErr> for Error {
     fn from(e: DbErr) -> Self {
         if is_unavailable(&e) {
             tracing::warn!(error = %e, "database unavailable");
             Error::unavailable("the database is unavailable; retry later")
+        } else if is_conflict(&e) {
+            tracing::warn!(error = %e, "transaction aborted by a conflict with another");
+            Error::new(
+                Kind::Aborted,
+                Reason::Conflict,
+                "the change conflicted with a concurrent one and was not made: retry",
+            )
         } else {
             Error::internal(e)
         }

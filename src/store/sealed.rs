@@ -44,9 +44,26 @@ fn plaintext(keys: &MasterKeys, slot: Slot<'_>, stored: &str) -> anyhow::Result<
     keys.open(slot, stored).map_err(|e| anyhow::anyhow!("a stored secret does not open: {e}"))
 }
 
-/// Seals again what `mode` selects; returns the counts.
+/// Seals again what `mode` selects; returns the counts. A value changed by a replica meanwhile
+/// (its compare-and-set missed) is found again by the next pass; passes repeat until one finds
+/// nothing left, so no value stays under a key about to be dropped.
 pub async fn reseal(db: &Db, keys: &MasterKeys, mode: Reseal) -> anyhow::Result<Resealed> {
+    let mut total = Resealed::default();
+    for _ in 0..10 {
+        let (done, missed) = reseal_pass(db, keys, mode).await?;
+        total.totp_secrets += done.totp_secrets;
+        total.signing_keys += done.signing_keys;
+        if missed == 0 {
+            return Ok(total);
+        }
+    }
+    anyhow::bail!("stored secrets kept changing while they were sealed again: run the command again")
+}
+
+/// One pass: (values sealed again, values whose compare-and-set missed).
+async fn reseal_pass(db: &Db, keys: &MasterKeys, mode: Reseal) -> anyhow::Result<(Resealed, u64)> {
     let mut done = Resealed::default();
+    let mut missed = 0;
     let mut after: Option<Uuid> = None;
     loop {
         let mut q = login_states::Entity::find()
@@ -82,6 +99,7 @@ pub async fn reseal(db: &Db, keys: &MasterKeys, mode: Reseal) -> anyhow::Result<
                     .exec(db.conn())
                     .await?;
                 done.totp_secrets += r.rows_affected;
+                missed += 1 - r.rows_affected;
             }
         }
     }
@@ -104,6 +122,7 @@ pub async fn reseal(db: &Db, keys: &MasterKeys, mode: Reseal) -> anyhow::Result<
             .exec(db.conn())
             .await?;
         done.signing_keys += r.rows_affected;
+        missed += 1 - r.rows_affected;
     }
-    Ok(done)
+    Ok((done, missed))
 }

@@ -82,6 +82,20 @@ pub async fn get(conn: &impl ConnectionTrait, tenant_id: &str, user_id: Uuid) ->
     find(conn, tenant_id, user_id).await?.ok_or_else(|| not_found(user_id))
 }
 
+/// The user's row, locked until `tx` ends (PostgreSQL; SQLite has one writer anyway), so that a
+/// decision on it (a login on the password it verified) cannot interleave with a change to it.
+/// Lock order: the user's row before their login state. `FOR NO KEY UPDATE`, like any update of
+/// the row: it does not block the `KEY SHARE` lock that the foreign keys of rows referring to the
+/// user take (a login state being created elsewhere), which `FOR UPDATE` would, in a deadlock.
+pub async fn get_for_update(tx: &super::Tx, tenant_id: &str, user_id: Uuid) -> Result<Row> {
+    users::Entity::find_by_id(user_id)
+        .lock(sea_orm::sea_query::LockType::NoKeyUpdate)
+        .one(&**tx)
+        .await?
+        .filter(|m| m.tenant_id == tenant_id)
+        .ok_or_else(|| not_found(user_id))
+}
+
 fn unique_error(e: sea_orm::DbErr) -> Error {
     let e = match e.sql_err() {
         Some(sea_orm::SqlErr::UniqueConstraintViolation(msg)) if msg.contains("employee_number") => {

@@ -213,11 +213,13 @@ async fn lockout_grows_and_is_audited(backend: Backend) {
 
     // The lock ends (simulated by moving it into the past); the next lockout lasts twice as long.
     let db = server.db.connect().await;
+    // A minute ago: the lock is over, but not a quiet day ago (which would restart the doubling).
+    let ended = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
     let past = match backend {
-        Backend::Sqlite => "UPDATE login_states SET locked_until = '2000-01-01T00:00:00+00:00'",
-        Backend::Postgres => "UPDATE login_states SET locked_until = '2000-01-01T00:00:00+00:00'::timestamptz",
+        Backend::Sqlite => format!("UPDATE login_states SET locked_until = '{ended}'"),
+        Backend::Postgres => format!("UPDATE login_states SET locked_until = '{ended}'::timestamptz"),
     };
-    db.execute_unprepared(past).await.unwrap();
+    db.execute_unprepared(&past).await.unwrap();
     for _ in 0..3 {
         expect_code(server.try_login("acme", "ann@example.com", "a wrong guess here", "").await, Code::Unauthenticated);
     }
@@ -232,7 +234,7 @@ async fn lockout_grows_and_is_audited(backend: Backend) {
         })
         .collect();
     assert_eq!(durations, [60.0, 120.0]);
-    db.execute_unprepared(past).await.unwrap();
+    db.execute_unprepared(&past).await.unwrap();
     let t = server.login("acme", "ann@example.com", PASSWORD).await;
     assert!(server.token_active(&t.access_token).await);
     server.stop().await;
@@ -450,7 +452,8 @@ async fn totp_enrollment_login_and_recovery_codes(backend: Backend) {
     let user = server.users().await.get_user(get_user("acme", &id)).await.unwrap().into_inner().user.unwrap();
     assert!(!user.mfa_enrolled, "not yet (and now the profile is cached)");
     let mut auth = server.auth_as(&t.access_token).await;
-    let enrolled = auth.enroll_totp(pb::EnrollTotpRequest {}).await.unwrap().into_inner();
+    let enrolled =
+        auth.enroll_totp(pb::EnrollTotpRequest { current_password: PASSWORD.into() }).await.unwrap().into_inner();
     assert!(enrolled.otpauth_uri.starts_with("otpauth://totp/"), "{}", enrolled.otpauth_uri);
     assert!(enrolled.otpauth_uri.contains(&enrolled.secret));
     let totp = totp_for(&enrolled.otpauth_uri);
@@ -581,7 +584,8 @@ async fn mfa_required_for_administrators(backend: Backend) {
     let s = expect_code(server.users_as(&t.access_token).await.list_users(list()).await, Code::PermissionDenied);
     assert_eq!(reason(&s), "MFA_REQUIRED");
     let mut auth = server.auth_as(&t.access_token).await;
-    let enrolled = auth.enroll_totp(pb::EnrollTotpRequest {}).await.unwrap().into_inner();
+    let enrolled =
+        auth.enroll_totp(pb::EnrollTotpRequest { current_password: PASSWORD.into() }).await.unwrap().into_inner();
     let totp = totp_for(&enrolled.otpauth_uri);
     let t0 = unix_now();
     auth.confirm_totp(pb::ConfirmTotpRequest { code: code_at(&totp, t0, 0) }).await.unwrap();

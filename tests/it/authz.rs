@@ -404,7 +404,9 @@ fn table() -> Vec<Row> {
                 new_password: "copper lantern beside a quiet harbor".into(),
             }
         }),
-        r!("Auth/EnrollTotp", own(OK), auth, enroll_totp, |i, ids| pb::EnrollTotpRequest {}),
+        r!("Auth/EnrollTotp", own(OK), auth, enroll_totp, |i, ids| pb::EnrollTotpRequest {
+            current_password: PASSWORD.into()
+        }),
         r!("Auth/ConfirmTotp", own(IA), auth, confirm_totp, |i, ids| pb::ConfirmTotpRequest { code: "000000".into() }),
         r!("Auth/DisableTotp", admin(FP), auth, disable_totp, |i, ids| pb::DisableTotpRequest {
             tenant_id: t(),

@@ -126,6 +126,9 @@ both_backends!(
     guessing_behind_a_session_locks_and_is_audited,
     custom_admin_roles_need_a_second_factor,
     the_totp_flow_is_no_password_oracle,
+    a_session_thief_cannot_reset_the_count_with_codes_of_their_own,
+    no_session_of_the_old_password_survives_a_password_change,
+    forwarded_addresses_count_only_through_trusted_proxies,
 );
 
 /// 200 wrong passwords at once for one account: at most `max_failed_attempts` are verified, the
@@ -187,7 +190,11 @@ fn code_at(t: &totp_rs::Totp, base: i64, offset_secs: i64) -> String {
 /// code was taken at (that step is used; the next one is fresh).
 async fn enroll(server: &TestServer, access_token: &str) -> (totp_rs::Totp, i64) {
     let mut auth = server.auth_as(access_token).await;
-    let enrolled = auth.enroll_totp(pb::EnrollTotpRequest {}).await.expect("enroll").into_inner();
+    let enrolled = auth
+        .enroll_totp(pb::EnrollTotpRequest { current_password: PASSWORD.into() })
+        .await
+        .expect("enroll")
+        .into_inner();
     let totp = totp_for(&enrolled.otpauth_uri);
     let t0 = unix_now();
     auth.confirm_totp(pb::ConfirmTotpRequest { code: code_at(&totp, t0, 0) }).await.expect("confirm");
@@ -448,7 +455,12 @@ async fn secrets_at_rest_are_not_in_clear(backend: Backend) {
     server.tenant("acme", 0).await;
     server.password_user("acme", "ann@example.com", PASSWORD, &[]).await;
     let t = server.login("acme", "ann@example.com", PASSWORD).await;
-    let enrolled = server.auth_as(&t.access_token).await.enroll_totp(pb::EnrollTotpRequest {}).await.unwrap();
+    let enrolled = server
+        .auth_as(&t.access_token)
+        .await
+        .enroll_totp(pb::EnrollTotpRequest { current_password: PASSWORD.into() })
+        .await
+        .unwrap();
     let secret = enrolled.into_inner().secret;
     let raw = totp_rs::Secret::try_from_base32(&secret).unwrap();
     let db = server.db.connect().await;
@@ -495,5 +507,169 @@ async fn secrets_at_rest_are_not_in_clear(backend: Backend) {
             }
         }
     }
+    server.stop().await;
+}
+
+/// A session thief cannot bind an authenticator of their own (EnrollTotp needs the password,
+/// counted like a login), and right codes of an authenticator enrolled in a session take back
+/// only their own admission: guesses mixed with such successes still lock the account.
+async fn a_session_thief_cannot_reset_the_count_with_codes_of_their_own(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.login_failures_per_address = 0).await;
+    tenant_with_lockout(&server, "acme", 3, false).await;
+    server.password_user("acme", "ann@example.com", PASSWORD, &[]).await;
+    let stolen = server.login("acme", "ann@example.com", PASSWORD).await;
+    let mut auth = server.auth_as(&stolen.access_token).await;
+    let s = expect_code(
+        auth.enroll_totp(pb::EnrollTotpRequest { current_password: "a guess of hers".into() }).await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(crate::common::bad_fields(&s), ["current_password"]);
+    assert_eq!(wrong_secret_verifications(&server, "acme").await, 1, "the wrong password counted");
+
+    // The owner (or whoever knows the password) enrolls; then two wrong old passwords...
+    let enrolled = auth
+        .enroll_totp(pb::EnrollTotpRequest { current_password: PASSWORD.into() })
+        .await
+        .expect("enroll with the password")
+        .into_inner();
+    let change = |old: &str| pb::ChangePasswordRequest { old_password: old.into(), new_password: NEW_PASSWORD.into() };
+    for guess in ["guess number one!", "guess number two!"] {
+        expect_code(auth.change_password(change(guess)).await, Code::InvalidArgument);
+    }
+    // ...and a right code of the authenticator enrolled in this session does not wipe them.
+    let totp = totp_for(&enrolled.otpauth_uri);
+    auth.confirm_totp(pb::ConfirmTotpRequest { code: code_at(&totp, unix_now(), 0) }).await.expect("confirm");
+    assert_eq!(events(&server, "acme", "auth.locked").await.len(), 1, "the third verification in a row locked");
+    let s = expect_code(auth.change_password(change(PASSWORD)).await, Code::ResourceExhausted);
+    assert_eq!(reason(&s), "TOO_MANY_ATTEMPTS");
+    // Guessing while locked ends the session.
+    expect_code(auth.change_password(change(PASSWORD)).await, Code::Unauthenticated);
+    server.stop().await;
+}
+
+/// Logins with the old password race a password change: whatever their interleaving, no session
+/// opened with the old password is active once the change is done (a login whose password was
+/// verified before the change but committed after it must fail).
+async fn no_session_of_the_old_password_survives_a_password_change(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.login_failures_per_address = 0;
+        c.password_hash_threads = 1;
+    })
+    .await;
+    tenant_with_lockout(&server, "acme", 100, false).await;
+    server
+        .tenants()
+        .await
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant: Some(pb::Tenant {
+                tenant_id: "acme".into(),
+                settings: Some(pb::TenantSettings {
+                    session_policy: Some(pb::SessionPolicy { max_sessions_per_user: 100, ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["settings.session_policy".into()] }),
+            ..Default::default()
+        })
+        .await
+        .expect("session limit");
+    server.password_user("acme", "ann@example.com", PASSWORD, &[]).await;
+    let own = server.login("acme", "ann@example.com", PASSWORD).await;
+    // Logins with the old password keep arriving before, during and after the change, so some
+    // read the old password before the change commits and verify it after.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut logins = Vec::new();
+    for _ in 0..8 {
+        let mut client = server.auth().await;
+        let (answered, stop) = (answered.clone(), stop.clone());
+        logins.push(tokio::spawn(async move {
+            let mut tokens = Vec::new();
+            while !stop.is_cancelled() {
+                let r = client
+                    .authenticate(pb::AuthenticateRequest {
+                        tenant_id: "acme".into(),
+                        email: "ann@example.com".into(),
+                        password: PASSWORD.into(),
+                        totp_code: String::new(),
+                    })
+                    .await;
+                answered.fetch_add(1, Ordering::SeqCst);
+                if let Ok(r) = r {
+                    tokens.push(r.into_inner().access_token);
+                }
+            }
+            tokens
+        }));
+    }
+    crate::common::eventually("logins are answered", || async { answered.load(Ordering::SeqCst) >= 2 }).await;
+    server
+        .auth_as(&own.access_token)
+        .await
+        .change_password(pb::ChangePasswordRequest { old_password: PASSWORD.into(), new_password: NEW_PASSWORD.into() })
+        .await
+        .expect("change password");
+    let after = answered.load(Ordering::SeqCst);
+    crate::common::eventually("logins that started before the change are answered", || async {
+        answered.load(Ordering::SeqCst) >= after + 16
+    })
+    .await;
+    stop.cancel();
+    let logins: Vec<String> = futures::future::join_all(logins).await.into_iter().flat_map(Result::unwrap).collect();
+    let mut survived = 0;
+    for token in &logins {
+        if server.token_active(token).await {
+            survived += 1;
+        }
+    }
+    assert_eq!(survived, 0, "sessions opened with the old password outlived the change");
+    server.stop().await;
+}
+
+/// Behind a trusted proxy, each client's address has its own budget (x-forwarded-for); from
+/// anyone else the header is ignored, so an attacker cannot pick a fresh address per guess.
+async fn forwarded_addresses_count_only_through_trusted_proxies(backend: Backend) {
+    async fn login(
+        server: &TestServer,
+        forwarded: &'static str,
+        i: usize,
+    ) -> Result<tonic::Response<pb::AuthenticateResponse>, tonic::Status> {
+        let channel = server.channel();
+        {
+            let mut req = tonic::Request::new(pb::AuthenticateRequest {
+                tenant_id: "acme".into(),
+                email: format!("nobody-{i}@example.com"),
+                password: "Summer2026!".into(),
+                totp_code: String::new(),
+            });
+            req.metadata_mut().insert("x-forwarded-for", forwarded.parse().unwrap());
+            pb::auth_client::AuthClient::new(channel.await).authenticate(req).await
+        }
+    }
+    // Not trusted: the header does not help; the budget of the real peer runs out.
+    let server = TestServer::start_with(backend, |c| c.login_failures_per_address = 2).await;
+    server.tenant("acme", 0).await;
+    for (i, forwarded) in ["198.51.100.1", "198.51.100.2"].into_iter().enumerate() {
+        expect_code(login(&server, forwarded, i).await, Code::Unauthenticated);
+    }
+    expect_code(login(&server, "198.51.100.3", 3).await, Code::ResourceExhausted);
+    server.stop().await;
+
+    // Trusted (the proxy is on loopback): each client counts apart; the proxy itself never runs out.
+    let server = TestServer::start_with(backend, |c| {
+        c.login_failures_per_address = 2;
+        c.trusted_proxies = vec!["127.0.0.0/8".into(), "::1/128".into()];
+    })
+    .await;
+    server.tenant("acme", 0).await;
+    for i in 0..2 {
+        expect_code(login(&server, "203.0.113.9", i).await, Code::Unauthenticated);
+    }
+    let s = expect_code(login(&server, "203.0.113.9", 2).await, Code::ResourceExhausted);
+    assert_eq!(reason(&s), "TOO_MANY_ATTEMPTS");
+    expect_code(login(&server, "10.9.8.7, 203.0.113.10", 3).await, Code::Unauthenticated);
+    let failed = events(&server, "acme", "auth.login_failed").await;
+    assert!(failed.iter().any(|e| e.peer.starts_with("203.0.113.10 via 127.0.0.1")), "the audit shows the client");
     server.stop().await;
 }

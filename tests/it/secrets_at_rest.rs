@@ -44,7 +44,8 @@ async fn a_master_key_rotation_keeps_logins_and_tokens(backend: Backend) {
     server.password_user("acme", "ann@example.com", PASSWORD, &[]).await;
     let first = server.login("acme", "ann@example.com", PASSWORD).await;
     let mut auth = server.auth_as(&first.access_token).await;
-    let enrolled = auth.enroll_totp(pb::EnrollTotpRequest {}).await.unwrap().into_inner();
+    let enrolled =
+        auth.enroll_totp(pb::EnrollTotpRequest { current_password: PASSWORD.into() }).await.unwrap().into_inner();
     let totp = totp_rs::Totp::from_url(&enrolled.otpauth_uri).unwrap();
     let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     auth.confirm_totp(pb::ConfirmTotpRequest { code: totp.generate(t0).to_string() }).await.unwrap();

@@ -95,7 +95,13 @@ impl Iam {
                 let mut c = counters(&state);
                 let admission = policy(tenant).admit(&mut c, now());
                 match admission {
-                    Admission::Refused { .. } => tx.audit(attempt.record(tenant_id, user_id, "locked")),
+                    Admission::Refused { .. } => {
+                        tx.audit(attempt.record(tenant_id, user_id, "locked"));
+                        // Guessing inside a session while the account is locked: end the session.
+                        if let Attempt::InSession { session_id, .. } = attempt {
+                            end_guessing_session(tx, tenant_id, user_id, session_id).await?;
+                        }
+                    }
                     Admission::Admitted { attempt: n, locked_until } => {
                         set_counters(&mut state, c);
                         sessions::save_login_state(tx, state).await?;
@@ -134,24 +140,39 @@ impl Iam {
             return Ok(());
         };
         tx.audit(attempt.record(tenant_id, user_id, reason).with_detail("failed_attempts", n));
-        if let (Attempt::InSession { session_id, .. }, Some(_)) = (attempt, locked_until)
-            && sessions::end(tx, &[session_id], "locked_out").await? > 0
-        {
-            tx.policy_changed(tenant_id, Some(user_id));
-            tx.audit(
-                AuditRecord::new(Some(tenant_id), "auth.sessions_revoked", "user", user_id)
-                    .with_detail("reason", "locked_out")
-                    .with_detail("session_ids", vec![session_id.to_string()]),
-            );
+        if let (Attempt::InSession { session_id, .. }, Some(_)) = (attempt, locked_until) {
+            end_guessing_session(tx, tenant_id, user_id, session_id).await?;
         }
         Ok(())
     }
 }
 
-/// A verification succeeded: the count is taken back (in the login state the caller locked with
-/// `lock_login_state` and then saves).
-pub(super) fn take_back(state: &mut LoginState) {
+/// Ends the session a locked account was guessed through (audited).
+async fn end_guessing_session(tx: &Tx, tenant_id: &str, user_id: Uuid, session_id: Uuid) -> Result<()> {
+    if sessions::end(tx, &[session_id], "locked_out").await? > 0 {
+        tx.policy_changed(tenant_id, Some(user_id));
+        tx.audit(
+            AuditRecord::new(Some(tenant_id), "auth.sessions_revoked", "user", user_id)
+                .with_detail("reason", "locked_out")
+                .with_detail("session_ids", vec![session_id.to_string()]),
+        );
+    }
+    Ok(())
+}
+
+/// The account's own secret was verified (its password, and at login its second factor): the
+/// count is taken back, a lock set by a racing admission included (in the login state the caller
+/// locked with `lock_login_state` and then saves).
+pub(super) fn proved_own_secret(state: &mut LoginState) {
     let mut c = counters(state);
     lockout::succeed(&mut c);
+    set_counters(state, c);
+}
+
+/// A code of an authenticator the caller may have enrolled themselves was right: only this
+/// verification's own admission is taken back; a lock stays (`lockout::take_back_one`).
+pub(super) fn proved_chosen_secret(state: &mut LoginState) {
+    let mut c = counters(state);
+    lockout::take_back_one(&mut c);
     set_counters(state, c);
 }

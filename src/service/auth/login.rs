@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Tokens, attempt_context,
-    guard::{Attempt, take_back},
+    guard::{Attempt, proved_own_secret},
     invalid_credentials,
 };
 use crate::{
@@ -114,7 +114,7 @@ impl Iam {
         if let Admission::Refused { .. } = admission {
             return Err(invalid_credentials());
         }
-        let account = row.email.clone().unwrap_or_default();
+        let verified_hash = row.password_hash.clone();
         let outcome = self
             .db
             .write(&attempt_context(ctx), async |tx| {
@@ -122,9 +122,19 @@ impl Iam {
                     self.record_failure(tx, tenant_id, user_id, Attempt::Login, admission, "wrong_password").await?;
                     return Ok(Login::Failed);
                 }
+                // Decide on the account as it is now, locked against changes until commit (lock
+                // order: the user's row, then the login state): a password changed or reset, a
+                // deactivation or an enrollment while the password was verified is not bypassed,
+                // and a change committing after this one ends the session it opens.
+                let row = users::get_for_update(tx, tenant_id, user_id).await?;
+                if row.password_hash != verified_hash || users::state(&row)? != UserState::Active {
+                    self.record_failure(tx, tenant_id, user_id, Attempt::Login, admission, "changed_meanwhile").await?;
+                    return Ok(Login::Failed);
+                }
                 let mut amr = vec!["pwd"];
                 let mut state = sessions::lock_login_state(tx, user_id).await?;
                 if row.mfa_enrolled {
+                    let account = row.email.clone().unwrap_or_default();
                     if !self.second_factor_ok(tx, &mut state, &account, code).await? {
                         let reason = if code.is_empty() { "code_missing" } else { "wrong_code" };
                         self.record_failure(tx, tenant_id, user_id, Attempt::Login, admission, reason).await?;
@@ -132,7 +142,7 @@ impl Iam {
                     }
                     amr.push("otp");
                 }
-                take_back(&mut state);
+                proved_own_secret(&mut state);
                 sessions::save_login_state(tx, state).await?;
                 users::set_last_login(tx, tenant_id, user_id, now()).await?;
                 let tokens = self.open_session(tx, ctx, &tenant, &row, row.must_change_password, &amr).await?;

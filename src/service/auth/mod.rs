@@ -47,11 +47,44 @@ pub struct AuthSettings {
     /// Failed logins per minute from one network address before further attempts from it are
     /// refused for a while (0 = no limit).
     pub login_failures_per_address: u32,
+    /// Proxies whose `x-forwarded-for` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        AuthSettings { issuer: "crm-iam".into(), audience: "crm".into(), login_failures_per_address: 30 }
+        AuthSettings {
+            issuer: "crm-iam".into(),
+            audience: "crm".into(),
+            login_failures_per_address: 30,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl AuthSettings {
+    /// The client's address: the TCP peer, or, when the peer is a trusted proxy, the nearest
+    /// address in `forwarded_for` (the `x-forwarded-for` values, in order) that is not one.
+    pub fn client_ip(&self, peer: Option<std::net::IpAddr>, forwarded_for: &[&str]) -> Option<std::net::IpAddr> {
+        let peer = peer?;
+        let trusted = |ip: &std::net::IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
+        if !trusted(&peer) {
+            return Some(peer);
+        }
+        let hops = forwarded_for.iter().flat_map(|v| v.split(',')).map(str::trim).collect::<Vec<_>>();
+        for hop in hops.into_iter().rev() {
+            let ip = hop
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
+            match ip {
+                Some(ip) if !trusted(&ip) => return Some(ip),
+                Some(_) => continue,
+                // Garbage in the chain: stop at the last proxy we trust.
+                None => break,
+            }
+        }
+        Some(peer)
     }
 }
 
@@ -159,4 +192,26 @@ struct StoredJwk {
 /// Compares two secrets in constant time.
 pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_the_peer_unless_the_peer_is_a_trusted_proxy() {
+        let s = AuthSettings {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "192.168.1.1/32".parse().unwrap()],
+            ..Default::default()
+        };
+        let ip = |t: &str| Some(t.parse().unwrap());
+        // Anyone else's header is ignored: no address of one's choosing.
+        assert_eq!(s.client_ip(ip("198.51.100.7"), &["203.0.113.1"]), ip("198.51.100.7"));
+        // Through trusted proxies: the nearest untrusted hop, whatever the client put first.
+        assert_eq!(s.client_ip(ip("10.1.2.3"), &["6.6.6.6, 203.0.113.1, 192.168.1.1"]), ip("203.0.113.1"));
+        assert_eq!(s.client_ip(ip("10.1.2.3"), &["6.6.6.6", "203.0.113.1:4411"]), ip("203.0.113.1"));
+        assert_eq!(s.client_ip(ip("10.1.2.3"), &[]), ip("10.1.2.3"), "no header: the proxy itself");
+        assert_eq!(s.client_ip(ip("10.1.2.3"), &["junk"]), ip("10.1.2.3"));
+        assert_eq!(AuthSettings::default().client_ip(ip("10.1.2.3"), &["203.0.113.1"]), ip("10.1.2.3"));
+    }
 }

@@ -5,13 +5,13 @@ use secrecy::SecretString;
 
 use super::{
     Tokens, attempt_context,
-    guard::{Attempt, locked_error, take_back},
+    guard::{Attempt, locked_error, proved_own_secret},
     token_invalid,
 };
 use crate::{
     auth::UserCaller,
     domain::{
-        Error, Result,
+        Error, Kind, Reason, Result,
         audit::{Actor, ActorKind, AuditRecord, RequestContext},
         lockout::Admission,
         now,
@@ -47,7 +47,8 @@ impl Iam {
         if let Admission::Refused { until } = admission {
             return Err(locked_error(until));
         }
-        if !self.passwords.verify(verify_ticket, old, row.password_hash.clone()).await? {
+        let verified_hash = row.password_hash.clone();
+        if !self.passwords.verify(verify_ticket, old, verified_hash.clone()).await? {
             self.db
                 .write(&attempt_context(ctx), async |tx| {
                     self.record_failure(tx, tenant_id, user_id, attempt, admission, "wrong_password").await
@@ -59,12 +60,19 @@ impl Iam {
         let amr: Vec<String> = caller.amr.clone();
         self.db
             .write(ctx, async |tx| {
-                let row = users::get(&**tx, tenant_id, user_id).await?;
+                let row = users::get_for_update(tx, tenant_id, user_id).await?;
                 if users::state(&row)? != UserState::Active {
                     return Err(super::invalid_credentials());
                 }
+                if row.password_hash != verified_hash {
+                    return Err(Error::new(
+                        Kind::Aborted,
+                        Reason::EtagMismatch,
+                        "the password changed meanwhile: log in again with the current password",
+                    ));
+                }
                 let mut state = sessions::lock_login_state(tx, user_id).await?;
-                take_back(&mut state);
+                proved_own_secret(&mut state);
                 sessions::save_login_state(tx, state).await?;
                 let version = row.version;
                 let mut new_row = row;

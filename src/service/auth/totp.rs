@@ -9,7 +9,7 @@ use totp_rs::{Builder as TotpBuilder, Secret, Totp};
 use uuid::Uuid;
 
 use super::{
-    guard::{Attempt, locked_error, take_back},
+    guard::{Attempt, locked_error, proved_chosen_secret, proved_own_secret},
     sha256_hex,
 };
 use crate::{
@@ -75,7 +75,7 @@ fn accept_totp_at(t: &Totp, code: &str, last_step: Option<i64>, now: u64) -> Opt
 #[derive(Serialize, Deserialize)]
 enum Checked<T> {
     Ok(T),
-    WrongCode,
+    Wrong,
 }
 
 impl Iam {
@@ -106,7 +106,15 @@ impl Iam {
             return sessions::use_recovery_code(tx, state.user_id, &hash).await;
         }
         let Some(sealed) = state.totp_secret.clone() else { return Ok(false) };
-        let t = self.open_totp(Slot::TotpSecret(state.user_id), &sealed, account)?;
+        let t = match self.open_totp(Slot::TotpSecret(state.user_id), &sealed, account) {
+            Ok(t) => t,
+            // Never an error the caller sees: only a right password gets here, so an INTERNAL
+            // answer would tell a guesser the password was right. The operator hears of it.
+            Err(e) => {
+                tracing::error!(user_id = %state.user_id, error = %e, "a TOTP secret does not open: the login fails");
+                return Ok(false);
+            }
+        };
         match accept_totp_at(&t, code, state.totp_last_step, unix_now()) {
             Some(step) => {
                 state.totp_last_step = Some(step);
@@ -116,34 +124,59 @@ impl Iam {
         }
     }
 
-    /// `Auth.EnrollTotp`: a new pending secret; returns (otpauth URI, base32 secret).
-    pub async fn enroll_totp(&self, ctx: &RequestContext, caller: &UserCaller) -> Result<(String, String)> {
-        let row = users::get(self.db.conn(), &caller.tenant_id, caller.user_id).await?;
+    /// `Auth.EnrollTotp`: a new pending secret; returns (otpauth URI, base32 secret). The caller
+    /// proves it with the current password, verified like a login's (counted, audited).
+    pub async fn enroll_totp(
+        &self,
+        ctx: &RequestContext,
+        caller: &UserCaller,
+        password: secrecy::SecretString,
+    ) -> Result<(String, String)> {
+        let (tenant_id, user_id) = (caller.tenant_id.as_str(), caller.user_id);
+        let ticket = self.passwords.admit()?;
+        let tenant = self.tenant_settings(tenant_id).await?;
+        let row = users::get(self.db.conn(), tenant_id, user_id).await?;
         if row.mfa_enrolled {
             return Err(Error::precondition(
                 Reason::TotpState,
                 "TOTP",
-                format!("users/{}", caller.user_id),
+                format!("users/{user_id}"),
                 "TOTP is already enrolled: disable it first to enroll a new authenticator",
             ));
         }
+        let attempt = Attempt::InSession { method: "EnrollTotp", session_id: caller.session_id };
+        let admission = self.admit_verification(ctx, &tenant, user_id, attempt).await?;
+        if let Admission::Refused { until } = admission {
+            return Err(locked_error(until));
+        }
+        let verified_hash = row.password_hash.clone();
+        let password_ok = self.passwords.verify(ticket, password, verified_hash.clone()).await?;
         let mut bytes = [0u8; TOTP_SECRET_BYTES];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
         let secret = Secret::from(bytes.to_vec()).to_base32();
         let t = totp(&secret, row.email.as_deref().unwrap_or_default(), &self.auth.settings.issuer)?;
         let uri = t.to_url().map_err(|e| Error::internal(anyhow::anyhow!("otpauth URI failed: {e:?}")))?;
-        let user_id = caller.user_id;
         let sealed = self.auth.secrets.seal(Slot::TotpPendingSecret(user_id), secret.as_bytes());
-        self.db
+        let outcome = self
+            .db
             .write(ctx, async |tx| {
+                let row = users::get_for_update(tx, tenant_id, user_id).await?;
+                if !password_ok || row.password_hash != verified_hash {
+                    self.record_failure(tx, tenant_id, user_id, attempt, admission, "wrong_password").await?;
+                    return Ok(Checked::Wrong);
+                }
                 let mut state = sessions::lock_login_state(tx, user_id).await?;
+                proved_own_secret(&mut state);
                 state.totp_pending_secret = Some(sealed.clone());
                 sessions::save_login_state(tx, state).await?;
-                tx.audit(AuditRecord::new(Some(&caller.tenant_id), "auth.totp_enrollment_started", "user", user_id));
-                Ok(())
+                tx.audit(AuditRecord::new(Some(tenant_id), "auth.totp_enrollment_started", "user", user_id));
+                Ok(Checked::Ok(()))
             })
             .await?;
-        Ok((uri, secret))
+        match outcome {
+            Checked::Ok(()) => Ok((uri, secret)),
+            Checked::Wrong => Err(Error::invalid_field("current_password", "is not the current password")),
+        }
     }
 
     /// `Auth.ConfirmTotp`: activates the pending secret with a current code (a wrong code counts
@@ -177,10 +210,11 @@ impl Iam {
                 let step = is_totp_code(code).then(|| accept_totp_at(&t, code, None, unix_now())).flatten();
                 let Some(step) = step else {
                     self.record_failure(tx, tenant_id, user_id, attempt, admission, "wrong_code").await?;
-                    return Ok(Checked::WrongCode);
+                    return Ok(Checked::Wrong);
                 };
+                users::get_for_update(tx, tenant_id, user_id).await?;
                 let mut state = sessions::lock_login_state(tx, user_id).await?;
-                take_back(&mut state);
+                proved_chosen_secret(&mut state);
                 if state.totp_pending_secret.as_deref() != Some(pending.as_str()) {
                     return Err(Error::new(
                         Kind::Aborted,
@@ -202,7 +236,7 @@ impl Iam {
             .await?;
         match outcome {
             Checked::Ok(()) => Ok(codes),
-            Checked::WrongCode => Err(Error::invalid_field("code", "is not a current code of the authenticator app")),
+            Checked::Wrong => Err(Error::invalid_field("code", "is not a current code of the authenticator app")),
         }
     }
 
@@ -251,18 +285,15 @@ impl Iam {
         let outcome = self
             .db
             .write(ctx, async |tx| {
-                let mut state = match checked {
-                    Some((code, attempt, admission)) => {
-                        let mut state = sessions::lock_login_state(tx, user_id).await?;
-                        if !self.second_factor_ok(tx, &mut state, &account, code).await? {
-                            self.record_failure(tx, tenant_id, user_id, attempt, admission, "wrong_code").await?;
-                            return Ok(Checked::WrongCode);
-                        }
-                        take_back(&mut state);
-                        state
+                users::get_for_update(tx, tenant_id, user_id).await?;
+                let mut state = sessions::lock_login_state(tx, user_id).await?;
+                if let Some((code, attempt, admission)) = checked {
+                    if !self.second_factor_ok(tx, &mut state, &account, code).await? {
+                        self.record_failure(tx, tenant_id, user_id, attempt, admission, "wrong_code").await?;
+                        return Ok(Checked::Wrong);
                     }
-                    None => sessions::lock_login_state(tx, user_id).await?,
-                };
+                    proved_chosen_secret(&mut state);
+                }
                 state.totp_secret = None;
                 state.totp_pending_secret = None;
                 state.totp_last_step = None;
@@ -273,7 +304,7 @@ impl Iam {
             .await?;
         match outcome {
             Checked::Ok(user) => Ok(user),
-            Checked::WrongCode => Err(Error::invalid_field("code", "is not a current code or an unused recovery code")),
+            Checked::Wrong => Err(Error::invalid_field("code", "is not a current code or an unused recovery code")),
         }
     }
 }
