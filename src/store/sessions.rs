@@ -179,6 +179,19 @@ pub async fn lock_login_state(tx: &Tx, user_id: Uuid) -> Result<LoginState> {
         .await?)
 }
 
+/// A verified secret of the account: the lockout counters start again (the row exists: the
+/// verification's admission made it). One statement, for logins that touch nothing else of it.
+pub async fn clear_failures(tx: &Tx, user_id: Uuid) -> Result<()> {
+    login_states::Entity::update_many()
+        .col_expr(login_states::Column::FailedLogins, 0.into())
+        .col_expr(login_states::Column::Lockouts, 0.into())
+        .col_expr(login_states::Column::LockedUntil, Option::<chrono::DateTime<chrono::Utc>>::None.into())
+        .filter(login_states::Column::UserId.eq(user_id))
+        .exec(&**tx)
+        .await?;
+    Ok(())
+}
+
 /// Writes a user's login state (insert or replace).
 pub async fn save_login_state(tx: &Tx, s: LoginState) -> Result<()> {
     login_states::Entity::insert(login_states::ActiveModel::from(s))

@@ -218,6 +218,33 @@ pub async fn count_in_department(conn: &impl ConnectionTrait, tenant_id: &str, d
         .await?)
 }
 
+/// Records the login of a user whose password `verified_hash` was just verified, if the user is
+/// still ACTIVE with that password and without a second factor, and returns the row (locked until
+/// `tx` ends, like [`get_for_update`]); None when anything of that changed, or the user has a second
+/// factor (the caller then decides on the locked row). One statement for the common login.
+pub async fn record_plain_login(
+    tx: &Tx,
+    tenant_id: &str,
+    user_id: Uuid,
+    verified_hash: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<Row>> {
+    let rows = users::Entity::update_many()
+        .col_expr(users::Column::LastLoginTime, Some(at).into())
+        .filter(users::Column::UserId.eq(user_id))
+        .filter(users::Column::TenantId.eq(tenant_id))
+        .filter(users::Column::PasswordHash.eq(verified_hash))
+        .filter(users::Column::State.eq(UserState::Active.as_str()))
+        .filter(users::Column::MfaEnrolled.eq(false))
+        .exec_with_returning(&**tx)
+        .await?;
+    let row = rows.into_iter().next();
+    if row.is_some() {
+        tx.profile_changed(tenant_id, user_id);
+    }
+    Ok(row)
+}
+
 /// Records a login. Not a profile edit: the version (etag) stays, so a login never makes an
 /// administrator's concurrent update fail; the cached profile (which shows the time) is dropped.
 pub async fn set_last_login(tx: &Tx, tenant_id: &str, user_id: Uuid, at: chrono::DateTime<chrono::Utc>) -> Result<()> {

@@ -10,7 +10,7 @@ use tonic_types::StatusExt;
 
 use crate::{
     both_backends,
-    common::{Backend, TestServer, bad_fields, count, expect_code, invite, pb, reason},
+    common::{Backend, TestServer, bad_fields, code_at, count, expect_code, invite, pb, reason, totp_for, unix_now},
 };
 
 const PASSWORD: &str = "velvet staircase under morning rain";
@@ -428,20 +428,6 @@ async fn password_reset_ends_sessions_and_sets_a_new_password(backend: Backend) 
     assert_eq!(reason(&s), "TOKEN_INVALID");
     server.login("acme", "ann@example.com", NEW_PASSWORD).await;
     server.stop().await;
-}
-
-fn totp_for(uri: &str) -> totp_rs::Totp {
-    totp_rs::Totp::from_url(uri).expect("otpauth URI")
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
-/// The code of the step `offset_secs` after `base`. Tests fix `base` once, so a step boundary
-/// crossed while they run cannot turn an expected replay into a fresh code.
-fn code_at(t: &totp_rs::Totp, base: i64, offset_secs: i64) -> String {
-    t.generate((base + offset_secs) as u64).to_string()
 }
 
 async fn totp_enrollment_login_and_recovery_codes(backend: Backend) {

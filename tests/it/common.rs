@@ -447,3 +447,18 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// The authenticator of an `otpauth://` URI (from EnrollTotp).
+pub fn totp_for(uri: &str) -> totp_rs::Totp {
+    totp_rs::Totp::from_url(uri).expect("otpauth URI")
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// The code of the step `offset_secs` after `base`. Tests fix `base` once, so a step boundary
+/// crossed while they run cannot turn an expected replay into a fresh code.
+pub fn code_at(t: &totp_rs::Totp, base: i64, offset_secs: i64) -> String {
+    t.generate((base + offset_secs) as u64).to_string()
+}

@@ -10,7 +10,7 @@ use tonic::Code;
 
 use crate::{
     both_backends,
-    common::{Backend, TestDb, TestServer, expect_code, pb, reason, test_config},
+    common::{Backend, TestDb, TestServer, code_at, expect_code, pb, reason, test_config, totp_for, unix_now},
 };
 
 const PASSWORD: &str = "velvet staircase under morning rain";
@@ -172,18 +172,6 @@ async fn parallel_guesses_on_two_replicas_are_bounded_by_the_lockout() {
     }
     b.stop().await;
     a.stop().await;
-}
-
-fn totp_for(uri: &str) -> totp_rs::Totp {
-    totp_rs::Totp::from_url(uri).expect("otpauth URI")
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
-fn code_at(t: &totp_rs::Totp, base: i64, offset_secs: i64) -> String {
-    t.generate((base + offset_secs) as u64).to_string()
 }
 
 /// Enrolls TOTP for a logged-in user; returns the authenticator and the time base its confirming

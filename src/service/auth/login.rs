@@ -46,6 +46,16 @@ enum Login {
 }
 
 impl Iam {
+    /// Records a login attempt that changes nothing else (its own transaction).
+    async fn record_attempt(&self, ctx: &RequestContext, record: AuditRecord) -> Result<()> {
+        self.db
+            .write(&attempt_context(ctx), async |tx| {
+                tx.audit(record);
+                Ok(())
+            })
+            .await
+    }
+
     /// `Auth.Authenticate`.
     pub async fn authenticate(
         &self,
@@ -83,12 +93,7 @@ impl Iam {
                 let record = AuditRecord::new(Some(tenant_id), "auth.login_failed", "user", "")
                     .with_detail("reason", "unknown_email")
                     .with_detail("email", email_key.clone());
-                self.db
-                    .write(&attempt_context(ctx), async |tx| {
-                        tx.audit(record);
-                        Ok(())
-                    })
-                    .await?;
+                self.record_attempt(ctx, record).await?;
             }
             return Err(invalid_credentials());
         };
@@ -97,12 +102,7 @@ impl Iam {
             self.passwords.verify(ticket, password, None).await?;
             let record = AuditRecord::new(Some(tenant_id), "auth.login_failed", "user", user_id)
                 .with_detail("reason", "not_active");
-            self.db
-                .write(&attempt_context(ctx), async |tx| {
-                    tx.audit(record);
-                    Ok(())
-                })
-                .await?;
+            self.record_attempt(ctx, record).await?;
             return Err(invalid_credentials());
         }
         let admission = self.admit_verification(ctx, &tenant, user_id, Attempt::Login).await?;
@@ -125,26 +125,43 @@ impl Iam {
                 // Decide on the account as it is now, locked against changes until commit (lock
                 // order: the user's row, then the login state): a password changed or reset, a
                 // deactivation or an enrollment while the password was verified is not bypassed,
-                // and a change committing after this one ends the session it opens.
-                let row = users::get_for_update(tx, tenant_id, user_id).await?;
-                if row.password_hash != verified_hash || users::state(&row)? != UserState::Active {
-                    self.record_failure(tx, tenant_id, user_id, Attempt::Login, admission, "changed_meanwhile").await?;
-                    return Ok(Login::Failed);
-                }
-                let mut amr = vec!["pwd"];
-                let mut state = sessions::lock_login_state(tx, user_id).await?;
-                if row.mfa_enrolled {
-                    let account = row.email.clone().unwrap_or_default();
-                    if !self.second_factor_ok(tx, &mut state, &account, code).await? {
-                        let reason = if code.is_empty() { "code_missing" } else { "wrong_code" };
-                        self.record_failure(tx, tenant_id, user_id, Attempt::Login, admission, reason).await?;
-                        return Ok(Login::Failed);
+                // and a change committing after this one ends the session it opens. The common
+                // login (no second factor, nothing changed) is one statement; any other reads the
+                // locked row and decides.
+                let at = now();
+                let plain = match &verified_hash {
+                    Some(h) if !row.mfa_enrolled => users::record_plain_login(tx, tenant_id, user_id, h, at).await?,
+                    _ => None,
+                };
+                let (row, amr) = match plain {
+                    Some(row) => {
+                        sessions::clear_failures(tx, user_id).await?;
+                        (row, vec!["pwd"])
                     }
-                    amr.push("otp");
-                }
-                proved_own_secret(&mut state);
-                sessions::save_login_state(tx, state).await?;
-                users::set_last_login(tx, tenant_id, user_id, now()).await?;
+                    None => {
+                        let row = users::get_for_update(tx, tenant_id, user_id).await?;
+                        if row.password_hash != verified_hash || users::state(&row)? != UserState::Active {
+                            self.record_failure(tx, tenant_id, user_id, Attempt::Login, admission, "changed_meanwhile")
+                                .await?;
+                            return Ok(Login::Failed);
+                        }
+                        let mut amr = vec!["pwd"];
+                        let mut state = sessions::lock_login_state(tx, user_id).await?;
+                        if row.mfa_enrolled {
+                            let account = row.email.clone().unwrap_or_default();
+                            if !self.second_factor_ok(tx, &mut state, &account, code).await? {
+                                let reason = if code.is_empty() { "code_missing" } else { "wrong_code" };
+                                self.record_failure(tx, tenant_id, user_id, Attempt::Login, admission, reason).await?;
+                                return Ok(Login::Failed);
+                            }
+                            amr.push("otp");
+                        }
+                        proved_own_secret(&mut state);
+                        sessions::save_login_state(tx, state).await?;
+                        users::set_last_login(tx, tenant_id, user_id, at).await?;
+                        (row, amr)
+                    }
+                };
                 let tokens = self.open_session(tx, ctx, &tenant, &row, row.must_change_password, &amr).await?;
                 tx.audit(
                     AuditRecord::new(Some(tenant_id), "auth.login_succeeded", "user", user_id)
