@@ -153,6 +153,10 @@ impl RoleAdmin for RoleAdminApi {
             source_role_id: source,
         };
         self.iam.authorize(&caller, &tenant_id, "roles", "create", Target::Tenant).await?;
+        match new.source_role_id {
+            Some(source) => self.iam.roles_within_own_rights(&caller, &tenant_id, &[source], "create a role").await?,
+            None => self.iam.within_own_rights(&caller, &tenant_id, &new.permissions, "create a role").await?,
+        }
         let role = self.iam.create_role(&ctx, &tenant_id, new).await?;
         Ok(Response::new(pb::CreateRoleResponse { role: Some(convert::role_to_proto(role)) }))
     }
@@ -217,6 +221,11 @@ impl RoleAdmin for RoleAdminApi {
         v.finish()?;
         let etag = if msg.etag.is_empty() { &r.etag } else { &msg.etag };
         self.iam.authorize(&caller, &tenant_id, "roles", "edit", Target::Tenant).await?;
+        // Only a role within one's own rights, and only into one.
+        self.iam.roles_within_own_rights(&caller, &tenant_id, &[role_id], "edit a role").await?;
+        if let Some(p) = &patch.permissions {
+            self.iam.within_own_rights(&caller, &tenant_id, p, "give a role rights").await?;
+        }
         let role = self.iam.update_role(&ctx, &tenant_id, role_id, patch, etag).await?;
         Ok(Response::new(pb::UpdateRoleResponse { role: Some(convert::role_to_proto(role)) }))
     }
@@ -236,6 +245,8 @@ impl RoleAdmin for RoleAdminApi {
             m.request_id.clear()
         })?;
         self.iam.authorize(&caller, &tenant_id, "roles", "delete", Target::Tenant).await?;
+        let handed: Vec<_> = std::iter::once(role_id).chain(replacement).collect();
+        self.iam.roles_within_own_rights(&caller, &tenant_id, &handed, "delete or hand out a role").await?;
         self.iam.delete_role(&ctx, &tenant_id, role_id, &msg.etag, replacement).await?;
         Ok(Response::new(pb::DeleteRoleResponse {}))
     }
@@ -254,7 +265,10 @@ impl RoleAdmin for RoleAdminApi {
         let ctx = mutation(&req, &caller, &tenant_id, "/crm.iam.v1.RoleAdmin/AssignRole", msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
-        self.iam.authorize(&caller, &tenant_id, "roles", "assign", Target::Tenant).await?;
+        // Delegated: roles.assign over the user (their department, or oneself with OWN scope), a
+        // user whose rights are within one's own, and a role within one's own.
+        self.iam.authorize(&caller, &tenant_id, "roles", "assign", Target::User(user_id)).await?;
+        self.iam.roles_within_own_rights(&caller, &tenant_id, &[role_id], "assign a role").await?;
         let user = self.iam.assign_role(&ctx, &tenant_id, user_id, role_id).await?;
         Ok(Response::new(pb::AssignRoleResponse { user: Some(convert::user_to_proto(user)) }))
     }
@@ -274,7 +288,8 @@ impl RoleAdmin for RoleAdminApi {
             mutation(&req, &caller, &tenant_id, "/crm.iam.v1.RoleAdmin/UnassignRole", msg, &msg.request_id, |m| {
                 m.request_id.clear()
             })?;
-        self.iam.authorize(&caller, &tenant_id, "roles", "assign", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, "roles", "assign", Target::User(user_id)).await?;
+        self.iam.roles_within_own_rights(&caller, &tenant_id, &[role_id], "take a role away").await?;
         let user = self.iam.unassign_role(&ctx, &tenant_id, user_id, role_id).await?;
         Ok(Response::new(pb::UnassignRoleResponse { user: Some(convert::user_to_proto(user)) }))
     }

@@ -209,7 +209,9 @@ impl UserAdmin for UserAdminApi {
             )
             .await?;
         if !role_ids.is_empty() {
-            self.iam.authorize(&caller, &tenant_id, "roles", "assign", Target::Tenant).await?;
+            let department = profile.as_ref().and_then(|p| p.department_id);
+            self.iam.authorize(&caller, &tenant_id, "roles", "assign", Target::Department(department)).await?;
+            self.iam.roles_within_own_rights(&caller, &tenant_id, &role_ids, "assign a role").await?;
         }
         let created = self.iam.create_user(&ctx, &tenant_id, profile.expect("checked"), credential, role_ids).await?;
         Ok(Response::new(pb::CreateUserResponse {
@@ -291,6 +293,9 @@ impl UserAdmin for UserAdminApi {
         v.finish()?;
         let etag = if msg.etag.is_empty() { &u.etag } else { &msg.etag };
         self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::User(user_id)).await?;
+        if let Some(department) = patch.department_id {
+            self.iam.may_move(&caller, &tenant_id, user_id, department).await?;
+        }
         let user = self.iam.update_user(&ctx, &tenant_id, user_id, patch, etag).await?;
         Ok(Response::new(pb::UpdateUserResponse { user: user_response(user) }))
     }

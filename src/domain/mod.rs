@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod delegation;
 pub mod department;
 pub mod error;
 pub mod lockout;

@@ -12,7 +12,9 @@ use crate::{
     auth::{Caller, UserCaller},
     domain::{
         Error, Kind, Reason, Result,
-        access::{ResourceFacts, Scope},
+        access::{Permission, ResourceFacts, Scope},
+        delegation::{self, Missing, Rights},
+        error::PreconditionViolation,
     },
 };
 
@@ -86,6 +88,15 @@ impl Iam {
                 decision.scope.as_str()
             )));
         }
+        // Delegated administration: acting on another user (anything but viewing) needs every
+        // right that user holds.
+        if let Target::User(target) = target
+            && target != user.user_id
+            && action != "view"
+            && ADMIN_MODULES.contains(&module)
+        {
+            self.target_within_own_rights(caller, tenant_id, target).await?;
+        }
         if ADMIN_MODULES.contains(&module) && self.second_factor_missing(tenant_id, user).await? {
             return Err(Error::new(
                 Kind::PermissionDenied,
@@ -108,6 +119,91 @@ impl Iam {
         }
         let effective = self.effective_permissions(tenant_id, user.user_id).await?;
         Ok(effective.permissions.iter().any(|(m, a, s, _)| is_administrative(m, a, *s)))
+    }
+
+    /// A user's rights: the strongest scope per module and action.
+    async fn rights_of(&self, tenant_id: &str, user_id: Uuid) -> Result<Rights> {
+        let effective = self.effective_permissions(tenant_id, user_id).await?;
+        Ok(effective.permissions.into_iter().map(|(m, a, s, _)| ((m, a), s)).collect())
+    }
+
+    /// Delegated administration: refuses unless the calling user holds every right of `wanted` at
+    /// its scope or wider (`what` names the thing handed out, for the message). The platform and
+    /// services have no ceiling.
+    pub async fn within_own_rights(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        wanted: &[Permission],
+        what: &str,
+    ) -> Result<()> {
+        let Caller::User(user) = caller else { return Ok(()) };
+        let held = self.rights_of(tenant_id, user.user_id).await?;
+        let missing =
+            delegation::missing(&held, wanted.iter().map(|p| (p.module.as_str(), p.action.as_str(), p.scope)));
+        if missing.is_empty() { Ok(()) } else { Err(ceiling_error(what, missing)) }
+    }
+
+    /// [`Iam::within_own_rights`] for the rights of roles (unknown ones are the operation's to report).
+    pub async fn roles_within_own_rights(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        role_ids: &[Uuid],
+        what: &str,
+    ) -> Result<()> {
+        if !matches!(caller, Caller::User(_)) {
+            return Ok(());
+        }
+        for role_id in role_ids {
+            match self.get_role(tenant_id, *role_id).await {
+                Ok(role) => self.within_own_rights(caller, tenant_id, &role.permissions, what).await?,
+                Err(e) if e.reason == Reason::RoleNotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Delegated administration: refuses acting on `target` unless every right the target holds is
+    /// within the calling user's own (a team lead cannot reset, disable, deactivate or re-role an
+    /// administrator of their department).
+    pub async fn target_within_own_rights(&self, caller: &Caller, tenant_id: &str, target: Uuid) -> Result<()> {
+        let Caller::User(user) = caller else { return Ok(()) };
+        if target == user.user_id {
+            return Ok(());
+        }
+        let held = self.rights_of(tenant_id, user.user_id).await?;
+        let theirs = match self.rights_of(tenant_id, target).await {
+            Ok(r) => r,
+            // Not a user of this tenant: the operation itself says so.
+            Err(e) if e.reason == Reason::UserNotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let missing = delegation::missing(&held, theirs.iter().map(|((m, a), s)| (m.as_str(), a.as_str(), *s)));
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(ceiling_error(&format!("act on users/{target}, who holds rights you do not,"), missing))
+        }
+    }
+
+    /// Moving a user between departments needs users.edit over both (the current one was checked
+    /// with the user); nobody moves themselves unless they edit users tenant-wide (a move would
+    /// widen every DEPARTMENT-scope right they hold).
+    pub async fn may_move(&self, caller: &Caller, tenant_id: &str, user_id: Uuid, to: Option<Uuid>) -> Result<()> {
+        let Caller::User(user) = caller else { return Ok(()) };
+        if user.user_id == user_id {
+            let held = self.rights_of(tenant_id, user_id).await?;
+            let wanted = [("users", "edit", Scope::Tenant)];
+            let missing = delegation::missing(&held, wanted);
+            return if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(ceiling_error("move yourself to another department", missing))
+            };
+        }
+        self.authorize(caller, tenant_id, "users", "edit", Target::Department(to)).await
     }
 
     /// For listings of users: None when the caller may see every user of the tenant, or the
@@ -144,4 +240,25 @@ pub fn same_tenant(caller: &Caller, tenant_id: &str) -> Result<()> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// PERMISSION_DENIED naming each right the caller lacks (a precondition violation per right).
+fn ceiling_error(what: &str, missing: Vec<Missing>) -> Error {
+    let mut e = Error::new(
+        Kind::PermissionDenied,
+        Reason::PermissionDenied,
+        format!(
+            "not allowed: you may {what} only within your own rights; missing: {}",
+            missing
+                .iter()
+                .map(|m| format!("{} at {} scope", m.right(), m.needed.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    e.precondition_violations = missing
+        .iter()
+        .map(|m| PreconditionViolation { kind: "RIGHT_MISSING".into(), subject: m.right(), description: m.describe() })
+        .collect();
+    e
 }

@@ -238,6 +238,11 @@ impl TestServer {
         UserAdminClient::with_interceptor(self.channel().await, Bearer::token(token))
     }
 
+    /// A RoleAdmin client calling with `token`.
+    pub async fn roles_as(&self, token: &str) -> RoleAdminClient<InterceptedService<Channel, Bearer>> {
+        RoleAdminClient::with_interceptor(self.channel().await, Bearer::token(token))
+    }
+
     /// Creates an ACTIVE user with a permanent password and returns its id.
     pub async fn password_user(&self, tenant: &str, email: &str, password: &str, role_ids: &[String]) -> String {
         let mut req = invite(tenant, email);

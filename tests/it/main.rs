@@ -7,6 +7,7 @@ mod auth;
 mod authz;
 mod cli;
 mod common;
+mod delegation_attacks;
 mod departments;
 mod login_attacks;
 mod operations;
