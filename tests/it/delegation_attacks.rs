@@ -94,7 +94,7 @@ async fn a_team_lead_cannot_climb_to_administrator(backend: Backend) {
     )
     .await;
     let admin_role = server.builtin_role("acme", "administrator").await;
-    let (admin, admin_token) = member(&server, "admin@example.com", &sales, &[admin_role.clone()]).await;
+    let (admin, admin_token) = member(&server, "admin@example.com", &sales, std::slice::from_ref(&admin_role)).await;
     let mut admin_auth = server.auth_as(&admin_token).await;
     let enrolled =
         admin_auth.enroll_totp(pb::EnrollTotpRequest { current_password: PASSWORD.into() }).await.unwrap().into_inner();
@@ -217,7 +217,7 @@ async fn roles_edit_cannot_add_rights_one_lacks(backend: Backend) {
         perm("roles", "create", pb::Scope::Tenant),
     ];
     let editor = custom_role(&server, "role editor", editor_perms.clone()).await;
-    let (_, token) = member(&server, "editor@example.com", "", &[editor.clone()]).await;
+    let (_, token) = member(&server, "editor@example.com", "", std::slice::from_ref(&editor)).await;
     let mut roles = server.roles_as(&token).await;
     let mut widened = editor_perms.clone();
     widened.push(perm("settings", "edit", pb::Scope::Tenant));
