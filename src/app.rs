@@ -147,7 +147,16 @@ impl Application {
                     .collect::<anyhow::Result<_>>()?,
             },
         );
-        let iam = Iam::new(db, Passwords::new(threads, config.password_hash_queue), auth);
+        let iam = Iam::new(
+            db,
+            Passwords::new(threads, config.password_hash_queue),
+            auth,
+            config.access_cache_budget.as_u64(),
+        );
+        iam.audit.set_caps(crate::service::audit::StreamCaps {
+            per_caller: config.max_streams_per_caller.max(1),
+            per_tenant: config.max_streams_per_tenant.max(1),
+        });
         iam.ensure_builtin_roles().await?;
         let authenticator = Authenticator::new(iam.clone(), token.expose_secret(), &config.service_credentials)?;
         let listener = TcpListener::bind(config.listen).await?;

@@ -120,6 +120,13 @@ pub struct Config {
     /// Password hashes admitted at once (waiting or running); beyond it, calls that hash are
     /// refused at once with RESOURCE_EXHAUSTED. 0 = 32 per hashing thread.
     pub password_hash_queue: usize,
+    /// Bytes the access cache may hold for what callers can make grow (owners of the records
+    /// asked about, users of large tenants) (`CRM_IAM_ACCESS_CACHE_BUDGET`, e.g. `256MiB`).
+    pub access_cache_budget: bytesize::ByteSize,
+    /// Streams (StreamEvents, WatchTransfer) one caller may hold open at once.
+    pub max_streams_per_caller: usize,
+    /// Streams all callers of one tenant may hold open at once.
+    pub max_streams_per_tenant: usize,
     /// Proxies (CIDR ranges, e.g. `10.0.0.0/8`) whose `x-forwarded-for` metadata names the client:
     /// logins through them count against the client's address, not the proxy's. Empty: the TCP
     /// peer is the client (the header is ignored, so nobody can choose their address).
@@ -169,6 +176,9 @@ impl Default for Config {
             password_hash_queue: 0,
             health_listen: None,
             trusted_proxies: Vec::new(),
+            max_streams_per_caller: 8,
+            max_streams_per_tenant: 100,
+            access_cache_budget: bytesize::ByteSize::b(crate::service::access::DEFAULT_BUDGET),
         }
     }
 }

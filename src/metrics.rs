@@ -39,7 +39,7 @@ pub fn install() -> &'static PrometheusHandle {
 pub async fn serve(listener: tokio::net::TcpListener, iam: Iam, stop: CancellationToken) -> anyhow::Result<()> {
     let handle = install();
     tracing::info!(addr = %listener.local_addr()?, "metrics on /metrics");
-    tokio::spawn(sample(iam, stop.clone()));
+    tokio::spawn(sample(iam.clone(), stop.clone()));
     loop {
         let (mut socket, _) = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -52,6 +52,7 @@ pub async fn serve(listener: tokio::net::TcpListener, iam: Iam, stop: Cancellati
             },
         };
         let handle = handle.clone();
+        let iam = iam.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let n = match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await {
@@ -60,6 +61,8 @@ pub async fn serve(listener: tokio::net::TcpListener, iam: Iam, stop: Cancellati
             };
             let head = String::from_utf8_lossy(&buf[..n]);
             let response = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
+                // Gauges of other components, current as of this scrape.
+                record_gauges(&iam).await;
                 let body = handle.render();
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -104,6 +107,8 @@ pub async fn record_gauges(iam: &Iam) {
     metrics::gauge!("crm_iam_password_hash_queue_depth").set(iam.passwords.queue_depth() as f64);
     metrics::gauge!("crm_iam_audit_stream_subscribers").set(iam.audit.subscribers() as f64);
     metrics::gauge!("crm_iam_audit_head_seq").set(iam.audit.head() as f64);
+    metrics::gauge!("crm_iam_access_cache_bounded_bytes").set(iam.access.bounded_bytes() as f64);
+    metrics::gauge!("crm_iam_access_cache_tenants").set(iam.access.tenant_count() as f64);
     let s = &iam.access.stats;
     for (name, kind, value) in [
         ("crm_iam_access_cache_lookups_total", "user_hit", &s.user_hits),

@@ -220,8 +220,17 @@ impl AuditEvents for AuditEventsApi {
         };
         v.finish()?;
         self.may_read(&caller, &scope).await?;
+        let tenant = match &scope {
+            EventScope::Tenant(t) => t.clone(),
+            EventScope::All => String::new(),
+        };
+        let slot = self.iam.audit.open_stream(&caller, &tenant)?;
+        let user = match &caller {
+            crate::auth::Caller::User(u) => Some(u.clone()),
+            _ => None,
+        };
         let stop = self.iam.stop.clone();
-        let items = self.iam.stream_events(scope, filter, start, heartbeat, stop).await?;
+        let items = self.iam.stream_events(scope, filter, start, heartbeat, user, slot, stop).await?;
         let out = items.map(|item| match item {
             Ok(StreamItem::Event(e)) => Ok(pb::StreamEventsResponse {
                 message: Some(pb::stream_events_response::Message::Event(event_to_proto(&e))),

@@ -137,6 +137,7 @@ impl Auth for AuthApi {
         &self,
         req: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        super::public(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
@@ -157,6 +158,7 @@ impl Auth for AuthApi {
     }
 
     async fn refresh(&self, req: Request<pb::RefreshRequest>) -> Result<Response<pb::RefreshResponse>, Status> {
+        super::public(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         token_field(&mut v, "refresh_token", &msg.refresh_token);
@@ -267,6 +269,7 @@ impl Auth for AuthApi {
         &self,
         req: Request<pb::AcceptInvitationRequest>,
     ) -> Result<Response<pb::AcceptInvitationResponse>, Status> {
+        super::public(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         token_field(&mut v, "invitation_token", &msg.invitation_token);
@@ -281,6 +284,7 @@ impl Auth for AuthApi {
         &self,
         req: Request<pb::CompletePasswordResetRequest>,
     ) -> Result<Response<pb::CompletePasswordResetResponse>, Status> {
+        super::public(&req)?;
         let msg = req.get_ref();
         let mut v = Violations::default();
         token_field(&mut v, "reset_token", &msg.reset_token);

@@ -6,6 +6,7 @@ pub mod access;
 pub mod audit_events;
 pub mod auth;
 pub mod convert;
+pub mod limits;
 pub mod ownership_transfer;
 pub mod role_admin;
 pub mod status;
@@ -27,16 +28,34 @@ use crate::{
     telemetry,
 };
 
-/// The authenticated caller (set by the authentication interceptor).
-pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
-    req.extensions().get::<Caller>().cloned().ok_or_else(|| Error::unauthenticated("missing credentials").into())
+/// The start of every call that needs a token: the authenticated caller (set by the
+/// authentication layer), then the tenant wall (a user acts only in their own tenant, a service
+/// credential only in the tenants it lists) before anything of the request is looked at, then the
+/// size limits of the whole request. Only then do handlers validate and read tenant data, so a
+/// caller from elsewhere learns nothing about a tenant, whatever it sends.
+pub fn caller<T: limits::Limits>(req: &Request<T>) -> Result<Caller, Status> {
+    let caller: Caller =
+        req.extensions().get::<Caller>().cloned().ok_or_else(|| Error::unauthenticated("missing credentials"))?;
+    if let Some(tenant_id) = req.get_ref().tenant() {
+        same_tenant(&caller, tenant_id)?;
+    }
+    limits::check(req.get_ref())?;
+    Ok(caller)
+}
+
+/// The start of a call that needs no token: the size limits of the whole request.
+pub fn public<T: limits::Limits>(req: &Request<T>) -> Result<(), Status> {
+    Ok(limits::check(req.get_ref())?)
 }
 
 /// Platform-level methods: the platform admin token, or a service credential that lists the
 /// method (the authentication layer checked that); never a tenant user.
 pub fn require_platform(caller: &Caller) -> Result<()> {
     match caller {
-        Caller::PlatformAdmin | Caller::Service { .. } => Ok(()),
+        Caller::PlatformAdmin | Caller::Service { tenants: None, .. } => Ok(()),
+        Caller::Service { tenants: Some(_), name } => Err(Error::permission_denied(format!(
+            "not allowed: service credential {name:?} is limited to some tenants; this is a platform method"
+        ))),
         Caller::User(_) => Err(Error::permission_denied(
             "not allowed: this is a platform method (platform admin token or a service credential)",
         )),

@@ -1,6 +1,6 @@
 //! `crm.iam.v1.OwnershipTransfer`: the ownership registry and transfer jobs.
 
-use std::{collections::HashMap, pin::Pin, time::Duration};
+use std::{collections::HashMap, pin::Pin};
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -31,10 +31,6 @@ const RESOURCE_ID_MAX: usize = 200;
 const MODULE_MAX: usize = 63;
 /// Field violations listed at most (a 10,000-row batch could otherwise produce a huge error).
 const MAX_VIOLATIONS: usize = 100;
-/// How often WatchTransfer looks at the job.
-const WATCH_POLL: Duration = Duration::from_millis(200);
-/// WatchTransfer reports at least this often while the job runs.
-const WATCH_MAX_SILENCE: Duration = Duration::from_secs(1);
 
 /// Full method names of the mutating methods (the scope of their idempotency keys).
 const RECORD_OWNERSHIP: &str = "/crm.iam.v1.OwnershipTransfer/RecordOwnership";
@@ -341,56 +337,16 @@ impl OwnershipTransfer for OwnershipTransferApi {
         v.finish()?;
         // The first report comes at once (and a missing transfer is NOT_FOUND before the stream starts).
         self.iam.authorize(&caller, &tenant_id, "users", "view", Target::Tenant).await?;
-        let first = self.iam.get_transfer(&tenant_id, transfer_id).await?;
-        let iam = self.iam.clone();
-        struct Watch {
-            iam: Iam,
-            tenant_id: String,
-            pending: Option<crate::domain::ownership::Transfer>,
-            last_version: i64,
-            last_sent: tokio::time::Instant,
-            done: bool,
-        }
-        let state = Watch {
-            iam,
-            tenant_id,
-            last_version: first.version,
-            pending: Some(first),
-            last_sent: tokio::time::Instant::now(),
-            done: false,
+        let slot = self.iam.audit.open_stream(&caller, &tenant_id)?;
+        let user = match &caller {
+            crate::auth::Caller::User(u) => Some(u.clone()),
+            _ => None,
         };
-        let stream = futures::stream::unfold(state, move |mut w| async move {
-            if w.done {
-                return None;
-            }
-            if let Some(t) = w.pending.take() {
-                w.done = t.state.is_terminal();
-                w.last_sent = tokio::time::Instant::now();
-                return Some((Ok(pb::WatchTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }), w));
-            }
-            loop {
-                tokio::select! {
-                    _ = w.iam.stop.cancelled() => {
-                        return Some((Err(Status::unavailable("the server is shutting down: watch again")), Watch { done: true, ..w }));
-                    }
-                    _ = tokio::time::sleep(WATCH_POLL) => {}
-                }
-                match w.iam.get_transfer(&w.tenant_id, transfer_id).await {
-                    Ok(t) => {
-                        if t.version != w.last_version || w.last_sent.elapsed() >= WATCH_MAX_SILENCE {
-                            w.last_version = t.version;
-                            w.last_sent = tokio::time::Instant::now();
-                            w.done = t.state.is_terminal();
-                            return Some((
-                                Ok(pb::WatchTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }),
-                                w,
-                            ));
-                        }
-                    }
-                    Err(e) => return Some((Err(Status::from(e)), Watch { done: true, ..w })),
-                }
-            }
-        });
+        let stream =
+            futures::StreamExt::map(self.iam.watch_transfer(&tenant_id, transfer_id, user, slot).await?, |t| {
+                t.map(|t| pb::WatchTransferResponse { transfer: Some(convert::transfer_to_proto(t)) })
+                    .map_err(Status::from)
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 }

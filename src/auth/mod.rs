@@ -50,8 +50,9 @@ pub struct UserCaller {
 pub enum Caller {
     /// The platform admin token: every tenant, every method.
     PlatformAdmin,
-    /// A sibling service with a named credential: every tenant, the methods its credential lists.
-    Service { name: Arc<str> },
+    /// A sibling service with a named credential: the methods its credential lists, in every
+    /// tenant or (`tenants`) only in those.
+    Service { name: Arc<str>, tenants: Option<Arc<[String]>> },
     /// A tenant user: that tenant, that user's rights.
     User(UserCaller),
 }
@@ -61,7 +62,7 @@ impl Caller {
     pub fn actor(&self) -> Actor {
         match self {
             Caller::PlatformAdmin => Actor { kind: ActorKind::Service, id: "platform-admin".into() },
-            Caller::Service { name } => Actor { kind: ActorKind::Service, id: format!("service:{name}") },
+            Caller::Service { name, .. } => Actor { kind: ActorKind::Service, id: format!("service:{name}") },
             Caller::User(u) => Actor { kind: ActorKind::User, id: u.user_id.to_string() },
         }
     }
@@ -76,6 +77,10 @@ pub struct ServiceCredential {
     pub token_sha256: String,
     /// Methods it may call: `Access.Check`, `crm.iam.v1.Access/Check`, or `Access.*` for a whole service.
     pub methods: Vec<String>,
+    /// The tenants it may act in; unset: every tenant. A credential limited to tenants may not
+    /// call platform-level methods (tenant creation and listing, the all-tenant audit stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<String>>,
     /// Mutual TLS: the token is accepted only on a connection whose client certificate names
     /// this subject as a DNS or URI subject alternative name (exactly; a SPIFFE ID such as
     /// `spiffe://crm.example/ns/deals/sa/deals`), so a stolen token alone is not enough. Unset:
@@ -84,8 +89,8 @@ pub struct ServiceCredential {
     pub client_subject: Option<String>,
 }
 
-/// Methods that need no token.
-const PUBLIC_METHODS: &[&str] = &[
+/// Methods that need no token (a token sent with them is ignored).
+pub const PUBLIC_METHODS: &[&str] = &[
     "/crm.iam.v1.Auth/Authenticate",
     "/crm.iam.v1.Auth/Refresh",
     "/crm.iam.v1.Auth/AcceptInvitation",
@@ -100,6 +105,7 @@ struct Service {
     name: Arc<str>,
     digest: [u8; 32],
     client_subject: Option<String>,
+    tenants: Option<Arc<[String]>>,
     /// `/crm.iam.v1.Access/Check` or `/crm.iam.v1.Access/` (whole service).
     methods: Vec<String>,
 }
@@ -155,7 +161,13 @@ impl Authenticator {
             let methods = c.methods.iter().map(|m| method_path(m, &known)).collect::<anyhow::Result<Vec<_>>>()?;
             let client_subject =
                 c.client_subject.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
-            services.push(Service { name: c.name.as_str().into(), digest, client_subject, methods });
+            let tenants = c.tenants.as_ref().map(|t| t.iter().map(|t| t.trim().to_owned()).collect::<Arc<[String]>>());
+            anyhow::ensure!(
+                tenants.as_ref().is_none_or(|t| !t.is_empty()),
+                "service credential {:?}: tenants, when given, must name at least one tenant",
+                c.name
+            );
+            services.push(Service { name: c.name.as_str().into(), digest, client_subject, tenants, methods });
         }
         Ok(Authenticator { iam, admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(), services })
     }
@@ -196,7 +208,7 @@ impl Authenticator {
         }
         match found {
             Some(s) if s.methods.iter().any(|m| if m.ends_with('/') { path.starts_with(m) } else { m == path }) => {
-                Ok(Some(Caller::Service { name: s.name.clone() }))
+                Ok(Some(Caller::Service { name: s.name.clone(), tenants: s.tenants.clone() }))
             }
             Some(s) => Err(status(Error::permission_denied(format!(
                 "service credential {:?} may not call {path}: add the method to its configured methods",

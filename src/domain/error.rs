@@ -53,6 +53,7 @@ pub enum Reason {
     TotpState,
     Overloaded,
     Conflict,
+    TooManyStreams,
 }
 
 impl Reason {
@@ -104,6 +105,7 @@ impl Reason {
             Reason::TotpState => "TOTP_STATE",
             Reason::Overloaded => "OVERLOADED",
             Reason::Conflict => "CONFLICT",
+            Reason::TooManyStreams => "TOO_MANY_STREAMS",
         }
     }
 }

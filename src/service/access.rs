@@ -44,16 +44,11 @@ use crate::{
 
 /// Tenants with at most this many users have every user's facts loaded with the policy, so
 /// every lookup is answered from memory (an id that is not there is not a user of the tenant).
+/// Users of larger tenants are cached one by one in the byte-weighed [`Bounded`] cache.
 const PREFETCH_MAX_USERS: u64 = 100_000;
-/// Cached user entries of a larger tenant before the map is flushed (bounds memory when callers
-/// ask about many unknown ids).
-const MAX_LAZY_USERS: usize = 200_000;
 
 /// Cached sessions per tenant before the map is flushed.
 const MAX_CACHED_SESSIONS: usize = 200_000;
-
-/// Cached record owners per tenant before the map is flushed.
-const MAX_CACHED_OWNERS: usize = 200_000;
 
 /// Cached user profiles per tenant before the map is flushed.
 const MAX_CACHED_PROFILES: usize = 50_000;
@@ -61,15 +56,67 @@ const MAX_CACHED_PROFILES: usize = 50_000;
 /// One user's facts, loaded once (concurrent lookups share the load). None: not a user here.
 type UserCell = Arc<OnceCell<Option<Arc<UserFacts>>>>;
 
+/// A record of the ownership registry, by tenant: (tenant, module, record id).
+type OwnerKey = (Arc<str>, String, String);
+
+/// A cached value of [`Bounded`], valid while its tenant entry's `epoch` is the one it was
+/// loaded under (a tenant-wide flush makes every older value stale at once).
+#[derive(Clone)]
+struct Epoched<T> {
+    epoch: u64,
+    value: T,
+}
+
+/// What callers can make grow without bound: owners of any record id they ask about, users of a
+/// large tenant by any id. Byte-weighed, evicted by W-TinyLFU (moka) within the configured budget,
+/// so hot entries stay and a flood of one-off ids pushes out only itself.
+struct Bounded {
+    owners: BoundedCache<OwnerKey, Option<Uuid>>,
+    users: BoundedCache<(Arc<str>, Uuid), Option<Arc<UserFacts>>>,
+}
+
+type BoundedCache<K, V> = moka::sync::Cache<K, Epoched<V>, foldhash::fast::RandomState>;
+
+/// Per-entry bookkeeping of moka and our key/value headers (measured order of magnitude).
+const ENTRY_OVERHEAD: usize = 160;
+
+impl Bounded {
+    fn new(budget_bytes: u64) -> Bounded {
+        // Owners are the larger population (every record checked); users of large tenants the smaller.
+        let weigh = |bytes: usize| u32::try_from(bytes + ENTRY_OVERHEAD).unwrap_or(u32::MAX);
+        Bounded {
+            owners: moka::sync::Cache::builder()
+                .max_capacity(budget_bytes / 4 * 3)
+                .weigher(move |k: &OwnerKey, _v: &Epoched<Option<Uuid>>| weigh(k.0.len() + k.1.len() + k.2.len()))
+                .build_with_hasher(Default::default()),
+            users: moka::sync::Cache::builder()
+                .max_capacity(budget_bytes / 4)
+                .weigher(move |k: &(Arc<str>, Uuid), v: &Epoched<Option<Arc<UserFacts>>>| {
+                    weigh(k.0.len() + v.value.as_ref().map_or(0, |f| 64 + f.role_ids.len() * 16))
+                })
+                .build_with_hasher(Default::default()),
+        }
+    }
+}
+
+/// Epochs of tenant entries: every entry gets a new one, so values cached for an entry that was
+/// dropped never match its successor.
+static EPOCHS: AtomicU64 = AtomicU64::new(1);
+
+fn next_epoch() -> u64 {
+    EPOCHS.fetch_add(1, Ordering::Relaxed)
+}
+
 struct TenantEntry {
+    /// This entry's epoch (see [`Epoched`]); the owners' epoch moves on a whole-registry flush.
+    epoch: u64,
+    owner_epoch: AtomicU64,
     policy: OnceCell<Arc<Policy>>,
     /// Whether `users` holds every user of the tenant (set by the prefetch).
     complete: std::sync::atomic::AtomicBool,
     users: DashMap<Uuid, UserCell, foldhash::fast::RandomState>,
     /// Bumped by every user invalidation; a prefetch that saw it move stores nothing.
     generation: AtomicU64,
-    /// Owners of records asked about: (module, resource id) → owner (None: not registered).
-    owners: DashMap<(String, String), Option<Uuid>, foldhash::fast::RandomState>,
     /// Bumped by every ownership change; a lookup that saw it move stores nothing.
     owner_generation: AtomicU64,
     /// Login sessions asked about (by access-token checks); flushed with their user's facts.
@@ -87,12 +134,14 @@ type ProfileCell = Arc<OnceCell<Arc<User>>>;
 
 impl TenantEntry {
     fn new() -> Arc<TenantEntry> {
+        let epoch = next_epoch();
         Arc::new(TenantEntry {
+            epoch,
+            owner_epoch: AtomicU64::new(epoch),
             policy: OnceCell::new(),
             complete: std::sync::atomic::AtomicBool::new(false),
             users: DashMap::default(),
             generation: AtomicU64::new(0),
-            owners: DashMap::default(),
             owner_generation: AtomicU64::new(0),
             sessions: DashMap::default(),
             tenant: OnceCell::new(),
@@ -102,9 +151,11 @@ impl TenantEntry {
 }
 
 /// The in-memory access cache of one replica.
-#[derive(Default)]
 pub struct AccessCache {
     tenants: DashMap<String, Arc<TenantEntry>, foldhash::fast::RandomState>,
+    /// Bumped by every tenant-wide flush: an entry made from a read that raced with one is not kept.
+    tenant_flushes: AtomicU64,
+    bounded: Bounded,
     /// Highest policy version seen per tenant (from local commits and notifications).
     seen: DashMap<String, i64, foldhash::fast::RandomState>,
     pub stats: CacheStats,
@@ -125,17 +176,49 @@ pub struct CacheStats {
     pub profile_misses: AtomicU64,
 }
 
+impl Default for AccessCache {
+    fn default() -> Self {
+        AccessCache::new(DEFAULT_BUDGET)
+    }
+}
+
+/// The default of `access_cache_budget`.
+pub const DEFAULT_BUDGET: u64 = 256 * 1024 * 1024;
+
 impl AccessCache {
-    fn entry(&self, tenant_id: &str) -> Arc<TenantEntry> {
-        if let Some(e) = self.tenants.get(tenant_id) {
-            return e.clone();
+    /// A cache whose caller-driven parts (record owners, users of large tenants) hold at most
+    /// `budget_bytes`.
+    pub fn new(budget_bytes: u64) -> AccessCache {
+        AccessCache {
+            tenants: DashMap::default(),
+            tenant_flushes: AtomicU64::new(0),
+            bounded: Bounded::new(budget_bytes),
+            seen: DashMap::default(),
+            stats: CacheStats::default(),
         }
-        self.tenants.entry(tenant_id.to_owned()).or_insert_with(TenantEntry::new).clone()
+    }
+
+    /// Bytes held by the bounded parts (owners, users of large tenants), as weighed.
+    pub fn bounded_bytes(&self) -> u64 {
+        self.bounded.owners.run_pending_tasks();
+        self.bounded.users.run_pending_tasks();
+        self.bounded.owners.weighted_size() + self.bounded.users.weighted_size()
+    }
+
+    /// Tenants with an entry.
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
+    /// The cached entry of a tenant, if any.
+    fn cached(&self, tenant_id: &str) -> Option<Arc<TenantEntry>> {
+        self.tenants.get(tenant_id).map(|e| e.clone())
     }
 
     /// Drops everything cached for a tenant.
     pub fn invalidate_tenant(&self, tenant_id: &str) {
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.tenant_flushes.fetch_add(1, Ordering::SeqCst);
         self.tenants.remove(tenant_id);
     }
 
@@ -143,9 +226,15 @@ impl AccessCache {
     /// from before fills a cell nobody can reach any more.
     pub fn invalidate_user(&self, tenant_id: &str, user_id: Uuid) {
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.bounded.users.invalidate(&(Arc::from(tenant_id), user_id));
         if let Some(e) = self.tenants.get(tenant_id) {
             e.generation.fetch_add(1, Ordering::SeqCst);
-            e.users.insert(user_id, Arc::new(OnceCell::new()));
+            if e.complete.load(Ordering::SeqCst) {
+                // Every user stays in the map (an id not there is not a user): load this one again.
+                e.users.insert(user_id, Arc::new(OnceCell::new()));
+            } else {
+                e.users.remove(&user_id);
+            }
             e.sessions.retain(|_, s| s.user_id != user_id);
             e.profiles.remove(&user_id);
         }
@@ -159,12 +248,13 @@ impl AccessCache {
         }
     }
 
-    /// Drops the cached owners of a tenant's records.
+    /// Drops the cached owners of a tenant's records (they go stale at once, and are evicted
+    /// from the bounded cache in time).
     pub fn invalidate_owners(&self, tenant_id: &str) {
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
         if let Some(e) = self.tenants.get(tenant_id) {
             e.owner_generation.fetch_add(1, Ordering::SeqCst);
-            e.owners.clear();
+            e.owner_epoch.store(next_epoch(), Ordering::SeqCst);
         }
     }
 
@@ -174,19 +264,19 @@ impl AccessCache {
         if let Some(e) = self.tenants.get(tenant_id) {
             // Lookups already running may have read an old owner: they store nothing.
             e.owner_generation.fetch_add(1, Ordering::SeqCst);
-            if keys.len() > e.owners.len() {
-                e.owners.clear();
-            } else {
-                for k in keys {
-                    e.owners.remove(k);
-                }
+            let tenant: Arc<str> = tenant_id.into();
+            for (module, resource_id) in keys {
+                self.bounded.owners.invalidate(&(tenant.clone(), module.clone(), resource_id.clone()));
             }
         }
     }
 
     /// Drops everything (used when notifications may have been missed).
     pub fn clear(&self) {
+        self.tenant_flushes.fetch_add(1, Ordering::SeqCst);
         self.tenants.clear();
+        self.bounded.owners.invalidate_all();
+        self.bounded.users.invalidate_all();
     }
 
     /// Applies committed changes (local or announced by another replica).
@@ -266,6 +356,23 @@ pub async fn compile_policy(conn: &impl sea_orm::ConnectionTrait, tenant_id: &st
 }
 
 impl Iam {
+    /// The cache entry of an existing tenant, made (with the tenant's row) on first use. A tenant
+    /// that does not exist gets none (TENANT_NOT_FOUND): ids nobody has cost nothing to keep.
+    async fn tenant_entry(&self, tenant_id: &str) -> Result<Arc<TenantEntry>> {
+        if let Some(e) = self.access.cached(tenant_id) {
+            return Ok(e);
+        }
+        let flushes = self.access.tenant_flushes.load(Ordering::SeqCst);
+        let tenant = tenants::get_settings(self.db.conn(), tenant_id).await?;
+        let entry = TenantEntry::new();
+        let _ = entry.tenant.set(Arc::new(tenant));
+        if self.access.tenant_flushes.load(Ordering::SeqCst) != flushes {
+            // A flush raced with the read: use it once, keep nothing.
+            return Ok(entry);
+        }
+        Ok(self.access.tenants.entry(tenant_id.to_owned()).or_insert(entry).clone())
+    }
+
     /// The compiled policy of a tenant (loaded once per invalidation; concurrent callers share the load).
     async fn policy(&self, tenant: &TenantEntry, tenant_id: &str) -> Result<Arc<Policy>> {
         tenant.policy.get_or_try_init(|| self.load_policy(tenant, tenant_id)).await.cloned()
@@ -299,43 +406,56 @@ impl Iam {
 
     /// A user's facts (None: not a user of this tenant).
     async fn user_facts(&self, tenant: &TenantEntry, tenant_id: &str, user_id: Uuid) -> Result<Option<Arc<UserFacts>>> {
-        let cell = match tenant.users.get(&user_id) {
-            Some(cell) => cell.clone(),
-            None if tenant.complete.load(Ordering::SeqCst) => {
+        if let Some(cell) = tenant.users.get(&user_id).map(|c| c.clone()) {
+            // Prefetched (tenants of up to PREFETCH_MAX_USERS users), or reloaded after a change.
+            if let Some(facts) = cell.get() {
                 self.access.stats.user_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(None);
+                return Ok(facts.clone());
             }
-            None => {
-                if tenant.users.len() >= MAX_LAZY_USERS {
-                    tenant.users.clear();
-                }
-                tenant.users.entry(user_id).or_default().clone()
-            }
-        };
-        if let Some(facts) = cell.get() {
+            return self.load_user_cell(&cell, tenant_id, user_id).await;
+        }
+        if tenant.complete.load(Ordering::SeqCst) {
             self.access.stats.user_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(facts.clone());
+            return Ok(None);
+        }
+        // A large tenant: users one by one, in the byte-bounded cache.
+        let key = (Arc::<str>::from(tenant_id), user_id);
+        if let Some(hit) = self.access.bounded.users.get(&key).filter(|e| e.epoch == tenant.epoch) {
+            self.access.stats.user_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit.value);
         }
         self.access.stats.user_misses.fetch_add(1, Ordering::Relaxed);
-        cell.get_or_try_init(|| async {
-            let conn = self.db.conn();
-            Ok::<_, crate::domain::Error>(match users::find(conn, tenant_id, user_id).await? {
-                Some(row) => Some(Arc::new(UserFacts {
-                    state: users::state(&row)?,
-                    department_id: row.department_id,
-                    role_ids: roles::of_user(conn, user_id).await?,
-                })),
-                None => None,
-            })
+        let generation = tenant.generation.load(Ordering::SeqCst);
+        let facts = self.read_user_facts(tenant_id, user_id).await?;
+        if tenant.generation.load(Ordering::SeqCst) == generation {
+            self.access.bounded.users.insert(key, Epoched { epoch: tenant.epoch, value: facts.clone() });
+        } else {
+            self.access.stats.stale_loads.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(facts)
+    }
+
+    async fn load_user_cell(&self, cell: &UserCell, tenant_id: &str, user_id: Uuid) -> Result<Option<Arc<UserFacts>>> {
+        self.access.stats.user_misses.fetch_add(1, Ordering::Relaxed);
+        cell.get_or_try_init(|| self.read_user_facts(tenant_id, user_id)).await.cloned()
+    }
+
+    async fn read_user_facts(&self, tenant_id: &str, user_id: Uuid) -> Result<Option<Arc<UserFacts>>> {
+        let conn = self.db.conn();
+        Ok(match users::find(conn, tenant_id, user_id).await? {
+            Some(row) => Some(Arc::new(UserFacts {
+                state: users::state(&row)?,
+                department_id: row.department_id,
+                role_ids: roles::of_user(conn, user_id).await?,
+            })),
+            None => None,
         })
-        .await
-        .cloned()
     }
 
     /// A user's profile with their roles (what GetUser answers), cached until a committed write
     /// to the user's row or roles. Not found is not cached.
     pub async fn user_profile(&self, tenant_id: &str, user_id: Uuid) -> Result<Arc<User>> {
-        let tenant = self.access.entry(tenant_id);
+        let tenant = self.tenant_entry(tenant_id).await?;
         let cell = match tenant.profiles.get(&user_id) {
             Some(cell) => cell.clone(),
             None => {
@@ -362,7 +482,7 @@ impl Iam {
 
     /// The tenant with its settings (seats not counted), cached until the tenant changes.
     pub async fn tenant_settings(&self, tenant_id: &str) -> Result<Arc<Tenant>> {
-        let entry = self.access.entry(tenant_id);
+        let entry = self.tenant_entry(tenant_id).await?;
         let tenant = entry
             .tenant
             .get_or_try_init(async || tenants::get_settings(self.db.conn(), tenant_id).await.map(Arc::new))
@@ -373,7 +493,7 @@ impl Iam {
     /// A login session's facts (cached; every session-ending change flushes its user's sessions).
     /// None: no such session in the tenant.
     pub async fn session_facts(&self, tenant_id: &str, session_id: Uuid) -> Result<Option<SessionFacts>> {
-        let tenant = self.access.entry(tenant_id);
+        let tenant = self.tenant_entry(tenant_id).await?;
         if let Some(hit) = tenant.sessions.get(&session_id).map(|s| *s) {
             // Idle by this copy's clock: another replica may have refreshed it since; look again.
             if hit.ended || crate::domain::now() < hit.idle_end {
@@ -397,7 +517,8 @@ impl Iam {
         Ok(facts)
     }
 
-    /// The registered owner of a record (cached; ownership changes flush the tenant's entries).
+    /// The registered owner of a record (cached in the byte-bounded cache; ownership changes
+    /// drop the records they touched, or the tenant's whole registry).
     async fn registered_owner(
         &self,
         tenant: &TenantEntry,
@@ -405,20 +526,17 @@ impl Iam {
         module: &str,
         resource_id: &str,
     ) -> Result<Option<Uuid>> {
-        let key = (module.to_owned(), resource_id.to_owned());
-        if let Some(hit) = tenant.owners.get(&key) {
+        let key: OwnerKey = (tenant_id.into(), module.to_owned(), resource_id.to_owned());
+        let epoch = tenant.owner_epoch.load(Ordering::SeqCst);
+        if let Some(hit) = self.access.bounded.owners.get(&key).filter(|e| e.epoch == epoch) {
             self.access.stats.owner_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(*hit);
+            return Ok(hit.value);
         }
         self.access.stats.owner_misses.fetch_add(1, Ordering::Relaxed);
         let generation = tenant.owner_generation.load(Ordering::SeqCst);
         let owner = ownership::owner_of(self.db.conn(), tenant_id, module, resource_id).await?;
-        if tenant.owners.len() >= MAX_CACHED_OWNERS {
-            tenant.owners.clear();
-        }
-        let entry = tenant.owners.entry(key);
         if tenant.owner_generation.load(Ordering::SeqCst) == generation {
-            entry.insert(owner);
+            self.access.bounded.owners.insert(key, Epoched { epoch, value: owner });
         }
         Ok(owner)
     }
@@ -479,7 +597,7 @@ impl Iam {
     /// request's other bad fields; empty when the tenant cannot be loaded).
     pub async fn unknown_names(&self, tenant_id: &str, checks: &[(String, &CheckInput)]) -> Violations {
         let mut v = Violations::default();
-        let tenant = self.access.entry(tenant_id);
+        let Ok(tenant) = self.tenant_entry(tenant_id).await else { return v };
         if let Ok(policy) = self.policy(&tenant, tenant_id).await {
             for (prefix, c) in checks {
                 if !c.module.is_empty() && !c.action.is_empty() {
@@ -493,7 +611,7 @@ impl Iam {
     /// `Access.Check`.
     pub async fn check(&self, tenant_id: &str, check: CheckInput) -> Result<Decision> {
         self.foreground.fetch_add(1, Ordering::Relaxed);
-        let tenant = self.access.entry(tenant_id);
+        let tenant = self.tenant_entry(tenant_id).await?;
         let policy = self.policy(&tenant, tenant_id).await?;
         let mut v = Violations::default();
         Self::check_names(&policy, &mut v, String::new, &check.module, &check.action);
@@ -504,7 +622,7 @@ impl Iam {
     /// `Access.BatchCheck`: decisions in request order.
     pub async fn batch_check(&self, tenant_id: &str, checks: Vec<CheckInput>) -> Result<Vec<Decision>> {
         self.foreground.fetch_add(1, Ordering::Relaxed);
-        let tenant = self.access.entry(tenant_id);
+        let tenant = self.tenant_entry(tenant_id).await?;
         let policy = self.policy(&tenant, tenant_id).await?;
         let mut v = Violations::default();
         for (i, c) in checks.iter().enumerate() {
@@ -520,7 +638,7 @@ impl Iam {
 
     /// `RoleAdmin.GetEffectivePermissions`.
     pub async fn effective_permissions(&self, tenant_id: &str, user_id: Uuid) -> Result<Effective> {
-        let tenant = self.access.entry(tenant_id);
+        let tenant = self.tenant_entry(tenant_id).await?;
         let policy = self.policy(&tenant, tenant_id).await?;
         let user = self.user_facts(&tenant, tenant_id, user_id).await?.ok_or_else(|| users::not_found(user_id))?;
         let permissions = policy.effective(&user).into_iter().map(|((m, a), (s, r))| (m, a, s, r)).collect();
@@ -547,8 +665,8 @@ mod tests {
             version: 3,
             owner_keys: None,
         }]);
-        cache.entry("a");
-        cache.entry("b");
+        cache.tenants.insert("a".into(), TenantEntry::new());
+        cache.tenants.insert("b".into(), TenantEntry::new());
         assert_eq!(cache.reconcile(&[("a".into(), 3), ("b".into(), 7)]), 0, "first sight of b sets its baseline");
         assert!(cache.tenants.contains_key("a") && cache.tenants.contains_key("b"));
         assert_eq!(cache.reconcile(&[("a".into(), 4), ("b".into(), 7)]), 1);
@@ -558,7 +676,9 @@ mod tests {
     #[test]
     fn user_invalidation_replaces_the_cell() {
         let cache = AccessCache::default();
-        let e = cache.entry("a");
+        let e = TenantEntry::new();
+        e.complete.store(true, Ordering::SeqCst);
+        cache.tenants.insert("a".into(), e.clone());
         let u = Uuid::now_v7();
         let old: UserCell = Arc::new(OnceCell::new_with(Some(None)));
         e.users.insert(u, old.clone());

@@ -11,7 +11,13 @@
 //! in a bounded ring. Streams that are caught up read from the ring; a stream that falls behind
 //! the ring (a slow consumer, or one resuming from an old cursor) reads pages from the database
 //! until it catches up. Sending waits for the consumer (a bounded channel), so a slow consumer
-//! costs neither memory nor other streams anything.
+//! costs neither memory nor other streams anything; reads from the database go through a few
+//! shared permits, so consumers replaying history take turns instead of one holding the pool.
+//!
+//! **Streams end when access ends.** A user's stream re-checks every few seconds that the
+//! session is still open and the rights still hold (answers from the access cache, which every
+//! change flushes): a deactivated user, a revoked session or a removed role ends the stream with
+//! UNAUTHENTICATED or PERMISSION_DENIED. Streams are capped per caller and per tenant.
 
 use std::{
     collections::VecDeque,
@@ -44,6 +50,10 @@ const RING_BYTES: usize = 8 * 1024 * 1024;
 const PAGE: u64 = 500;
 /// The hub looks for new events at least this often, whatever it was told.
 const HUB_POLL: Duration = Duration::from_millis(250);
+/// How often a user's stream re-checks the session and rights behind it.
+pub const ACCESS_RECHECK: Duration = Duration::from_secs(2);
+/// Database page reads of streams replaying history at once (all streams of this replica).
+const REPLAY_PERMITS: usize = 2;
 
 /// One message of a stream.
 #[derive(Debug, Clone)]
@@ -74,6 +84,54 @@ pub struct AuditHub {
     head: watch::Sender<i64>,
     wake: Notify,
     subscribers: AtomicUsize,
+    replay: tokio::sync::Semaphore,
+    streams: std::sync::Mutex<StreamCounts>,
+    caps: std::sync::RwLock<StreamCaps>,
+}
+
+/// How many streams (StreamEvents and WatchTransfer) one caller and one tenant may hold open.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamCaps {
+    pub per_caller: usize,
+    pub per_tenant: usize,
+}
+
+impl Default for StreamCaps {
+    fn default() -> Self {
+        StreamCaps { per_caller: 8, per_tenant: 100 }
+    }
+}
+
+#[derive(Default)]
+struct StreamCounts {
+    callers: std::collections::HashMap<String, usize>,
+    tenants: std::collections::HashMap<String, usize>,
+}
+
+/// An open stream's place in the caps; given back when the stream ends.
+pub struct StreamSlot {
+    hub: Option<Arc<AuditHub>>,
+    caller: String,
+    tenant: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        fn release(map: &mut std::collections::HashMap<String, usize>, key: &str) {
+            if let Some(n) = map.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+        let Some(hub) = &self.hub else { return };
+        let mut counts = hub.streams.lock().expect("stream counts");
+        release(&mut counts.callers, &self.caller);
+        if !self.tenant.is_empty() {
+            release(&mut counts.tenants, &self.tenant);
+        }
+    }
 }
 
 impl Default for AuditHub {
@@ -83,11 +141,78 @@ impl Default for AuditHub {
             head: watch::channel(-1).0,
             wake: Notify::new(),
             subscribers: AtomicUsize::new(0),
+            replay: tokio::sync::Semaphore::new(REPLAY_PERMITS),
+            streams: Default::default(),
+            caps: Default::default(),
         }
     }
 }
 
 impl AuditHub {
+    /// Sets the stream caps (from the configuration).
+    pub fn set_caps(&self, caps: StreamCaps) {
+        *self.caps.write().expect("caps") = caps;
+    }
+
+    /// A place for a new stream of `caller` in `tenant` ("" for the whole platform), or
+    /// RESOURCE_EXHAUSTED when the caller or (for users) the tenant already holds its cap. Users
+    /// count against both caps, a service credential against its own; the platform admin token
+    /// (the operator's, trusted) against none.
+    pub fn open_stream(self: &Arc<Self>, caller: &crate::auth::Caller, tenant: &str) -> Result<StreamSlot> {
+        use crate::auth::Caller;
+        let caller_key = match caller {
+            Caller::PlatformAdmin => return Ok(StreamSlot { hub: None, caller: String::new(), tenant: String::new() }),
+            _ => caller.actor().id,
+        };
+        let tenant_key = if matches!(caller, Caller::User(_)) { tenant.to_owned() } else { String::new() };
+        let caps = *self.caps.read().expect("caps");
+        let mut counts = self.streams.lock().expect("stream counts");
+        let by_caller = counts.callers.get(&caller_key).copied().unwrap_or(0);
+        let by_tenant = if tenant_key.is_empty() { 0 } else { counts.tenants.get(&tenant_key).copied().unwrap_or(0) };
+        if by_caller >= caps.per_caller || by_tenant >= caps.per_tenant {
+            let mut e = Error::new(
+                Kind::ResourceExhausted,
+                Reason::TooManyStreams,
+                if by_caller >= caps.per_caller {
+                    format!("this caller already has {by_caller} streams open (the most allowed): close one first")
+                } else {
+                    format!(
+                        "this tenant's users already have {by_tenant} streams open (the most allowed): close one first"
+                    )
+                },
+            );
+            e.retry_after_ms = 1000;
+            return Err(e);
+        }
+        *counts.callers.entry(caller_key.clone()).or_default() += 1;
+        if !tenant_key.is_empty() {
+            *counts.tenants.entry(tenant_key.clone()).or_default() += 1;
+        }
+        Ok(StreamSlot { hub: Some(self.clone()), caller: caller_key, tenant: tenant_key })
+    }
+
+    /// Waits until `head` moves past `seen` or `stop` fires (false then).
+    pub async fn changed_after(&self, seen: i64, stop: &CancellationToken) -> bool {
+        let mut rx = self.head.subscribe();
+        loop {
+            if *rx.borrow_and_update() > seen {
+                return true;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                r = rx.changed() => if r.is_err() { return false },
+            }
+        }
+    }
+
+    /// Whether an event of `target_kind`/`target_id` in `scope` was committed after `after`,
+    /// and the seq scanned through; None when the ring does not reach back that far.
+    pub fn touched(&self, after: i64, scope: &EventScope, target_kind: &str, target_id: &str) -> Option<(bool, i64)> {
+        let filter = EventFilter { target_kinds: vec![target_kind.to_owned()], ..Default::default() };
+        let (events, through) = self.read(after, scope, &filter, usize::MAX)?;
+        Some((events.iter().any(|e| e.target_id == target_id), through))
+    }
+
     /// Something was committed (here or on another replica): look for new events now.
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -250,12 +375,17 @@ impl Iam {
     }
 
     /// `AuditEvents.StreamEvents`: validates the start, then streams from a task of its own.
+    /// A user's stream (`user`) ends when their session or rights do (checked every
+    /// [`ACCESS_RECHECK`]); `slot` is its place in the stream caps.
+    #[allow(clippy::too_many_arguments)]
     pub async fn stream_events(
         &self,
         scope: EventScope,
         filter: EventFilter,
         start: StreamStart,
         heartbeat: Duration,
+        user: Option<crate::auth::UserCaller>,
+        slot: StreamSlot,
         stop: CancellationToken,
     ) -> Result<ReceiverStream<Result<StreamItem>>> {
         if let EventScope::Tenant(t) = &scope {
@@ -284,8 +414,9 @@ impl Iam {
         let iam = self.clone();
         self.audit.subscribers.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
+            let _slot = slot;
             let hub = iam.audit.clone();
-            if let Err(e) = iam.follow(scope, filter, cursor, heartbeat, &tx, stop).await {
+            if let Err(e) = iam.follow(scope, filter, cursor, heartbeat, user, &tx, stop).await {
                 let _ = tx.send(Err(e)).await;
             }
             hub.subscribers.fetch_sub(1, Ordering::Relaxed);
@@ -293,21 +424,44 @@ impl Iam {
         Ok(ReceiverStream::new(rx))
     }
 
+    /// Whether a user's stream may go on: the session open, and `module`.view at TENANT scope
+    /// (what opening it needed) still held.
+    pub async fn stream_allowed(&self, user: &crate::auth::UserCaller, tenant: &str, module: &str) -> Result<()> {
+        let session = self.session_facts(&user.tenant_id, user.session_id).await?;
+        if !session.is_some_and(|f| f.user_id == user.user_id && f.active_at(now())) {
+            return Err(Error::unauthenticated("the session of this stream has ended: log in again"));
+        }
+        let caller = crate::auth::Caller::User(user.clone());
+        self.authorize(&caller, tenant, module, "view", super::Target::Tenant).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn follow(
         &self,
         scope: EventScope,
         filter: EventFilter,
         mut cursor: i64,
         heartbeat: Duration,
+        user: Option<crate::auth::UserCaller>,
         tx: &mpsc::Sender<Result<StreamItem>>,
         stop: CancellationToken,
     ) -> Result<()> {
         let hub = self.audit.clone();
         let mut head_rx = hub.head.subscribe();
         let mut last_sent = tokio::time::Instant::now();
+        let mut next_check = tokio::time::Instant::now() + ACCESS_RECHECK;
         loop {
             if tx.is_closed() || stop.is_cancelled() {
                 return Ok(());
+            }
+            if let Some(u) = &user
+                && tokio::time::Instant::now() >= next_check
+            {
+                let EventScope::Tenant(tenant) = &scope else {
+                    return Err(Error::permission_denied("not allowed: the whole trail is the platform's"));
+                };
+                self.stream_allowed(u, tenant, "settings").await?;
+                next_check = tokio::time::Instant::now() + ACCESS_RECHECK;
             }
             if last_sent.elapsed() >= heartbeat {
                 if tx.send(Ok(StreamItem::Heartbeat(cursor))).await.is_err() {
@@ -319,7 +473,9 @@ impl Iam {
             let (events, through) = match hub.read(cursor, &scope, &filter, PAGE as usize) {
                 Some(found) => found,
                 None => {
-                    // Behind the ring: from the database, checking retention has not passed us.
+                    // Behind the ring: from the database, checking retention has not passed us;
+                    // one of a few shared permits per page, so replays take turns.
+                    let _turn = hub.replay.acquire().await.map_err(Error::internal)?;
                     let conn = self.db.conn();
                     if cursor < audit::watermark(conn, &scope).await? {
                         return Err(out_of_range());
@@ -344,8 +500,8 @@ impl Iam {
             if progressed && hub.head() > cursor {
                 continue;
             }
-            // Caught up: wait for news, a heartbeat deadline, or the end.
-            let deadline = last_sent + heartbeat;
+            // Caught up: wait for news, a heartbeat deadline, an access re-check, or the end.
+            let deadline = (last_sent + heartbeat).min(if user.is_some() { next_check } else { last_sent + heartbeat });
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 _ = tx.closed() => return Ok(()),

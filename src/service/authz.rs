@@ -61,7 +61,8 @@ impl Iam {
         target: Target,
     ) -> Result<()> {
         let user = match caller {
-            Caller::PlatformAdmin | Caller::Service { .. } => return Ok(()),
+            Caller::PlatformAdmin => return Ok(()),
+            Caller::Service { .. } => return same_tenant(caller, tenant_id),
             Caller::User(u) => u,
         };
         same_tenant(caller, tenant_id)?;
@@ -231,13 +232,19 @@ impl Iam {
     }
 }
 
-/// A user token acts only in its own tenant.
+/// The tenant wall: a user token acts only in its own tenant, a service credential limited to
+/// tenants only in those. The answer names nothing of the tenant asked for.
 pub fn same_tenant(caller: &Caller, tenant_id: &str) -> Result<()> {
     match caller {
         Caller::User(u) if u.tenant_id != tenant_id => Err(Error::permission_denied(format!(
             "not allowed: a user token acts only in its own tenant ({})",
             u.tenant_id
         ))),
+        Caller::Service { name, tenants: Some(tenants) } if !tenants.iter().any(|t| t == tenant_id) => {
+            Err(Error::permission_denied(format!(
+                "not allowed: service credential {name:?} acts only in the tenants it lists"
+            )))
+        }
         _ => Ok(()),
     }
 }

@@ -40,8 +40,8 @@ pub struct Iam {
 }
 
 impl Iam {
-    pub fn new(db: Db, passwords: Passwords, auth: auth::AuthState) -> Iam {
-        let access = Arc::new(access::AccessCache::default());
+    pub fn new(db: Db, passwords: Passwords, auth: auth::AuthState, cache_budget: u64) -> Iam {
+        let access = Arc::new(access::AccessCache::new(cache_budget));
         let cache = access.clone();
         // Every committed change to access rules reaches the cache before the caller is answered.
         db.on_policy_change(Box::new(move |changes| cache.apply(changes)));

@@ -319,3 +319,126 @@ impl Iam {
         Ok(Step::Ended)
     }
 }
+
+/// A watcher re-sends the job at least this often while it runs (a liveness signal).
+const WATCH_MAX_SILENCE: Duration = Duration::from_secs(1);
+
+struct Watch {
+    iam: Iam,
+    tenant_id: String,
+    transfer_id: Uuid,
+    scope: crate::domain::audit::EventScope,
+    /// Audit position the watcher has looked through.
+    cursor: i64,
+    last: Transfer,
+    pending: bool,
+    last_sent: tokio::time::Instant,
+    done: bool,
+    user: Option<crate::auth::UserCaller>,
+    next_check: tokio::time::Instant,
+    stop: CancellationToken,
+    _slot: super::audit::StreamSlot,
+}
+
+impl Iam {
+    /// `OwnershipTransfer.WatchTransfer`: the job now, then again whenever one of its audit events
+    /// is committed (every batch and state change writes one; other replicas' commits arrive by
+    /// NOTIFY), re-sent at least every second while it runs, ending with its final state. No
+    /// watcher polls the database: a watcher reads the job only when it changed. A user's watch
+    /// ends when their session or users.view at TENANT scope does.
+    pub async fn watch_transfer(
+        &self,
+        tenant_id: &str,
+        transfer_id: Uuid,
+        user: Option<crate::auth::UserCaller>,
+        slot: super::audit::StreamSlot,
+    ) -> Result<impl futures::Stream<Item = Result<Transfer>> + Send + 'static> {
+        let cursor = self.audit.head();
+        let first = self.get_transfer(tenant_id, transfer_id).await?;
+        let w = Watch {
+            iam: self.clone(),
+            tenant_id: tenant_id.to_owned(),
+            transfer_id,
+            scope: crate::domain::audit::EventScope::Tenant(tenant_id.to_owned()),
+            cursor,
+            last: first,
+            pending: true,
+            last_sent: tokio::time::Instant::now(),
+            done: false,
+            user,
+            next_check: tokio::time::Instant::now() + super::audit::ACCESS_RECHECK,
+            stop: self.stop.clone(),
+            _slot: slot,
+        };
+        Ok(futures::stream::unfold(w, |mut w| async move {
+            if w.done {
+                return None;
+            }
+            match w.next().await {
+                Ok(t) => {
+                    w.done = t.state.is_terminal();
+                    Some((Ok(t), w))
+                }
+                Err(e) => {
+                    w.done = true;
+                    Some((Err(e), w))
+                }
+            }
+        }))
+    }
+}
+
+impl Watch {
+    async fn next(&mut self) -> Result<Transfer> {
+        if std::mem::take(&mut self.pending) {
+            self.last_sent = tokio::time::Instant::now();
+            return Ok(self.last.clone());
+        }
+        loop {
+            if let Some(u) = &self.user
+                && tokio::time::Instant::now() >= self.next_check
+            {
+                self.iam.stream_allowed(u, &self.tenant_id, "users").await?;
+                self.next_check = tokio::time::Instant::now() + super::audit::ACCESS_RECHECK;
+            }
+            let silence = self.last_sent + WATCH_MAX_SILENCE;
+            let wake = if self.user.is_some() { silence.min(self.next_check) } else { silence };
+            let hub = self.iam.audit.clone();
+            tokio::select! {
+                _ = self.stop.cancelled() => {
+                    return Err(Error::unavailable("the server is shutting down: watch again"));
+                }
+                changed = hub.changed_after(self.cursor, &self.stop) => {
+                    if !changed {
+                        continue;
+                    }
+                    let touched = match hub.touched(self.cursor, &self.scope, "transfer", &self.transfer_id.to_string()) {
+                        Some((touched, through)) => {
+                            self.cursor = through;
+                            touched
+                        }
+                        // Too far behind the ring to tell: read the job.
+                        None => {
+                            self.cursor = hub.head();
+                            true
+                        }
+                    };
+                    if touched {
+                        let t = self.iam.get_transfer(&self.tenant_id, self.transfer_id).await?;
+                        if t.version != self.last.version {
+                            self.last = t.clone();
+                            self.last_sent = tokio::time::Instant::now();
+                            return Ok(t);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if tokio::time::Instant::now() >= silence {
+                        self.last_sent = tokio::time::Instant::now();
+                        return Ok(self.last.clone());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -590,6 +590,7 @@ async fn service_credentials_limit_methods(backend: Backend) {
             token_sha256: hex::encode(sha2::Sha256::digest(token.as_bytes())),
             methods: vec!["Access.Check".into(), "OwnershipTransfer.RecordOwnership".into()],
             client_subject: None,
+            tenants: None,
         }];
     })
     .await;

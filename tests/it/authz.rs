@@ -438,12 +438,14 @@ async fn every_rpc_for_every_caller(backend: Backend) {
                 token_sha256: digest(SERVICE_ALL),
                 methods: every.iter().map(|m| m.trim_start_matches('/').to_owned()).collect(),
                 client_subject: None,
+                tenants: None,
             },
             crm_iam::auth::ServiceCredential {
                 name: "none".into(),
                 token_sha256: digest(SERVICE_NONE),
                 methods: vec!["Auth.GetJwks".into()],
                 client_subject: None,
+                tenants: None,
             },
         ];
     })

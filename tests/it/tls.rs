@@ -136,6 +136,7 @@ async fn a_bound_service_token_needs_its_client_certificate() {
         token_sha256: hex::encode(sha2::Sha256::digest(token.as_bytes())),
         methods: vec!["TenantAdmin.ListTenants".into()],
         client_subject: Some("deals-service".into()),
+        tenants: None,
     }];
     let s = TestServer::start_on(db, config).await;
     let base = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&p.ca)).domain_name("localhost");
