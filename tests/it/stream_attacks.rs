@@ -24,8 +24,8 @@ async fn a_deactivated_administrators_stream_ends(backend: Backend) {
     let server = TestServer::start(backend).await;
     server.tenant("acme", 0).await;
     let admin_role = server.builtin_role("acme", "administrator").await;
-    let watcher = server.password_user("acme", "watcher@example.com", PASSWORD, &[admin_role.clone()]).await;
-    server.password_user("acme", "other@example.com", PASSWORD, &[admin_role.clone()]).await;
+    let watcher = server.password_user("acme", "watcher@example.com", PASSWORD, std::slice::from_ref(&admin_role)).await;
+    server.password_user("acme", "other@example.com", PASSWORD, std::slice::from_ref(&admin_role)).await;
     let token = server.login("acme", "watcher@example.com", PASSWORD).await.access_token;
     let mut audit =
         pb::audit_events_client::AuditEventsClient::with_interceptor(server.channel().await, Bearer::token(&token));
@@ -54,7 +54,7 @@ async fn a_deactivated_administrators_stream_ends(backend: Backend) {
     assert!(matches!(ended, Code::Unauthenticated | Code::PermissionDenied), "{ended:?}");
 
     // The same for a role taken away while the session stays open.
-    let viewer = server.password_user("acme", "viewer@example.com", PASSWORD, &[admin_role.clone()]).await;
+    let viewer = server.password_user("acme", "viewer@example.com", PASSWORD, std::slice::from_ref(&admin_role)).await;
     let token = server.login("acme", "viewer@example.com", PASSWORD).await.access_token;
     let mut audit =
         pb::audit_events_client::AuditEventsClient::with_interceptor(server.channel().await, Bearer::token(&token));
