@@ -46,6 +46,8 @@ impl Slot<'_> {
 struct Key {
     id: String,
     cipher: XChaCha20Poly1305,
+    /// HMAC key for pseudonyms, derived from the master key (never the master key itself).
+    pseudonym_key: [u8; 32],
 }
 
 /// The master key ring: the first key seals, every key opens.
@@ -80,7 +82,18 @@ impl MasterKeys {
     pub fn new(keys: &[[u8; 32]]) -> anyhow::Result<MasterKeys> {
         anyhow::ensure!(!keys.is_empty(), "the master key ring is empty");
         Ok(MasterKeys {
-            keys: keys.iter().map(|k| Key { id: key_id(k), cipher: XChaCha20Poly1305::new(k.into()) }).collect(),
+            keys: keys
+                .iter()
+                .map(|k| Key {
+                    id: key_id(k),
+                    cipher: XChaCha20Poly1305::new(k.into()),
+                    pseudonym_key: Sha256::new()
+                        .chain_update(b"crm-iam pseudonym key\0")
+                        .chain_update(k)
+                        .finalize()
+                        .into(),
+                })
+                .collect(),
         })
     }
 
@@ -171,11 +184,34 @@ impl MasterKeys {
         String::from_utf8(bytes).map(SecretString::from).map_err(|_| OpenError::Malformed)
     }
 
+    /// A keyed pseudonym of `value` for `purpose` under the current key: equal values give equal
+    /// pseudonyms (repeats and patterns stay visible) but nobody without the master key can tell
+    /// which value it was, or test a guess. Reads `<key id>:<32 hex digits>`.
+    pub fn pseudonym(&self, purpose: &str, value: &str) -> String {
+        pseudonym_with(&self.keys[0], purpose, value)
+    }
+
+    /// The pseudonyms of `value` under every key of the ring (what a value may have been written
+    /// as during and after a rotation).
+    pub fn pseudonyms(&self, purpose: &str, value: &str) -> Vec<String> {
+        self.keys.iter().map(|k| pseudonym_with(k, purpose, value)).collect()
+    }
+
     /// Whether a stored value should be sealed again under the current key (it is in clear, or
     /// sealed with an older key).
     pub fn needs_resealing(&self, stored: &str) -> bool {
         MasterKeys::sealed_with(stored) != Some(self.current_id())
     }
+}
+
+fn pseudonym_with(key: &Key, purpose: &str, value: &str) -> String {
+    use hmac::Mac;
+    let mut mac =
+        <hmac::Hmac<Sha256> as Mac>::new_from_slice(&key.pseudonym_key).expect("HMAC takes a key of any length");
+    mac.update(purpose.as_bytes());
+    mac.update(b"\0");
+    mac.update(value.as_bytes());
+    format!("{}:{}", key.id, hex::encode(&mac.finalize().into_bytes()[..16]))
 }
 
 fn decode_b64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
@@ -193,6 +229,21 @@ mod tests {
 
     fn ring(keys: &[u8]) -> MasterKeys {
         MasterKeys::new(&keys.iter().map(|b| [*b; 32]).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn pseudonyms_are_stable_per_key_and_purpose_and_differ_otherwise() {
+        let (a, b) = (ring(&[1, 2]), ring(&[2]));
+        let p = a.pseudonym("login email:acme", "ann@x.example");
+        assert_eq!(p, a.pseudonym("login email:acme", "ann@x.example"));
+        assert!(p.starts_with(a.current_id()) && !p.contains("ann"));
+        assert_ne!(p, a.pseudonym("login email:acme", "bob@x.example"));
+        assert_ne!(p, a.pseudonym("login email:other", "ann@x.example"));
+        assert_ne!(p, b.pseudonym("login email:acme", "ann@x.example"), "another key, another pseudonym");
+        assert_eq!(
+            a.pseudonyms("login email:acme", "ann@x.example")[1],
+            b.pseudonym("login email:acme", "ann@x.example")
+        );
     }
 
     #[test]

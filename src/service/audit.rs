@@ -258,6 +258,22 @@ impl AuditHub {
     fn push(&self, events: Vec<AuditEvent>, head: i64) {
         {
             let mut ring = self.ring.write().expect("ring lock");
+            // A purge erased a user's personal data from the stored trail: erase it from the copies
+            // kept here too (every replica's hub reads the purge's own event).
+            for purged in events.iter().filter(|e| e.action == "user.purged") {
+                for (e, _) in ring.events.iter_mut() {
+                    if e.tenant_id == purged.tenant_id && e.target_kind == "user" && e.target_id == purged.target_id {
+                        let mut copy = (**e).clone();
+                        if crate::domain::audit::redact(
+                            &mut copy.changes,
+                            &mut copy.details,
+                            crate::domain::audit::PERSONAL_FIELDS,
+                        ) {
+                            *e = Arc::new(copy);
+                        }
+                    }
+                }
+            }
             for e in events {
                 let size = footprint(&e);
                 ring.bytes += size;

@@ -500,6 +500,24 @@ impl Iam {
     /// Erases the personal data of a DELETED user. The audit event names the erased fields but
     /// carries none of their values.
     async fn purge_row(&self, tx: &Tx, row: Row) -> Result<User> {
+        // The trail keeps what happened, not who it was: personal data in the user's events (and
+        // in failed logins that named the e-mail before e-mails were hashed) is erased too.
+        let mut typed = Vec::new();
+        if let Some(email) = row.email_key.as_deref().filter(|e| !e.is_empty()) {
+            typed.push(email.to_owned());
+            typed.extend(
+                self.auth.secrets.pseudonyms(&crate::domain::audit::login_email_purpose(&row.tenant_id), email),
+            );
+        }
+        let redacted = crate::store::audit::redact_target(
+            tx,
+            &row.tenant_id,
+            "user",
+            &row.user_id.to_string(),
+            &typed,
+            crate::domain::audit::PERSONAL_FIELDS,
+        )
+        .await?;
         tokens::revoke(tx, row.user_id, None).await?;
         sessions::end_all_of_user(tx, row.user_id, "user_purged").await?;
         sessions::forget_user(tx, row.user_id).await?;
@@ -541,7 +559,8 @@ impl Iam {
         ];
         tx.audit(
             AuditRecord::new(Some(&user.tenant_id), "user.purged", "user", user.user_id)
-                .with_detail("erased_fields", erased.to_vec()),
+                .with_detail("erased_fields", erased.to_vec())
+                .with_detail("redacted_events", redacted),
         );
         Ok(user)
     }

@@ -266,3 +266,54 @@ pub async fn purge_before(tx: &Tx, tenant: &str, cutoff: chrono::DateTime<chrono
         .await?;
     Ok(seqs.len() as u64)
 }
+
+/// Erases personal data (`fields`) from the stored events about one target (a purged user) and
+/// from failed logins whose details hold one of `typed` (the e-mail as typed, or its pseudonyms);
+/// returns how many events changed. The events, actors, ids and order stay.
+pub async fn redact_target(
+    tx: &Tx,
+    tenant_id: &str,
+    target_kind: &str,
+    target_id: &str,
+    typed: &[String],
+    fields: &[&str],
+) -> Result<u64> {
+    use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
+    let mut which = Condition::any().add(
+        Condition::all()
+            .add(audit_events::Column::TargetKind.eq(target_kind))
+            .add(audit_events::Column::TargetId.eq(target_id)),
+    );
+    for mark in typed.iter().filter(|e| !e.is_empty()) {
+        which = which.add(
+            Condition::all()
+                .add(audit_events::Column::Action.eq("auth.login_failed"))
+                .add(audit_events::Column::TargetId.eq(""))
+                .add(audit_events::Column::Details.contains(mark.as_str())),
+        );
+    }
+    let rows = audit_events::Entity::find()
+        .filter(audit_events::Column::TenantId.eq(tenant_id))
+        .filter(which)
+        .all(&**tx)
+        .await?;
+    let mut changed = 0;
+    for row in rows {
+        let parse = |text: &str| match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let (mut changes, mut details) = (parse(&row.changes), parse(&row.details));
+        if !crate::domain::audit::redact(&mut changes, &mut details, fields) {
+            continue;
+        }
+        audit_events::Entity::update_many()
+            .col_expr(audit_events::Column::Changes, serde_json::Value::Object(changes).to_string().into())
+            .col_expr(audit_events::Column::Details, serde_json::Value::Object(details).to_string().into())
+            .filter(audit_events::Column::Seq.eq(row.seq))
+            .exec(&**tx)
+            .await?;
+        changed += 1;
+    }
+    Ok(changed)
+}

@@ -12,6 +12,7 @@ mod departments;
 mod login_attacks;
 mod operations;
 mod ownership;
+mod privacy;
 mod resource_attacks;
 mod roles;
 mod secrets_at_rest;

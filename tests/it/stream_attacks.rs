@@ -24,7 +24,8 @@ async fn a_deactivated_administrators_stream_ends(backend: Backend) {
     let server = TestServer::start(backend).await;
     server.tenant("acme", 0).await;
     let admin_role = server.builtin_role("acme", "administrator").await;
-    let watcher = server.password_user("acme", "watcher@example.com", PASSWORD, std::slice::from_ref(&admin_role)).await;
+    let watcher =
+        server.password_user("acme", "watcher@example.com", PASSWORD, std::slice::from_ref(&admin_role)).await;
     server.password_user("acme", "other@example.com", PASSWORD, std::slice::from_ref(&admin_role)).await;
     let token = server.login("acme", "watcher@example.com", PASSWORD).await.access_token;
     let mut audit =

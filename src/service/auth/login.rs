@@ -47,6 +47,10 @@ enum Login {
 
 impl Iam {
     /// Records a login attempt that changes nothing else (its own transaction).
+    fn login_email_pseudonym(&self, tenant_id: &str, email_key: &str) -> String {
+        self.auth.secrets.pseudonym(&crate::domain::audit::login_email_purpose(tenant_id), email_key)
+    }
+
     async fn record_attempt(&self, ctx: &RequestContext, record: AuditRecord) -> Result<()> {
         self.db
             .write(&attempt_context(ctx), async |tx| {
@@ -92,7 +96,7 @@ impl Iam {
             if tenant_exists {
                 let record = AuditRecord::new(Some(tenant_id), "auth.login_failed", "user", "")
                     .with_detail("reason", "unknown_email")
-                    .with_detail("email", email_key.clone());
+                    .with_detail("email_hash", self.login_email_pseudonym(tenant_id, &email_key));
                 self.record_attempt(ctx, record).await?;
             }
             return Err(invalid_credentials());
