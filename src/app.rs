@@ -126,6 +126,10 @@ impl Application {
         if sealed != Default::default() {
             tracing::info!(?sealed, "secrets stored in clear (from before sealing) are now sealed");
         }
+        let (filled, clashes) = crate::store::users::backfill_email_skeletons(&db).await?;
+        if filled + clashes > 0 {
+            tracing::info!(filled, clashes, "look-alike keys of stored e-mail addresses filled in");
+        }
         let threads = match config.password_hash_threads {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             n => n,

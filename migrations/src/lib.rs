@@ -11,6 +11,7 @@ mod m20261122_000002_roles;
 mod m20261122_000003_audit;
 mod m20261122_000004_ownership;
 mod m20261130_000005_auth;
+mod m20261201_000006_email_skeleton;
 
 /// Applies the migrations in order (`crm-iam migrate`, or `crm-iam serve` unless `--no-migrate`).
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000003_audit::Migration),
             Box::new(m20261122_000004_ownership::Migration),
             Box::new(m20261130_000005_auth::Migration),
+            Box::new(m20261201_000006_email_skeleton::Migration),
         ]
     }
 }

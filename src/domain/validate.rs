@@ -77,6 +77,25 @@ pub fn email(s: &str) -> Check<(String, String)> {
     Ok((s.to_owned(), s.to_lowercase()))
 }
 
+/// What an e-mail key looks like: every character outside ASCII is replaced by its Unicode UTS #39
+/// confusable skeleton (`unicode-security`, the tables rustc's confusable lints use) after NFKC, so
+/// `аnn@acme.example` (Cyrillic а), `ａnn@acme.example` (full-width) and `ann@acme.example` share
+/// one skeleton and collide as duplicates. ASCII characters stay themselves: `user1@` and `userl@`
+/// were always different addresses of different people.
+pub fn email_skeleton(email_key: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let mut out = String::with_capacity(email_key.len());
+    for c in email_key.nfkc().flat_map(char::to_lowercase) {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            out.extend(unicode_security::confusable_detection::skeleton(c.encode_utf8(&mut buf)));
+        }
+    }
+    out.to_lowercase()
+}
+
 /// A phone number with a country code, normalised to E.164 (`+14155550123`) by the `phonenumber`
 /// crate (libphonenumber's metadata), which also checks that the number is valid for its region.
 pub fn phone(s: &str) -> Check<Option<String>> {
@@ -195,6 +214,23 @@ pub fn page_size(n: i32) -> Check<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn look_alike_emails_share_a_skeleton() {
+        let ann = email_skeleton("ann@acme.example");
+        assert_eq!(ann, "ann@acme.example");
+        for look_alike in
+            ["\u{430}nn@acme.example", "\u{ff41}nn@acme.example", "ann@\u{430}cme.example", "\u{251}nn@acme.example"]
+        {
+            assert_eq!(email_skeleton(look_alike), ann, "{look_alike}");
+        }
+        assert_ne!(email_skeleton("user1@acme.example"), email_skeleton("userl@acme.example"));
+        assert_ne!(email_skeleton("bob@acme.example"), ann);
+        assert_eq!(
+            email_skeleton("\u{442}\u{435}\u{441}\u{442}@acme.example"),
+            email_skeleton("\u{442}\u{435}\u{441}\u{442}@acme.example")
+        );
+    }
 
     #[test]
     fn emails() {

@@ -142,6 +142,7 @@ impl Iam {
                     tenant_id: tenant_id.to_owned(),
                     email: Some(profile.email),
                     email_key: Some(profile.email_key),
+                    email_skeleton: None, // set by the store from email_key
                     given_name: profile.given_name,
                     family_name: profile.family_name,
                     display_name: profile.display_name,

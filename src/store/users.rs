@@ -98,6 +98,12 @@ pub async fn get_for_update(tx: &super::Tx, tenant_id: &str, user_id: Uuid) -> R
 
 fn unique_error(e: sea_orm::DbErr) -> Error {
     let e = match e.sql_err() {
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(msg)) if msg.contains("email_skeleton") => {
+            return Error::already_exists(
+                Reason::EmailTaken,
+                "another user of this tenant has an email address that looks the same (look-alike characters)",
+            );
+        }
         Some(sea_orm::SqlErr::UniqueConstraintViolation(msg)) if msg.contains("employee_number") => {
             return Error::already_exists(
                 Reason::EmployeeNumberTaken,
@@ -111,14 +117,22 @@ fn unique_error(e: sea_orm::DbErr) -> Error {
     })
 }
 
+/// Keeps the look-alike key in step with the address.
+fn with_skeleton(mut row: Row) -> Row {
+    row.email_skeleton = row.email_key.as_deref().map(crate::domain::validate::email_skeleton);
+    row
+}
+
 pub async fn insert(tx: &Tx, row: Row) -> Result<Row> {
+    let row = with_skeleton(row);
     tx.profile_changed(&row.tenant_id, row.user_id);
     row.into_active_model().reset_all().insert(&**tx).await.map_err(unique_error)
 }
 
 /// Writes `row` (whose `version` is already the new one) if the stored version is still
 /// `expected_version`; otherwise ABORTED.
-pub async fn update(tx: &Tx, mut row: Row, expected_version: i64) -> Result<Row> {
+pub async fn update(tx: &Tx, row: Row, expected_version: i64) -> Result<Row> {
+    let mut row = with_skeleton(row);
     tx.profile_changed(&row.tenant_id, row.user_id);
     row.version = expected_version + 1;
     row.update_time = crate::domain::now();
@@ -255,4 +269,45 @@ pub async fn set_last_login(tx: &Tx, tenant_id: &str, user_id: Uuid, at: chrono:
         .exec(&**tx)
         .await?;
     Ok(())
+}
+
+/// Fills in the look-alike key of users stored before it existed (at start; cheap when there is
+/// nothing to do). Addresses that already look alike keep none (both stay, as they were) and are
+/// counted, so an operator can look at them; returns (filled, look-alikes left).
+pub async fn backfill_email_skeletons(db: &crate::store::db::Db) -> Result<(u64, u64)> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+    let (mut filled, mut clashes) = (0, 0);
+    let mut after: Option<Uuid> = None;
+    loop {
+        let mut q = users::Entity::find()
+            .select_only()
+            .columns([users::Column::UserId, users::Column::EmailKey])
+            .filter(users::Column::EmailKey.is_not_null())
+            .filter(users::Column::EmailSkeleton.is_null());
+        if let Some(a) = after {
+            q = q.filter(users::Column::UserId.gt(a));
+        }
+        let batch: Vec<(Uuid, Option<String>)> =
+            q.order_by_asc(users::Column::UserId).limit(500).into_tuple().all(db.conn()).await?;
+        let Some(last) = batch.last() else { break };
+        after = Some(last.0);
+        for (id, key) in batch {
+            let Some(key) = key else { continue };
+            let done = users::Entity::update_many()
+                .col_expr(users::Column::EmailSkeleton, crate::domain::validate::email_skeleton(&key).into())
+                .filter(users::Column::UserId.eq(id))
+                .filter(users::Column::EmailKey.eq(key.as_str()))
+                .exec(db.conn())
+                .await;
+            match done {
+                Ok(_) => filled += 1,
+                Err(e) if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {
+                    tracing::warn!(user_id = %id, "a stored address looks like another user's of the same tenant; left as it is");
+                    clashes += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok((filled, clashes))
 }

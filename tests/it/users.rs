@@ -15,6 +15,7 @@ both_backends!(
     create_user_with_invitation,
     create_user_validation_writes_nothing,
     unique_email_and_employee_number,
+    look_alike_emails_collide,
     seat_limit_counts_active_and_invited,
     update_user_with_mask_and_etag,
     lifecycle_transitions,
@@ -235,6 +236,57 @@ async fn create_user_validation_writes_nothing(backend: Backend) {
     let db = s.db.connect().await;
     assert_eq!(count(&db, "SELECT COUNT(*) FROM users").await, 0, "nothing written");
     assert_eq!(count(&db, "SELECT COUNT(*) FROM audit_events WHERE action LIKE 'user.%'").await, 0);
+    s.stop().await;
+}
+
+/// `аnn@acme.example` (Cyrillic а) is not a second Ann: look-alike addresses collide on create and
+/// on update, in every spelling (full-width, Cyrillic in the domain); ASCII stays exact. Rows
+/// stored before the look-alike key existed get it at start.
+async fn look_alike_emails_collide(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.tenant("acme", 0).await;
+    let mut c = s.users().await;
+    c.create_user(invite(&t, "ann@acme.example")).await.unwrap();
+    for look_alike in ["\u{430}nn@acme.example", "\u{ff41}nn@acme.example", "ANN@\u{430}cme.example"] {
+        let refused = expect_code(c.create_user(invite(&t, look_alike)).await, Code::AlreadyExists);
+        assert_eq!(reason(&refused), "EMAIL_TAKEN", "{look_alike}");
+        assert!(refused.message().contains("looks the same"), "{}", refused.message());
+    }
+    // One character away in ASCII is another person.
+    c.create_user(invite(&t, "anm@acme.example")).await.unwrap();
+    let bo = c.create_user(invite(&t, "bo@acme.example")).await.unwrap().into_inner().user.unwrap();
+    let taken = c
+        .update_user(pb::UpdateUserRequest {
+            tenant_id: t.clone(),
+            user: Some(pb::User {
+                user_id: bo.user_id.clone(),
+                email: "\u{430}nn@acme.example".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask { paths: vec!["email".into()] }),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(&expect_code(taken, Code::AlreadyExists)), "EMAIL_TAKEN");
+    // Another tenant has its own people.
+    let other = s.tenant("other", 0).await;
+    c.create_user(invite(&other, "\u{430}nn@acme.example")).await.unwrap();
+
+    // A database from before the look-alike key: after a restart the key is filled in and holds.
+    let db = s.db.connect().await;
+    db.execute_unprepared("UPDATE users SET email_skeleton = NULL").await.unwrap();
+    // With the keys gone, the look-alike gets in (as it did before this change).
+    c.create_user(invite(&t, "\u{430}nn@acme.example")).await.unwrap();
+    let config = crate::common::test_config(&s.db);
+    let s = TestServer::start_on(s.stop().await, config).await;
+    let db = s.db.connect().await;
+    let missing = count(&db, "SELECT COUNT(*) FROM users WHERE email_key IS NOT NULL AND email_skeleton IS NULL").await;
+    let twins =
+        count(&db, "SELECT COUNT(*) FROM users WHERE tenant_id = 'acme' AND email_key LIKE '%nn@acme.example'").await;
+    assert_eq!(missing, twins - 1, "every address has its key except one of the two look-alikes stored meanwhile");
+    let mut c = s.users().await;
+    let refused = c.create_user(invite(&t, "\u{ff41}nn@acme.example")).await;
+    assert_eq!(reason(&expect_code(refused, Code::AlreadyExists)), "EMAIL_TAKEN");
     s.stop().await;
 }
 

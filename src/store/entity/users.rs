@@ -9,6 +9,8 @@ pub struct Model {
     pub tenant_id: String,
     pub email: Option<String>,
     pub email_key: Option<String>,
+    /// UTS #39 skeleton of `email_key` (unique per tenant: look-alike addresses collide).
+    pub email_skeleton: Option<String>,
     pub given_name: String,
     pub family_name: String,
     pub display_name: String,
