@@ -157,6 +157,11 @@ impl Application {
             auth,
             config.access_cache_budget.as_u64(),
         );
+        anyhow::ensure!(
+            config.min_audit_retention <= Duration::from_secs(3650 * 24 * 3600),
+            "min_audit_retention must be at most 3650 days (the longest retention a tenant may set)"
+        );
+        iam.audit.set_min_retention(config.min_audit_retention);
         iam.audit.set_caps(crate::service::audit::StreamCaps {
             per_caller: config.max_streams_per_caller.max(1),
             per_tenant: config.max_streams_per_tenant.max(1),

@@ -75,6 +75,9 @@ pub struct Config {
     /// How long audit events of the platform itself (not of a tenant) are kept.
     #[serde(with = "humantime_serde")]
     pub platform_audit_retention: Duration,
+    /// The least audit retention a tenant may set (and the least retention keeps for any tenant).
+    #[serde(with = "humantime_serde")]
+    pub min_audit_retention: Duration,
     /// How often the audit retention job runs.
     #[serde(with = "humantime_serde")]
     pub audit_retention_interval: Duration,
@@ -159,6 +162,7 @@ impl Default for Config {
             password_hash_threads: 0,
             migrate: true,
             platform_audit_retention: Duration::from_secs(400 * 24 * 3600),
+            min_audit_retention: crate::service::audit::DEFAULT_MIN_RETENTION,
             audit_retention_interval: Duration::from_secs(3600),
             transfer_batch_size: 2000,
             transfer_lease: Duration::from_secs(30),

@@ -90,7 +90,8 @@ pub fn record_tenant(tenant_id: &str) {
     tracing::Span::current().record("tenant_id", tenant_id);
 }
 
-/// The context of mutating request `msg`: actor, idempotency key, trace and peer. `scope` is the tenant acted in ("" for
+/// The context of mutating request `msg`: actor, idempotency key (scoped to the tenant and the
+/// caller), trace and peer. `scope` is the tenant acted in ("" for
 /// platform-level requests); `strip` clears the request_id so the fingerprint covers the body.
 pub fn mutation<T, M>(
     req: &Request<T>,
@@ -105,18 +106,21 @@ where
     M: Message + Clone,
 {
     let request_id = validate::request_id(request_id).map_err(|d| Error::invalid_field("request_id", d))?;
+    let actor = caller.actor();
     let idem = request_id.as_ref().map(|key| {
         let mut body = msg.clone();
         strip(&mut body);
         Idempotency {
-            scope: scope.to_owned(),
+            // Keys belong to their caller within the tenant: another caller's key is another
+            // key (it neither replays their answer nor burns theirs).
+            scope: format!("{scope}|{}", actor.id),
             key: key.clone(),
             method,
             fingerprint: hex::encode(Sha256::digest(body.encode_to_vec())),
         }
     });
     Ok(RequestContext {
-        actor: caller.actor(),
+        actor,
         request_id,
         trace_id: telemetry::current_trace_id(),
         peer: req.remote_addr().map(|a| a.to_string()),

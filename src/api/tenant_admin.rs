@@ -57,7 +57,10 @@ impl TenantAdmin for TenantAdminApi {
         let seat_limit = seat_limit(&mut v, t.seat_limit);
         let patch = convert::settings_patch(&mut v, t.settings.as_ref(), &["settings".to_owned()]);
         let settings = match TenantSettings::default().apply(&patch) {
-            Ok(s) => Some(s),
+            Ok(s) => {
+                s.check_audit_floor(&patch, self.iam.audit.min_retention_secs(), "tenant.settings.", &mut v);
+                Some(s)
+            }
             Err(more) => {
                 for f in more.into_error().field_violations {
                     v.add(f.field, f.description);

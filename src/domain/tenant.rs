@@ -146,6 +146,21 @@ impl TenantSettings {
     }
 }
 
+impl TenantSettings {
+    /// The platform's floor on audit retention (`min_audit_retention`): a tenant may keep its
+    /// trail longer, never shorter, so an administrator cannot erase the record of their own
+    /// actions by setting a day. Checked only when a patch sets the retention (a value stored
+    /// before the floor was raised stays, and retention applies the floor to it).
+    pub fn check_audit_floor(&self, p: &SettingsPatch, floor_secs: u64, base: &str, v: &mut Violations) {
+        if p.audit_retention_secs.is_some() && self.audit_retention_secs < floor_secs {
+            v.add(
+                format!("{base}audit_retention"),
+                format!("must be at least {} (the platform's minimum audit retention)", fmt_amount(floor_secs, "s")),
+            );
+        }
+    }
+}
+
 fn fmt_amount(value: u64, unit: &str) -> String {
     match unit {
         "s" if value.is_multiple_of(DAY) => format!("{}d", value / DAY),

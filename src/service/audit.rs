@@ -87,10 +87,16 @@ pub struct AuditHub {
     replay: tokio::sync::Semaphore,
     streams: std::sync::Mutex<StreamCounts>,
     caps: std::sync::RwLock<StreamCaps>,
+    /// The platform's floor on tenants' audit retention, in seconds (`min_audit_retention`).
+    min_retention_secs: std::sync::atomic::AtomicU64,
 }
 
 /// How many streams (StreamEvents and WatchTransfer) one caller and one tenant may hold open.
+/// The default floor on tenants' audit retention (`min_audit_retention`).
+pub const DEFAULT_MIN_RETENTION: std::time::Duration = std::time::Duration::from_secs(180 * 24 * 3600);
+
 #[derive(Debug, Clone, Copy)]
+
 pub struct StreamCaps {
     pub per_caller: usize,
     pub per_tenant: usize,
@@ -144,12 +150,23 @@ impl Default for AuditHub {
             replay: tokio::sync::Semaphore::new(REPLAY_PERMITS),
             streams: Default::default(),
             caps: Default::default(),
+            min_retention_secs: std::sync::atomic::AtomicU64::new(DEFAULT_MIN_RETENTION.as_secs()),
         }
     }
 }
 
 impl AuditHub {
     /// Sets the stream caps (from the configuration).
+    /// Sets the platform's floor on audit retention.
+    pub fn set_min_retention(&self, floor: std::time::Duration) {
+        self.min_retention_secs.store(floor.as_secs(), Ordering::Relaxed);
+    }
+
+    /// The platform's floor on audit retention, in seconds.
+    pub fn min_retention_secs(&self) -> u64 {
+        self.min_retention_secs.load(Ordering::Relaxed)
+    }
+
     pub fn set_caps(&self, caps: StreamCaps) {
         *self.caps.write().expect("caps") = caps;
     }
@@ -540,7 +557,8 @@ impl Iam {
             let page = tenants::list(self.db.conn(), after.as_deref(), 500).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.tenant_id.clone());
-            scopes.extend(page.iter().map(|t| (t.tenant_id.clone(), t.settings.audit_retention_secs)));
+            let floor = self.audit.min_retention_secs();
+            scopes.extend(page.iter().map(|t| (t.tenant_id.clone(), t.settings.audit_retention_secs.max(floor))));
         }
         scopes.push((String::new(), platform_retention.as_secs()));
         let mut total = 0;

@@ -55,6 +55,14 @@ impl Iam {
                     after.seat_limit = limit;
                 }
                 after.settings = before.settings.apply(&patch.settings).map_err(Violations::into_error)?;
+                let mut v = Violations::default();
+                after.settings.check_audit_floor(
+                    &patch.settings,
+                    self.audit.min_retention_secs(),
+                    "tenant.settings.",
+                    &mut v,
+                );
+                v.finish()?;
                 let after = tenants::update(tx, &after, before.version).await?;
                 // Settings (sessions, lockout, password policy) are cached with the tenant's
                 // access data on every replica: a tenant-wide change drops them.

@@ -5,6 +5,7 @@ mod access;
 mod audit;
 mod auth;
 mod authz;
+mod caller_scope_attacks;
 mod cli;
 mod common;
 mod delegation_attacks;

@@ -75,7 +75,7 @@ fn rss_kib(pid: u32) -> u64 {
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
 }
 
-/// With a 1 MiB budget, 100,000 distinct record ids and 10,000 tenant ids that do not exist leave
+/// With a 1 MiB budget, 30,000 distinct record ids and 3,000 tenant ids that do not exist leave
 /// the access cache within the budget (owners are evicted, unknown tenants get no entry), and the
 /// server's memory grows by little.
 async fn id_floods_stay_within_the_cache_budget(backend: Backend) {

@@ -10,6 +10,7 @@
 mod access;
 mod audit;
 mod auth;
+mod floods;
 mod harness;
 mod startup;
 mod transfer;
@@ -56,6 +57,8 @@ enum Cmd {
     Transfer(Opts),
     /// Start-up time to SERVING on a fresh database, and idle RSS.
     Startup(Opts),
+    /// Memory under id floods: 1,000,000 record ids and 100,000 unknown tenants within the cache budget.
+    Floods(Opts),
     /// Every benchmark.
     All(Opts),
 }
@@ -246,6 +249,7 @@ async fn async_main() -> anyhow::Result<()> {
         Cmd::Audit(o) => (o, "audit"),
         Cmd::Auth(o) => (o, "auth"),
         Cmd::Startup(o) => (o, "startup"),
+        Cmd::Floods(o) => (o, "floods"),
         Cmd::Transfer(o) => (o, "transfer"),
         Cmd::All(o) => (o, "all"),
     };
@@ -261,7 +265,7 @@ async fn async_main() -> anyhow::Result<()> {
             rows.extend(startup::run(label, async || backend.fresh().await).await?);
         }
         // Every benchmark gets a database of its own.
-        for name in ["access", "audit", "auth", "transfer"] {
+        for name in ["access", "audit", "auth", "transfer", "floods"] {
             if which != name && which != "all" {
                 continue;
             }
@@ -270,6 +274,7 @@ async fn async_main() -> anyhow::Result<()> {
                 "access" => access::run(&db, opts.load()).await,
                 "audit" => audit::run(&db, opts.load()).await,
                 "auth" => auth::run(&db, opts.load()).await,
+                "floods" => floods::run(&db).await,
                 _ => transfer::run(&db, opts.load()).await,
             };
             db.drop_now().await;

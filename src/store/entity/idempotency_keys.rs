@@ -4,6 +4,7 @@ use sea_orm::entity::prelude::*;
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "idempotency_keys")]
 pub struct Model {
+    /// `<tenant>|<actor id>`: a key belongs to its caller in the tenant ("" for platform-level requests).
     #[sea_orm(primary_key, auto_increment = false)]
     pub scope: String,
     #[sea_orm(primary_key, auto_increment = false)]
