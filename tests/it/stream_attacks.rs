@@ -16,7 +16,7 @@ fn stream_request() -> pb::StreamEventsRequest {
     pb::StreamEventsRequest { tenant_id: "acme".into(), ..Default::default() }
 }
 
-both_backends!(a_deactivated_administrators_stream_ends, streams_are_capped_per_caller);
+both_backends!(a_deactivated_administrators_stream_ends, streams_are_capped_per_caller, streams_are_capped_per_tenant);
 
 /// An administrator follows the tenant's audit stream; the administrator is deactivated (their
 /// sessions end): the stream ends within seconds, and a removed role ends a stream the same way.
@@ -105,5 +105,44 @@ async fn streams_are_capped_per_caller(backend: Backend) {
         async move { audit.stream_events(stream_request()).await.is_ok() }
     })
     .await;
+    server.stop().await;
+}
+
+/// The users of one tenant hold at most `max_streams_per_tenant` streams together (however many
+/// users they are); another tenant's users are not affected.
+async fn streams_are_capped_per_tenant(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.max_streams_per_tenant = 3).await;
+    let mut held = Vec::new();
+    let mut clients = Vec::new();
+    for tenant in ["acme", "beta"] {
+        server.tenant(tenant, 0).await;
+        let admin_role = server.builtin_role(tenant, "administrator").await;
+        for who in ["one", "two"] {
+            let email = format!("{who}@{tenant}.example");
+            server.password_user(tenant, &email, PASSWORD, std::slice::from_ref(&admin_role)).await;
+            let token = server.login(tenant, &email, PASSWORD).await.access_token;
+            clients.push((
+                tenant,
+                pb::audit_events_client::AuditEventsClient::with_interceptor(
+                    server.channel().await,
+                    Bearer::token(&token),
+                ),
+            ));
+        }
+    }
+    let request = |tenant: &str| pb::StreamEventsRequest { tenant_id: tenant.into(), ..Default::default() };
+    // acme's two users open three streams between them; a fourth, by either, is refused.
+    for i in [0, 1, 0] {
+        let (tenant, client) = &mut clients[i];
+        held.push(client.stream_events(request(tenant)).await.expect("within the tenant's cap"));
+    }
+    for i in [0, 1] {
+        let (tenant, client) = &mut clients[i];
+        let s = client.stream_events(request(tenant)).await.expect_err("over the tenant's cap");
+        assert_eq!((s.code(), reason(&s).as_str()), (Code::ResourceExhausted, "TOO_MANY_STREAMS"));
+    }
+    // beta has its own.
+    let (tenant, client) = &mut clients[2];
+    held.push(client.stream_events(request(tenant)).await.expect("another tenant's cap"));
     server.stop().await;
 }

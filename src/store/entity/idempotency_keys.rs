@@ -4,7 +4,7 @@ use sea_orm::entity::prelude::*;
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "idempotency_keys")]
 pub struct Model {
-    /// `<tenant>|<actor id>`: a key belongs to its caller in the tenant ("" for platform-level requests).
+    /// `<tenant>|<actor id>` (tenant empty for platform-level requests): a key belongs to its caller.
     #[sea_orm(primary_key, auto_increment = false)]
     pub scope: String,
     #[sea_orm(primary_key, auto_increment = false)]
