@@ -91,12 +91,11 @@ pub struct AuditHub {
     min_retention_secs: std::sync::atomic::AtomicU64,
 }
 
-/// How many streams (StreamEvents and WatchTransfer) one caller and one tenant may hold open.
 /// The default floor on tenants' audit retention (`min_audit_retention`).
 pub const DEFAULT_MIN_RETENTION: std::time::Duration = std::time::Duration::from_secs(180 * 24 * 3600);
 
+/// How many streams (StreamEvents and WatchTransfer) one caller and one tenant may hold open.
 #[derive(Debug, Clone, Copy)]
-
 pub struct StreamCaps {
     pub per_caller: usize,
     pub per_tenant: usize,
@@ -156,7 +155,6 @@ impl Default for AuditHub {
 }
 
 impl AuditHub {
-    /// Sets the stream caps (from the configuration).
     /// Sets the platform's floor on audit retention.
     pub fn set_min_retention(&self, floor: std::time::Duration) {
         self.min_retention_secs.store(floor.as_secs(), Ordering::Relaxed);
@@ -167,6 +165,7 @@ impl AuditHub {
         self.min_retention_secs.load(Ordering::Relaxed)
     }
 
+    /// Sets the stream caps (from the configuration).
     pub fn set_caps(&self, caps: StreamCaps) {
         *self.caps.write().expect("caps") = caps;
     }
@@ -275,9 +274,16 @@ impl AuditHub {
     fn push(&self, events: Vec<AuditEvent>, head: i64) {
         {
             let mut ring = self.ring.write().expect("ring lock");
+            let purged: Vec<AuditEvent> = events.iter().filter(|e| e.action == "user.purged").cloned().collect();
+            for e in events {
+                let size = footprint(&e);
+                ring.bytes += size;
+                ring.events.push_back((Arc::new(e), size));
+            }
             // A purge erased a user's personal data from the stored trail: erase it from the copies
-            // kept here too (every replica's hub reads the purge's own event).
-            for purged in events.iter().filter(|e| e.action == "user.purged") {
+            // kept here too (every replica's hub reads the purge's own event), including the events
+            // that arrived in the same batch as the purge.
+            for purged in purged.iter() {
                 for (e, _) in ring.events.iter_mut() {
                     if e.tenant_id == purged.tenant_id && e.target_kind == "user" && e.target_id == purged.target_id {
                         let mut copy = (**e).clone();
@@ -290,11 +296,6 @@ impl AuditHub {
                         }
                     }
                 }
-            }
-            for e in events {
-                let size = footprint(&e);
-                ring.bytes += size;
-                ring.events.push_back((Arc::new(e), size));
             }
             while ring.events.len() > RING_CAPACITY || ring.bytes > RING_BYTES {
                 match ring.events.pop_front() {
@@ -573,5 +574,54 @@ impl Iam {
             }
         }
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::audit::{Actor, REDACTED};
+
+    fn event(seq: i64, action: &str, user: &str, email: &str) -> AuditEvent {
+        let mut changes = serde_json::Map::new();
+        changes.insert("email".into(), serde_json::json!({ "before": null, "after": email }));
+        AuditEvent {
+            seq,
+            event_id: uuid::Uuid::now_v7(),
+            tenant_id: Some("acme".into()),
+            occur_time: now(),
+            actor: Actor::system("test"),
+            action: action.into(),
+            target_kind: "user".into(),
+            target_id: user.into(),
+            request_id: None,
+            trace_id: None,
+            peer: None,
+            changes,
+            details: serde_json::Map::new(),
+        }
+    }
+
+    fn emails(hub: &AuditHub) -> Vec<String> {
+        let (events, _) = hub.read(0, &EventScope::All, &EventFilter::default(), 100).unwrap();
+        events.iter().filter_map(|e| e.changes.get("email").map(|c| c["after"].to_string())).collect()
+    }
+
+    #[test]
+    fn a_purge_redacts_the_ring_in_earlier_and_in_the_same_batch() {
+        let hub = AuditHub::default();
+        hub.ring.write().unwrap().base = 0;
+        hub.push(vec![event(1, "user.created", "u1", "ann@acme.example")], 1);
+        // The replica's hub may read the change and the purge in one page (a lagging poll).
+        hub.push(
+            vec![
+                event(2, "user.updated", "u1", "ann.lee@acme.example"),
+                event(3, "user.created", "u2", "bob@acme.example"),
+                event(4, "user.purged", "u1", ""),
+            ],
+            4,
+        );
+        let quoted = format!("\"{REDACTED}\"");
+        assert_eq!(emails(&hub), [quoted.as_str(), quoted.as_str(), "\"bob@acme.example\"", quoted.as_str()]);
     }
 }
