@@ -11,11 +11,11 @@ use tower_http::{classify::GrpcFailureClass, trace::TraceLayer};
 
 use crate::{
     api::auth::AuthApi,
+    api::authn::{AuthLayer, Authenticator},
     api::{
         access::AccessApi, audit_events::AuditEventsApi, ownership_transfer::OwnershipTransferApi,
         role_admin::RoleAdminApi, tenant_admin::TenantAdminApi, user_admin::UserAdminApi,
     },
-    auth::{AuthLayer, Authenticator, keys::KeyRing, password::Passwords},
     config::{Config, redact_url},
     jobs,
     middleware::Layer,
@@ -29,7 +29,7 @@ use crate::{
     },
     service::{
         Iam, audit,
-        auth::{AuthSettings, AuthState},
+        auth::{AuthSettings, AuthState, hashing::Passwords, keys::KeyRing},
         replicas,
         transfers::{self, TransferSettings},
     },
@@ -121,7 +121,7 @@ impl Application {
         }
         let (token, admin_token_file) = admin_token(&config)?;
         let secrets = Arc::new(master_keys(&config)?);
-        crate::auth::keys::check_master_keys(&db, &secrets).await?;
+        crate::service::auth::keys::check_master_keys(&db, &secrets).await?;
         let sealed = crate::store::sealed::reseal(&db, &secrets, crate::store::sealed::Reseal::Plaintext).await?;
         if sealed != Default::default() {
             tracing::info!(?sealed, "secrets stored in clear (from before sealing) are now sealed");
@@ -432,11 +432,8 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 /// Readiness follows the database: NOT_SERVING while it cannot be reached.
 async fn health_watch(iam: Iam, reporter: HealthReporter, interval: Duration, stop: CancellationToken) {
     let mut serving = true;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
+    let mut ticks = crate::periodic::Ticks::after(interval, &stop);
+    while ticks.next().await {
         let ok = tokio::time::timeout(Duration::from_secs(3), iam.db.ping()).await.unwrap_or(false);
         if ok != serving && !stop.is_cancelled() {
             serving = ok;

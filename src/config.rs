@@ -111,7 +111,7 @@ pub struct Config {
     /// Named credentials of sibling services: `[[service_credentials]]` with `name`,
     /// `token_sha256` (hex SHA-256 of the service's token), `methods` (`Access.Check`, `Access.*`)
     /// and optionally `client_subject` (mutual TLS: the client certificate it must come with).
-    pub service_credentials: Vec<crate::auth::ServiceCredential>,
+    pub service_credentials: Vec<crate::domain::caller::ServiceCredential>,
     /// The master key ring sealing secrets at rest (`CRM_IAM_MASTER_KEY`): base64 32-byte keys
     /// separated by commas, the sealing key first, older ones after it during a rotation.
     #[serde(skip_serializing)]

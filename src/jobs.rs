@@ -3,18 +3,14 @@
 
 use std::time::Duration;
 
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    domain::now,
-    service::Iam,
-    store::entity::{idempotency_keys, refresh_tokens, sessions},
-};
+use crate::{domain::now, periodic::Ticks, service::Iam};
 
 /// Purges DELETED users whose restore window has passed, every `interval`.
 pub async fn purge_sweeper(iam: Iam, interval: Duration, stop: CancellationToken) {
-    loop {
+    let mut ticks = Ticks::now(interval, &stop);
+    while ticks.next().await {
         match iam.purge_expired(now(), 200).await {
             Ok(r) if r.purged > 0 => {
                 tracing::info!(purged = r.purged, "purged users past their restore window")
@@ -22,57 +18,31 @@ pub async fn purge_sweeper(iam: Iam, interval: Duration, stop: CancellationToken
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "purge sweep failed; will retry"),
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
     }
-}
-
-/// Deletes sessions a day after they expired (with their refresh tokens), and refresh tokens
-/// rotated more than a day ago (reuse detection needs them only while a stolen copy is fresh).
-async fn sweep_sessions(iam: &Iam) -> Result<(), sea_orm::DbErr> {
-    let day_ago = now() - chrono::Duration::days(1);
-    refresh_tokens::Entity::delete_many()
-        .filter(refresh_tokens::Column::RotateTime.lt(day_ago))
-        .exec(iam.db.conn())
-        .await?;
-    sessions::Entity::delete_many().filter(sessions::Column::ExpireTime.lt(day_ago)).exec(iam.db.conn()).await?;
-    Ok(())
 }
 
 /// Deletes idempotency keys older than `retention`, and old sessions, hourly (and at start).
 pub async fn idempotency_sweeper(iam: Iam, retention: Duration, stop: CancellationToken) {
-    loop {
+    let mut ticks = Ticks::now(Duration::from_secs(3600), &stop);
+    while ticks.next().await {
         let cutoff = now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(2));
-        let result = idempotency_keys::Entity::delete_many()
-            .filter(idempotency_keys::Column::CreateTime.lt(cutoff))
-            .exec(iam.db.conn())
-            .await;
-        if let Err(e) = result {
+        if let Err(e) = iam.sweep_idempotency_keys(cutoff).await {
             tracing::warn!(error = %e, "idempotency key sweep failed; will retry");
         }
-        if let Err(e) = sweep_sessions(&iam).await {
+        if let Err(e) = iam.sweep_sessions().await {
             tracing::warn!(error = %e, "session sweep failed; will retry");
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
     }
 }
 
 /// Deletes audit events past their tenant's (or the platform's) retention, every `interval`.
 pub async fn audit_retention(iam: Iam, platform_retention: Duration, interval: Duration, stop: CancellationToken) {
-    loop {
+    let mut ticks = Ticks::now(interval, &stop);
+    while ticks.next().await {
         match iam.enforce_audit_retention(platform_retention).await {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "audit events past retention deleted"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "audit retention failed; will retry"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
         }
     }
 }
@@ -80,12 +50,9 @@ pub async fn audit_retention(iam: Iam, platform_retention: Duration, interval: D
 /// Keeps this replica's signing keys current: re-reads them every minute (a rotation on another
 /// replica reaches this one) and rotates the signing key once it is older than `rotation`.
 pub async fn signing_keys(iam: Iam, rotation: Duration, stop: CancellationToken) {
-    use crate::auth::keys::RELOAD_INTERVAL;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(RELOAD_INTERVAL) => {}
-        }
+    use crate::service::auth::keys::RELOAD_INTERVAL;
+    let mut ticks = Ticks::after(RELOAD_INTERVAL, &stop);
+    while ticks.next().await {
         if let Err(e) = iam.auth.keys.refresh_if_stale().await {
             tracing::warn!(error = %e, "signing keys could not be reloaded; will retry");
             continue;

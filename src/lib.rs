@@ -1,11 +1,11 @@
 //! crm-iam: identity and access for a multi-tenant CRM platform, over gRPC.
 //!
 //! Layers (dependencies point inward): [`api`] (gRPC edge) → [`service`] (operations, one
-//! transaction each) → [`store`] (SeaORM) and [`domain`] (types and rules, no I/O).
+//! transaction each) → [`store`] (all SQL) and [`domain`] (types and rules, no I/O). The test
+//! `tests/architecture.rs` keeps them so; ARCHITECTURE.md draws the map.
 
 pub mod api;
 pub mod app;
-pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod middleware;
 pub mod overload;
+pub mod periodic;
 pub mod proto;
 pub mod secrets;
 pub mod service;

@@ -16,7 +16,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::{service::Iam, store::Backend};
+use crate::service::Iam;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -79,28 +79,15 @@ pub async fn serve(listener: tokio::net::TcpListener, iam: Iam, stop: Cancellati
 
 /// Samples gauges whose state lives in other components.
 async fn sample(iam: Iam, stop: CancellationToken) {
-    loop {
+    let mut ticks = crate::periodic::Ticks::now(Duration::from_secs(5), &stop);
+    while ticks.next().await {
         record_gauges(&iam).await;
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
     }
 }
 
 /// Records the sampled gauges now (also used by tests through a scrape).
 pub async fn record_gauges(iam: &Iam) {
-    let conn = iam.db.conn();
-    let (size, idle) = match iam.db.backend() {
-        Backend::Sqlite => {
-            let p = conn.get_sqlite_connection_pool();
-            (p.size(), p.num_idle())
-        }
-        Backend::Postgres => {
-            let p = conn.get_postgres_connection_pool();
-            (p.size(), p.num_idle())
-        }
-    };
+    let (size, idle) = iam.db.pool_stats();
     metrics::gauge!("crm_iam_db_pool_connections", "state" => "open").set(size as f64);
     metrics::gauge!("crm_iam_db_pool_connections", "state" => "idle").set(idle as f64);
     metrics::gauge!("crm_iam_db_pool_connections", "state" => "in_use").set(size.saturating_sub(idle as u32) as f64);
@@ -122,7 +109,7 @@ pub async fn record_gauges(iam: &Iam) {
     }
     metrics::counter!("crm_iam_access_policy_loads_total").absolute(s.policy_loads.load(Ordering::Relaxed));
     metrics::counter!("crm_iam_access_cache_invalidations_total").absolute(s.invalidations.load(Ordering::Relaxed));
-    match crate::store::transfers::count_by_state(conn).await {
+    match iam.transfer_counts().await {
         Ok(counts) => {
             for (state, n) in counts {
                 metrics::gauge!("crm_iam_transfer_jobs", "state" => state).set(n as f64);

@@ -4,8 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::{caller, convert, record_tenant};
 use crate::{
-    auth::Caller,
-    domain::{Violations, access::ResourceFacts, validate},
+    domain::{Violations, access::ResourceFacts, caller::Caller, validate},
     proto::v1::{self as pb, access_server::Access},
     service::{Iam, Target, access::CheckInput},
 };

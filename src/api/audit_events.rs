@@ -83,7 +83,7 @@ pub fn event_to_proto(e: &AuditEvent) -> pb::AuditEvent {
 
 impl AuditEventsApi {
     /// A tenant's trail: its administrators (settings.view at tenant scope); everything: the platform.
-    async fn may_read(&self, caller: &crate::auth::Caller, scope: &EventScope) -> Result<(), Status> {
+    async fn may_read(&self, caller: &crate::domain::caller::Caller, scope: &EventScope) -> Result<(), Status> {
         match scope {
             EventScope::All => require_platform(caller)?,
             EventScope::Tenant(t) => {
@@ -226,7 +226,7 @@ impl AuditEvents for AuditEventsApi {
         };
         let slot = self.iam.audit.open_stream(&caller, &tenant)?;
         let user = match &caller {
-            crate::auth::Caller::User(u) => Some(u.clone()),
+            crate::domain::caller::Caller::User(u) => Some(u.clone()),
             _ => None,
         };
         let stop = self.iam.stop.clone();

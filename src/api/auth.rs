@@ -9,16 +9,16 @@ use super::{
     tenant_field as tenant, user_caller,
 };
 use crate::{
-    auth::{Caller, keys::PublicJwk},
     domain::{
         Error, Violations,
         audit::{Actor, ActorKind, RequestContext},
+        caller::Caller,
         validate,
     },
     proto::v1::{self as pb, auth_server::Auth},
     service::{
         Iam, Target,
-        auth::{SessionView, Tokens},
+        auth::{SessionView, Tokens, keys::PublicJwk},
     },
     telemetry,
 };

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod audit_events;
 pub mod auth;
+pub mod authn;
 pub mod convert;
 pub mod limits;
 pub mod ownership_transfer;
@@ -19,10 +20,10 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
 
 use crate::{
-    auth::{Caller, UserCaller},
     domain::{
         Error, Reason, Result, Violations,
         audit::{Idempotency, RequestContext},
+        caller::{Caller, UserCaller},
         validate,
     },
     telemetry,

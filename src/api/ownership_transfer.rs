@@ -339,7 +339,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         self.iam.authorize(&caller, &tenant_id, "users", "view", Target::Tenant).await?;
         let slot = self.iam.audit.open_stream(&caller, &tenant_id)?;
         let user = match &caller {
-            crate::auth::Caller::User(u) => Some(u.clone()),
+            crate::domain::caller::Caller::User(u) => Some(u.clone()),
             _ => None,
         };
         let stream =

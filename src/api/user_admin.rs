@@ -12,12 +12,11 @@ use crate::{
     domain::{
         Error, Result, Violations,
         department::{DepartmentPatch, NewDepartment},
-        user::{Credential, Profile, UserPatch, UserState, UserWithToken, derived_display_name},
+        user::{Credential, Profile, UserFilter, UserPatch, UserState, UserWithToken, derived_display_name},
         validate,
     },
     proto::v1::{self as pb, user_admin_server::UserAdmin},
     service::{Iam, Target},
-    store::users::UserFilter,
 };
 
 pub struct UserAdminApi {

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod caller;
 pub mod delegation;
 pub mod department;
 pub mod error;

@@ -130,3 +130,15 @@ pub struct UserWithToken {
     /// When the token (if one was issued) expires; kept for replays, which carry no token.
     pub token_expire_time: Option<DateTime<Utc>>,
 }
+
+/// Filters of a user listing.
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    pub states: Vec<UserState>,
+    /// Users of any of these departments (None: any department or none).
+    pub department_ids: Option<Vec<Uuid>>,
+    /// Case-insensitive substring of email or a name.
+    pub query: Option<String>,
+    /// Only users of these departments may be shown at all (the caller's visibility; None: all).
+    pub visible_department_ids: Option<Vec<Uuid>>,
+}

@@ -340,7 +340,7 @@ pub struct Effective {
 
 /// Reads and compiles a tenant's rules (catalog, roles, department tree) through `conn`: the
 /// pool for the cache, or a transaction when a write must decide on current rules.
-pub async fn compile_policy(conn: &impl sea_orm::ConnectionTrait, tenant_id: &str) -> Result<Policy> {
+pub async fn compile_policy(conn: &impl crate::store::Conn, tenant_id: &str) -> Result<Policy> {
     tenants::get_settings(conn, tenant_id).await?;
     let catalog = roles::catalog(conn, tenant_id).await?;
     let mut policy = Policy::new(&catalog);

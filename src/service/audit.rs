@@ -174,8 +174,8 @@ impl AuditHub {
     /// RESOURCE_EXHAUSTED when the caller or (for users) the tenant already holds its cap. Users
     /// count against both caps, a service credential against its own; the platform admin token
     /// (the operator's, trusted) against none.
-    pub fn open_stream(self: &Arc<Self>, caller: &crate::auth::Caller, tenant: &str) -> Result<StreamSlot> {
-        use crate::auth::Caller;
+    pub fn open_stream(self: &Arc<Self>, caller: &crate::domain::caller::Caller, tenant: &str) -> Result<StreamSlot> {
+        use crate::domain::caller::Caller;
         let caller_key = match caller {
             Caller::PlatformAdmin => return Ok(StreamSlot { hub: None, caller: String::new(), tenant: String::new() }),
             _ => caller.actor().id,
@@ -418,7 +418,7 @@ impl Iam {
         filter: EventFilter,
         start: StreamStart,
         heartbeat: Duration,
-        user: Option<crate::auth::UserCaller>,
+        user: Option<crate::domain::caller::UserCaller>,
         slot: StreamSlot,
         stop: CancellationToken,
     ) -> Result<ReceiverStream<Result<StreamItem>>> {
@@ -460,12 +460,17 @@ impl Iam {
 
     /// Whether a user's stream may go on: the session open, and `module`.view at TENANT scope
     /// (what opening it needed) still held.
-    pub async fn stream_allowed(&self, user: &crate::auth::UserCaller, tenant: &str, module: &str) -> Result<()> {
+    pub async fn stream_allowed(
+        &self,
+        user: &crate::domain::caller::UserCaller,
+        tenant: &str,
+        module: &str,
+    ) -> Result<()> {
         let session = self.session_facts(&user.tenant_id, user.session_id).await?;
         if !session.is_some_and(|f| f.user_id == user.user_id && f.active_at(now())) {
             return Err(Error::unauthenticated("the session of this stream has ended: log in again"));
         }
-        let caller = crate::auth::Caller::User(user.clone());
+        let caller = crate::domain::caller::Caller::User(user.clone());
         self.authorize(&caller, tenant, module, "view", super::Target::Tenant).await
     }
 
@@ -476,7 +481,7 @@ impl Iam {
         filter: EventFilter,
         mut cursor: i64,
         heartbeat: Duration,
-        user: Option<crate::auth::UserCaller>,
+        user: Option<crate::domain::caller::UserCaller>,
         tx: &mpsc::Sender<Result<StreamItem>>,
         stop: CancellationToken,
     ) -> Result<()> {

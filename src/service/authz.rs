@@ -8,14 +8,12 @@
 use uuid::Uuid;
 
 use super::{Iam, access::CheckInput};
-use crate::{
-    auth::{Caller, UserCaller},
-    domain::{
-        Error, Kind, Reason, Result,
-        access::{Permission, ResourceFacts, Scope},
-        delegation::{self, Missing, Rights},
-        error::PreconditionViolation,
-    },
+use crate::domain::{
+    Error, Kind, Reason, Result,
+    access::{Permission, ResourceFacts, Scope},
+    caller::{Caller, UserCaller},
+    delegation::{self, Missing, Rights},
+    error::PreconditionViolation,
 };
 
 /// What an action is about.

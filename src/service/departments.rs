@@ -48,7 +48,7 @@ impl Iam {
 
     async fn department_row(
         &self,
-        conn: &impl sea_orm::ConnectionTrait,
+        conn: &impl crate::store::Conn,
         tenant_id: &str,
         id: Uuid,
     ) -> Result<departments::Row> {

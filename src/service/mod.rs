@@ -20,7 +20,11 @@ use std::sync::Arc;
 pub use authz::{Target, same_tenant as authz_same_tenant};
 pub use users::PurgeReport;
 
-use crate::{auth::password::Passwords, store::Db};
+use self::auth::hashing::Passwords;
+use crate::{
+    domain::{Result, now},
+    store::{self, Db},
+};
 
 /// The crm-iam application: storage, the password hashing pool and the access cache.
 #[derive(Clone)]
@@ -71,5 +75,18 @@ impl<T> Page<T> {
         let more = rows.len() as u64 > limit;
         rows.truncate(limit as usize);
         Page { items: rows, more }
+    }
+}
+
+impl Iam {
+    /// Deletes idempotency keys stored before `before` (they answer retries only that long).
+    pub async fn sweep_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64> {
+        store::write::sweep_idempotency_keys(self.db.conn(), before).await
+    }
+
+    /// Deletes sessions a day after they expired (with their refresh tokens), and refresh tokens
+    /// rotated more than a day ago (reuse detection needs them only while a stolen copy is fresh).
+    pub async fn sweep_sessions(&self) -> Result<()> {
+        store::sessions::sweep(self.db.conn(), now() - chrono::Duration::days(1)).await
     }
 }

@@ -42,7 +42,7 @@ fn may_edit(policy: &Policy, role_ids: &[Uuid], module: &str) -> bool {
 /// members of the department (the departing user excepted) who may edit the module, in user id
 /// order. A violation when nobody can.
 pub(super) async fn resolve_targets(
-    conn: &impl sea_orm::ConnectionTrait,
+    conn: &impl crate::store::Conn,
     policy: &Policy,
     tenant_id: &str,
     from: Uuid,
@@ -143,7 +143,7 @@ fn rule_violations(rules: &[TransferRule], policy: &Policy) -> Vec<PreconditionV
 
 /// What a transfer of `from`'s records under `rules` would do now (read through `conn`).
 pub(super) async fn compute_plan(
-    conn: &impl sea_orm::ConnectionTrait,
+    conn: &impl crate::store::Conn,
     tenant_id: &str,
     from: Uuid,
     rules: &[TransferRule],

@@ -4,11 +4,17 @@
 
 use std::time::Duration;
 
-use sea_orm::{EntityTrait, QuerySelect, sqlx};
 use tokio_util::sync::CancellationToken;
 
 use super::Iam;
-use crate::store::{Backend, PolicyChange, audit::AUDIT_CHANNEL, db::POLICY_CHANNEL, entity::tenants};
+use crate::{
+    periodic::Ticks,
+    store::{
+        Backend,
+        notifications::{Listener, Notice},
+        tenants,
+    },
+};
 
 /// Runs until stopped; returns at once on SQLite (one process owns the database).
 pub async fn follow(iam: Iam, poll_interval: Duration, stop: CancellationToken) {
@@ -19,41 +25,29 @@ pub async fn follow(iam: Iam, poll_interval: Duration, stop: CancellationToken) 
 }
 
 async fn listen(iam: Iam, stop: CancellationToken) {
-    let pool = iam.db.conn().get_postgres_connection_pool().clone();
-    loop {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+    let mut retry = Ticks::now(Duration::from_secs(1), &stop);
+    while retry.next().await {
+        let mut listener = match Listener::connect(&iam.db).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "replica listener cannot connect; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
+                tracing::warn!(error = %e, "replica listener cannot connect or LISTEN; retrying");
+                continue;
             }
         };
-        if let Err(e) = listener.listen_all([POLICY_CHANNEL, AUDIT_CHANNEL]).await {
-            tracing::warn!(error = %e, "LISTEN failed; retrying");
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-            }
-        }
         // Anything may have changed while we were not listening.
         iam.access.clear();
         iam.audit.wake();
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => return,
-                n = listener.try_recv() => n,
+                n = listener.next() => n,
             };
             match next {
-                Ok(Some(n)) if n.channel() == AUDIT_CHANNEL => iam.audit.wake(),
-                Ok(Some(n)) => match PolicyChange::parse(n.payload()) {
-                    Some(change) => iam.access.apply(&[change]),
-                    None => tracing::warn!(payload = n.payload(), "malformed policy notification"),
-                },
+                Some(Notice::Audit) => iam.audit.wake(),
+                Some(Notice::Policy(change)) => iam.access.apply(&[change]),
+                Some(Notice::Malformed(payload)) => tracing::warn!(%payload, "malformed policy notification"),
                 // The connection was lost: notifications may be missing, start over.
-                Ok(None) | Err(_) => {
+                None => {
                     tracing::warn!("replica listener lost its connection; flushing the access cache");
                     iam.access.clear();
                     break;
@@ -64,19 +58,9 @@ async fn listen(iam: Iam, stop: CancellationToken) {
 }
 
 async fn poll(iam: Iam, interval: Duration, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        let versions: Result<Vec<(String, i64)>, _> = tenants::Entity::find()
-            .select_only()
-            .column(tenants::Column::TenantId)
-            .column(tenants::Column::PolicyVersion)
-            .into_tuple()
-            .all(iam.db.conn())
-            .await;
-        match versions {
+    let mut ticks = Ticks::after(interval, &stop);
+    while ticks.next().await {
+        match tenants::policy_versions(iam.db.conn()).await {
             Ok(v) => {
                 let flushed = iam.access.reconcile(&v);
                 if flushed > 0 {

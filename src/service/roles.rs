@@ -69,21 +69,7 @@ impl Iam {
 
     /// Creates the built-in roles of tenants that lack them (tenants created by older versions).
     pub async fn ensure_builtin_roles(&self) -> Result<()> {
-        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, sea_query::Query};
-
-        use crate::store::entity::{roles as roles_entity, tenants as tenants_entity};
-        let with_roles = Query::select()
-            .column(roles_entity::Column::TenantId)
-            .from(roles_entity::Entity)
-            .and_where(roles_entity::Column::Builtin.eq(Template::Administrator.name()))
-            .to_owned();
-        let missing: Vec<String> = tenants_entity::Entity::find()
-            .select_only()
-            .column(tenants_entity::Column::TenantId)
-            .filter(tenants_entity::Column::TenantId.not_in_subquery(with_roles))
-            .into_tuple()
-            .all(self.db.conn())
-            .await?;
+        let missing = roles::tenants_without_builtin_roles(self.db.conn()).await?;
         for tenant_id in missing {
             roles::ensure_builtin(self.db.conn(), &tenant_id).await?;
         }
@@ -228,18 +214,13 @@ impl Iam {
 
     // ---- roles ----
 
-    async fn role_out(&self, conn: &impl sea_orm::ConnectionTrait, row: roles::Row) -> Result<Role> {
+    async fn role_out(&self, conn: &impl crate::store::Conn, row: roles::Row) -> Result<Role> {
         let catalog = roles::catalog(conn, &row.tenant_id).await?;
         let count = roles::user_count(conn, row.role_id).await?;
         roles::to_domain(row, &catalog, count)
     }
 
-    async fn role_row(
-        &self,
-        conn: &impl sea_orm::ConnectionTrait,
-        tenant_id: &str,
-        role_id: Uuid,
-    ) -> Result<roles::Row> {
+    async fn role_row(&self, conn: &impl crate::store::Conn, tenant_id: &str, role_id: Uuid) -> Result<roles::Row> {
         match roles::find(conn, tenant_id, role_id).await? {
             Some(r) => Ok(r),
             None => {

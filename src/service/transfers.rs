@@ -334,10 +334,17 @@ struct Watch {
     pending: bool,
     last_sent: tokio::time::Instant,
     done: bool,
-    user: Option<crate::auth::UserCaller>,
+    user: Option<crate::domain::caller::UserCaller>,
     next_check: tokio::time::Instant,
     stop: CancellationToken,
     _slot: super::audit::StreamSlot,
+}
+
+impl Iam {
+    /// How many transfer jobs are in each state (for metrics).
+    pub async fn transfer_counts(&self) -> Result<Vec<(String, i64)>> {
+        crate::store::transfers::count_by_state(self.db.conn()).await
+    }
 }
 
 impl Iam {
@@ -350,7 +357,7 @@ impl Iam {
         &self,
         tenant_id: &str,
         transfer_id: Uuid,
-        user: Option<crate::auth::UserCaller>,
+        user: Option<crate::domain::caller::UserCaller>,
         slot: super::audit::StreamSlot,
     ) -> Result<impl futures::Stream<Item = Result<Transfer>> + Send + 'static> {
         let cursor = self.audit.head();

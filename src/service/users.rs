@@ -1,5 +1,4 @@
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::ExprTrait};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
@@ -17,9 +16,7 @@ use crate::{
         validate,
     },
     store::{
-        Tx, departments,
-        entity::{ownerships as ownerships_entity, users as users_entity},
-        ownership, roles, sessions, tenants,
+        Tx, departments, ownership, roles, sessions, tenants,
         tokens::{self, TokenKind},
         users::{self, Row, UserFilter},
     },
@@ -64,12 +61,7 @@ fn seat_check(tenant: &Tenant) -> Result<()> {
 
 impl Iam {
     /// Loads a user row of the tenant, telling a missing tenant from a missing user.
-    pub(super) async fn user_row(
-        &self,
-        conn: &impl sea_orm::ConnectionTrait,
-        tenant_id: &str,
-        user_id: Uuid,
-    ) -> Result<Row> {
+    pub(super) async fn user_row(&self, conn: &impl crate::store::Conn, tenant_id: &str, user_id: Uuid) -> Result<Row> {
         match users::find(conn, tenant_id, user_id).await? {
             Some(row) => Ok(row),
             None => {
@@ -80,7 +72,7 @@ impl Iam {
     }
 
     /// The user with its roles.
-    pub(super) async fn to_user_in(&self, conn: &impl sea_orm::ConnectionTrait, row: Row) -> Result<User> {
+    pub(super) async fn to_user_in(&self, conn: &impl crate::store::Conn, row: Row) -> Result<User> {
         let role_ids = roles::of_user(conn, row.user_id).await?;
         users::to_domain(row, role_ids)
     }
@@ -569,34 +561,7 @@ impl Iam {
     /// Purges DELETED users whose restore window has passed, each in its own transaction; returns
     /// how many. Run periodically by the purge sweeper.
     pub async fn purge_expired(&self, at: DateTime<Utc>, batch: u64) -> Result<PurgeReport> {
-        let due: Vec<(Uuid, String)> = users_entity::Entity::find()
-            .select_only()
-            .column(users_entity::Column::UserId)
-            .column(users_entity::Column::TenantId)
-            .filter(users_entity::Column::State.eq(UserState::Deleted.as_str()))
-            .filter(users_entity::Column::PurgeAfter.lte(at))
-            // Users who still own records wait until a transfer has taken them.
-            .filter(
-                sea_orm::sea_query::Expr::exists(
-                    sea_orm::sea_query::Query::select()
-                        .expr(sea_orm::sea_query::Expr::val(1))
-                        .from(ownerships_entity::Entity)
-                        .and_where(
-                            sea_orm::sea_query::Expr::col((
-                                ownerships_entity::Entity,
-                                ownerships_entity::Column::OwnerUserId,
-                            ))
-                            .equals((users_entity::Entity, users_entity::Column::UserId)),
-                        )
-                        .to_owned(),
-                )
-                .not(),
-            )
-            .order_by_asc(users_entity::Column::PurgeAfter)
-            .limit(batch)
-            .into_tuple()
-            .all(self.db.conn())
-            .await?;
+        let due = users::purge_due(self.db.conn(), at, batch).await?;
         let ctx = RequestContext::system("purge-sweeper");
         let mut report = PurgeReport::default();
         for (user_id, tenant_id) in due {

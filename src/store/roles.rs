@@ -376,3 +376,22 @@ pub async fn delete_module(tx: &Tx, tenant_id: &str, name: &str) -> Result<()> {
     modules::Entity::delete_by_id((tenant_id.to_owned(), name.to_owned())).exec(&**tx).await?;
     Ok(())
 }
+
+/// Tenants that lack the built-in roles (created by older versions).
+pub async fn tenants_without_builtin_roles(conn: &impl ConnectionTrait) -> Result<Vec<String>> {
+    use super::entity::tenants;
+    use sea_orm::{QuerySelect, sea_query::Query};
+
+    let with_roles = Query::select()
+        .column(roles::Column::TenantId)
+        .from(roles::Entity)
+        .and_where(roles::Column::Builtin.eq(Template::Administrator.name()))
+        .to_owned();
+    Ok(tenants::Entity::find()
+        .select_only()
+        .column(tenants::Column::TenantId)
+        .filter(tenants::Column::TenantId.not_in_subquery(with_roles))
+        .into_tuple()
+        .all(conn)
+        .await?)
+}

@@ -248,3 +248,11 @@ pub async fn forget_user(tx: &Tx, user_id: Uuid) -> Result<()> {
     login_states::Entity::delete_many().filter(login_states::Column::UserId.eq(user_id)).exec(&**tx).await?;
     Ok(())
 }
+
+/// Deletes sessions that expired before `before` (with their refresh tokens), and refresh tokens
+/// rotated before it.
+pub async fn sweep(conn: &impl ConnectionTrait, before: DateTime<Utc>) -> Result<()> {
+    refresh_tokens::Entity::delete_many().filter(refresh_tokens::Column::RotateTime.lt(before)).exec(conn).await?;
+    sessions::Entity::delete_many().filter(sessions::Column::ExpireTime.lt(before)).exec(conn).await?;
+    Ok(())
+}

@@ -138,3 +138,14 @@ pub async fn list(conn: &impl ConnectionTrait, after: Option<&str>, limit: u64) 
     }
     Ok(out)
 }
+
+/// Every tenant's policy version (the replicas' safety-net poll).
+pub async fn policy_versions(conn: &impl ConnectionTrait) -> Result<Vec<(String, i64)>> {
+    Ok(tenants::Entity::find()
+        .select_only()
+        .column(tenants::Column::TenantId)
+        .column(tenants::Column::PolicyVersion)
+        .into_tuple()
+        .all(conn)
+        .await?)
+}

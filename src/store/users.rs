@@ -149,17 +149,7 @@ pub async fn update(tx: &Tx, row: Row, expected_version: i64) -> Result<Row> {
     Ok(row)
 }
 
-/// Filters of a user listing.
-#[derive(Debug, Clone, Default)]
-pub struct UserFilter {
-    pub states: Vec<UserState>,
-    /// Users of any of these departments (None: any department or none).
-    pub department_ids: Option<Vec<Uuid>>,
-    /// Case-insensitive substring of email or a name.
-    pub query: Option<String>,
-    /// Only users of these departments may be shown at all (the caller's visibility; None: all).
-    pub visible_department_ids: Option<Vec<Uuid>>,
-}
+pub use crate::domain::user::UserFilter;
 
 /// Users after `after` in creation (id) order, at most `limit`.
 pub async fn list(
@@ -310,4 +300,42 @@ pub async fn backfill_email_skeletons(db: &crate::store::db::Db) -> Result<(u64,
         }
     }
     Ok((filled, clashes))
+}
+
+/// DELETED users whose restore window has passed by `at` and who own no records (those wait
+/// until a transfer has taken them), the longest overdue first: (user id, tenant id).
+pub async fn purge_due(
+    conn: &impl ConnectionTrait,
+    at: chrono::DateTime<chrono::Utc>,
+    limit: u64,
+) -> Result<Vec<(Uuid, String)>> {
+    use sea_orm::{QueryOrder, QuerySelect, sea_query::ExprTrait};
+
+    use super::entity::ownerships;
+
+    Ok(users::Entity::find()
+        .select_only()
+        .column(users::Column::UserId)
+        .column(users::Column::TenantId)
+        .filter(users::Column::State.eq(crate::domain::user::UserState::Deleted.as_str()))
+        .filter(users::Column::PurgeAfter.lte(at))
+        // Users who still own records wait until a transfer has taken them.
+        .filter(
+            sea_orm::sea_query::Expr::exists(
+                sea_orm::sea_query::Query::select()
+                    .expr(sea_orm::sea_query::Expr::val(1))
+                    .from(ownerships::Entity)
+                    .and_where(
+                        sea_orm::sea_query::Expr::col((ownerships::Entity, ownerships::Column::OwnerUserId))
+                            .equals((users::Entity, users::Column::UserId)),
+                    )
+                    .to_owned(),
+            )
+            .not(),
+        )
+        .order_by_asc(users::Column::PurgeAfter)
+        .limit(limit)
+        .into_tuple()
+        .all(conn)
+        .await?)
 }

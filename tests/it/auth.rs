@@ -585,7 +585,7 @@ async fn service_credentials_limit_methods(backend: Backend) {
     use sha2::Digest;
     let token = "deals-service-token-0123456789";
     let server = TestServer::start_with(backend, |c| {
-        c.service_credentials = vec![crm_iam::auth::ServiceCredential {
+        c.service_credentials = vec![crm_iam::api::authn::ServiceCredential {
             name: "deals".into(),
             token_sha256: hex::encode(sha2::Sha256::digest(token.as_bytes())),
             methods: vec!["Access.Check".into(), "OwnershipTransfer.RecordOwnership".into()],

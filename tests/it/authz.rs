@@ -430,17 +430,17 @@ both_backends!(every_rpc_for_every_caller);
 async fn every_rpc_for_every_caller(backend: Backend) {
     use sha2::Digest;
     let digest = |t: &str| hex::encode(sha2::Sha256::digest(t.as_bytes()));
-    let every: Vec<String> = crm_iam::auth::all_methods();
+    let every: Vec<String> = crm_iam::api::authn::all_methods();
     let server = TestServer::start_with(backend, |c| {
         c.service_credentials = vec![
-            crm_iam::auth::ServiceCredential {
+            crm_iam::api::authn::ServiceCredential {
                 name: "all".into(),
                 token_sha256: digest(SERVICE_ALL),
                 methods: every.iter().map(|m| m.trim_start_matches('/').to_owned()).collect(),
                 client_subject: None,
                 tenants: None,
             },
-            crm_iam::auth::ServiceCredential {
+            crm_iam::api::authn::ServiceCredential {
                 name: "none".into(),
                 token_sha256: digest(SERVICE_NONE),
                 methods: vec!["Auth.GetJwks".into()],

@@ -28,10 +28,10 @@ both_backends!(
 async fn a_service_credential_reaches_only_its_tenants(backend: Backend) {
     use sha2::Digest;
     let server = TestServer::start_with(backend, |c| {
-        c.service_credentials = vec![crm_iam::auth::ServiceCredential {
+        c.service_credentials = vec![crm_iam::api::authn::ServiceCredential {
             name: "deals".into(),
             token_sha256: hex::encode(sha2::Sha256::digest(DEALS_TOKEN.as_bytes())),
-            methods: crm_iam::auth::all_methods().iter().map(|m| m.trim_start_matches('/').to_owned()).collect(),
+            methods: crm_iam::api::authn::all_methods().iter().map(|m| m.trim_start_matches('/').to_owned()).collect(),
             client_subject: None,
             tenants: Some(vec!["acme".into()]),
         }];

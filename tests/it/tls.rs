@@ -131,7 +131,7 @@ async fn a_bound_service_token_needs_its_client_certificate() {
     config.tls_cert = Some(db.dir().join("server.pem"));
     config.tls_key = Some(db.dir().join("server.key"));
     config.client_ca = Some(db.dir().join("ca.pem"));
-    config.service_credentials = vec![crm_iam::auth::ServiceCredential {
+    config.service_credentials = vec![crm_iam::api::authn::ServiceCredential {
         name: "deals".into(),
         token_sha256: hex::encode(sha2::Sha256::digest(token.as_bytes())),
         methods: vec!["TenantAdmin.ListTenants".into()],

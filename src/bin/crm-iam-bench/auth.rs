@@ -11,11 +11,11 @@ use std::{
 };
 
 use crm_iam::{
-    auth::password::{self, Passwords},
     proto::{
         bench::EchoRequest,
         v1::{self as pb, auth_client::AuthClient, user_admin_client::UserAdminClient},
     },
+    service::auth::hashing::{self as password, Passwords},
 };
 use secrecy::SecretString;
 use tonic::service::interceptor::InterceptedService;

@@ -11,6 +11,8 @@
 //! every replica.
 
 mod guard;
+pub mod hashing;
+pub mod keys;
 mod login;
 mod passwords;
 mod sessions;
@@ -24,10 +26,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use self::keys::{KeyRing, PublicJwk};
 pub use self::sessions::SessionView;
 use super::{Iam, address_limiter::AddressLimiter};
 use crate::{
-    auth::keys::{KeyRing, PublicJwk},
     domain::{
         Error, Kind, Reason, Result,
         audit::{AuditRecord, RequestContext},

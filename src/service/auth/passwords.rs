@@ -9,10 +9,10 @@ use super::{
     token_invalid,
 };
 use crate::{
-    auth::UserCaller,
     domain::{
         Error, Kind, Reason, Result,
         audit::{Actor, ActorKind, AuditRecord, RequestContext},
+        caller::UserCaller,
         lockout::Admission,
         now,
         user::{User, UserState},

@@ -4,15 +4,16 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Tokens, random_token, sha256_hex, token_invalid};
+use super::{
+    Tokens,
+    keys::{Claims, SCOPE_PASSWORD_CHANGE, Verified},
+    random_token, sha256_hex, token_invalid,
+};
 use crate::{
-    auth::{
-        UserCaller,
-        keys::{Claims, SCOPE_PASSWORD_CHANGE, Verified},
-    },
     domain::{
         Error, Kind, Reason, Result,
         audit::{AuditRecord, RequestContext},
+        caller::UserCaller,
         now,
         tenant::Tenant,
         user::UserState,

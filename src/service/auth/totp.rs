@@ -13,10 +13,10 @@ use super::{
     sha256_hex,
 };
 use crate::{
-    auth::UserCaller,
     domain::{
         Error, Kind, Reason, Result,
         audit::{AuditRecord, RequestContext},
+        caller::UserCaller,
         lockout::Admission,
         user::User,
     },

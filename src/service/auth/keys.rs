@@ -14,14 +14,13 @@ use std::{
 use base64::Engine;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
     domain::{Error, Result, now},
     secrets::{MasterKeys, OpenError, Slot},
-    store::{Db, Tx, entity::signing_keys},
+    store::{Db, Tx, signing_keys},
 };
 
 /// Longest access-token lifetime a tenant may set (see `TenantSettings`).
@@ -109,13 +108,13 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 /// A fresh key row: random seed (sealed), its public key, a new kid.
-fn new_key_row(secrets: &MasterKeys) -> Result<signing_keys::Model> {
+fn new_key_row(secrets: &MasterKeys) -> Result<signing_keys::Row> {
     let mut seed = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut seed);
     let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
     let public = signing.verifying_key().to_bytes();
     let kid = Uuid::now_v7().simple().to_string();
-    Ok(signing_keys::Model {
+    Ok(signing_keys::Row {
         private_key: secrets.seal(Slot::SigningKey(&kid), &seed),
         kid,
         alg: "EdDSA".into(),
@@ -131,7 +130,7 @@ fn new_key_row(secrets: &MasterKeys) -> Result<signing_keys::Model> {
 /// signing key of their own.
 fn open_seed(
     secrets: &MasterKeys,
-    row: &signing_keys::Model,
+    row: &signing_keys::Row,
     allow_plain: bool,
 ) -> std::result::Result<[u8; 32], String> {
     let bytes = if MasterKeys::sealed_with(&row.private_key).is_some() {
@@ -157,13 +156,13 @@ fn open_seed(
 /// Checks at start that the configured master key ring opens the stored signing keys (sealed
 /// last by a master key rotation, so they tell whether the ring fits the database).
 pub async fn check_master_keys(db: &Db, secrets: &MasterKeys) -> anyhow::Result<()> {
-    for row in signing_keys::Entity::find().all(db.conn()).await? {
+    for row in signing_keys::all(db.conn()).await? {
         open_seed(secrets, &row, true).map_err(anyhow::Error::msg)?;
     }
     Ok(())
 }
 
-fn to_key(secrets: &MasterKeys, row: &signing_keys::Model) -> Result<Key> {
+fn to_key(secrets: &MasterKeys, row: &signing_keys::Row) -> Result<Key> {
     let seed = open_seed(secrets, row, false).map_err(|e| Error::internal(anyhow::anyhow!(e)))?;
     let der = ed25519_dalek::SigningKey::from_bytes(&seed)
         .to_pkcs8_der()
@@ -200,7 +199,7 @@ impl KeyRing {
         ring.reload().await?;
         if ring.current().keys.is_empty() {
             // Two replicas starting at once may both create one: harmless, the newer one signs.
-            new_key_row(&ring.secrets).map(signing_keys::ActiveModel::from)?.insert(ring.db.conn()).await?;
+            signing_keys::insert(ring.db.conn(), new_key_row(&ring.secrets)?).await?;
             ring.reload().await?;
         }
         Ok(ring)
@@ -214,11 +213,7 @@ impl KeyRing {
     pub async fn reload(&self) -> Result<()> {
         let _one = self.reload.lock().await;
         let oldest = now() - chrono::Duration::from_std(MAX_ACCESS_TOKEN_TTL + 2 * RELOAD_INTERVAL).unwrap_or_default();
-        let rows = signing_keys::Entity::find()
-            .order_by_desc(signing_keys::Column::CreateTime)
-            .order_by_desc(signing_keys::Column::Kid)
-            .all(self.db.conn())
-            .await?;
+        let rows = signing_keys::all(self.db.conn()).await?;
         let keys = rows
             .iter()
             .enumerate()
@@ -242,24 +237,14 @@ impl KeyRing {
     /// [`KeyRing::reload`] after commit.
     pub async fn rotate(tx: &Tx, secrets: &MasterKeys) -> Result<PublicJwk> {
         let row = new_key_row(secrets)?;
-        signing_keys::Entity::update_many()
-            .col_expr(signing_keys::Column::RetireTime, Some(row.create_time).into())
-            .filter(signing_keys::Column::RetireTime.is_null())
-            .exec(&**tx)
-            .await?;
         let jwk = PublicJwk { kid: row.kid.clone(), x: row.public_key.clone() };
-        signing_keys::ActiveModel::from(row).insert(&**tx).await?;
+        signing_keys::rotate(tx, row).await?;
         Ok(jwk)
     }
 
     /// When the signing key was made (the rotation job rotates old keys).
     pub async fn signing_key_age(&self) -> Result<Option<chrono::Duration>> {
-        let row = signing_keys::Entity::find()
-            .filter(signing_keys::Column::RetireTime.is_null())
-            .order_by_desc(signing_keys::Column::CreateTime)
-            .one(self.db.conn())
-            .await?;
-        Ok(row.map(|r| now() - r.create_time))
+        signing_keys::signing_key_age(self.db.conn()).await
     }
 
     /// The public keys, the signing key first.
