@@ -359,6 +359,7 @@ impl Application {
         if let Some(tls) = tls_config(&config)? {
             builder = builder.tls_config(tls)?;
         }
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let metrics_task = metrics_listener.map(|listener| {
             crate::metrics::install();
             tokio::spawn(crate::metrics::serve(listener, iam.clone(), stop.clone()))
@@ -391,7 +392,12 @@ impl Application {
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
             stop_serving.cancelled().await;
         }));
-        tracing::info!(%addr, database = %redact_url(&config.database_url), "crm-iam serving");
+        tracing::info!(
+            %addr,
+            metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+            database = %redact_url(&config.database_url),
+            "crm-iam serving"
+        );
 
         shutdown.cancelled().await;
         // Turn NOT_SERVING first, so load balancers stop sending new calls.

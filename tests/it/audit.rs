@@ -415,7 +415,12 @@ async fn a_crash_loses_no_acknowledged_event(backend: Backend) {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill once the load has run a while (writes acknowledged), with the writers still going.
+    crate::common::eventually("writes acknowledged", || {
+        let acked = acked.clone();
+        async move { acked.lock().unwrap().len() > 30 }
+    })
+    .await;
     proc.child.kill().unwrap(); // SIGKILL, mid-write
     proc.child.wait().unwrap();
     for w in writers {

@@ -467,3 +467,20 @@ pub fn unix_now() -> i64 {
 pub fn code_at(t: &totp_rs::Totp, base: i64, offset_secs: i64) -> String {
     t.generate((base + offset_secs) as u64).to_string()
 }
+
+/// The text of `/metrics` at `addr`.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect to /metrics");
+    socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    socket.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The value of an unlabelled gauge or counter in a scrape.
+pub fn gauge_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in the scrape"))
+}

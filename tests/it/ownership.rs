@@ -713,8 +713,25 @@ async fn cancel_stops_between_batches(backend: Backend) {
     let (_, taken) = counts(&s, t, &tm.target).await;
     assert_eq!(taken, end.moved);
     assert_eq!(left + taken, 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The replica's worker runs one job at a time: once a later job has run to its end, the
+    // cancelled one can no longer be moving anything.
+    record_many(&s, t, "tasks", "task", &tm.members[0], 1).await;
+    let later = c
+        .start_transfer(pb::StartTransferRequest {
+            tenant_id: t.clone(),
+            from_user_id: tm.members[0].clone(),
+            rules: vec![to_user("", &tm.members[1])],
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .transfer
+        .unwrap();
+    let later = wait_end(&s, t, &later.transfer_id, Duration::from_secs(20)).await;
+    assert_eq!(state(&later), pb::TransferState::Succeeded);
     assert_eq!(counts(&s, t, &tm.target).await.1, taken, "nothing moves after the cancellation");
+    assert_eq!(counts(&s, t, &tm.from).await.1, left);
 }
 
 async fn records_recorded_during_a_transfer_move_too(backend: Backend) {

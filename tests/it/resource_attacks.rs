@@ -1,7 +1,7 @@
 //! Attacks on memory: oversized fields, and floods of ids nobody has (records, tenants) that
 //! used to leave an entry each in the access cache.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::common::{gauge_of as gauge, scrape};
 use tonic::Code;
 
 use crate::{
@@ -54,20 +54,6 @@ async fn a_huge_resource_id_is_refused_before_any_work(backend: Backend) {
     );
     assert_eq!(bad_fields(&s), ["checks"]);
     server.stop().await;
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect to /metrics");
-    socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
-    let mut out = String::new();
-    socket.read_to_string(&mut out).await.unwrap();
-    out
-}
-
-fn gauge(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {name} in the scrape"))
 }
 
 fn rss_kib(pid: u32) -> u64 {

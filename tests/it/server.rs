@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, metadata::MetadataValue};
@@ -166,12 +167,13 @@ pub fn spawn_server(args: &[&str], envs: &[(&str, &str)]) -> (Proc, SocketAddr) 
     let sink = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // Into the log first: whoever hears the address may read the line.
+            sink.lock().unwrap().push_str(&line);
+            sink.lock().unwrap().push('\n');
             if let Some(rest) = line.split("addr=").nth(1).filter(|_| line.contains("crm-iam serving")) {
                 let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
                 let _ = tx.send(addr);
             }
-            sink.lock().unwrap().push_str(&line);
-            sink.lock().unwrap().push('\n');
         }
     });
     let proc = Proc { child, stderr: log };
@@ -192,9 +194,14 @@ async fn binary_serves_and_drains_on_sigterm(backend: Backend) {
     let token_file = db.dir().join("admin.token");
     let token_file_s = token_file.to_str().unwrap().to_owned();
     let (mut proc, addr) = spawn_server(
-        &["--listen", "127.0.0.1:0", "--database-url", &db.url, "--no-migrate"],
+        &["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--database-url", &db.url, "--no-migrate"],
         &[("CRM_IAM_ADMIN_TOKEN_FILE", &token_file_s)],
     );
+    let metrics_addr: SocketAddr = {
+        let log = proc.stderr.lock().unwrap().clone();
+        let line = log.lines().find(|l| l.contains("crm-iam serving")).expect("the serving line");
+        line.split("metrics=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    };
     // A generated admin token: a private file whose path, never contents, is logged.
     let token = std::fs::read_to_string(&token_file).unwrap().trim().to_owned();
     #[cfg(unix)]
@@ -222,7 +229,19 @@ async fn binary_serves_and_drains_on_sigterm(backend: Backend) {
         .into_inner();
     assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::Serving);
 
-    // In-flight calls (argon2 hashing keeps them busy) when SIGTERM arrives.
+    // In-flight calls when SIGTERM arrives: the test holds the tenant's row (PostgreSQL) or the
+    // database's write lock (SQLite) from outside, so the calls hash their passwords and then wait
+    // inside the server (its in-flight gauge rises by four) until the test lets them go.
+    let blocker = conn.begin().await.unwrap();
+    blocker
+        .execute_unprepared("UPDATE tenants SET display_name = display_name WHERE tenant_id = 'acme'")
+        .await
+        .unwrap();
+    let in_flight = || async move {
+        let text = crate::common::scrape(metrics_addr).await;
+        crate::common::gauge_of(&text, "crm_iam_grpc_requests_in_flight")
+    };
+    let before = in_flight().await;
     let mut calls = Vec::new();
     for i in 0..4 {
         let mut users =
@@ -238,13 +257,14 @@ async fn binary_serves_and_drains_on_sigterm(backend: Backend) {
                 .await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    crate::common::eventually("four calls in flight", || async move { in_flight().await >= before + 4.0 }).await;
     let pid = proc.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
 
     // Health turns NOT_SERVING at once, then the stream ends cleanly.
     let next = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.unwrap();
     assert_eq!(next.unwrap().unwrap().status(), ServingStatus::NotServing);
+    blocker.commit().await.unwrap();
     for c in calls {
         c.await.unwrap().expect("in-flight calls finish");
     }

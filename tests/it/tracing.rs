@@ -2,7 +2,7 @@
 //! tenant and status, and have child spans for the database work; the audit event of the call
 //! records the same trace id.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -85,12 +85,19 @@ async fn spans_are_exported_over_otlp_with_the_callers_trace() {
     std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let status = tokio::task::spawn_blocking(move || proc.child.wait()).await.unwrap().unwrap();
     assert!(status.success());
+    // Wait for what the assertions below read: both calls' spans and CreateTenant's children.
     crate::common::eventually("spans reach the collector", || {
         let c = collector.clone();
-        async move { c.0.lock().await.iter().any(|s| s.name == "crm.iam.v1.TenantAdmin/GetTenant") }
+        async move {
+            let spans = c.0.lock().await;
+            let create = spans.iter().find(|s| s.name == "crm.iam.v1.TenantAdmin/CreateTenant");
+            spans.iter().any(|s| s.name == "crm.iam.v1.TenantAdmin/GetTenant")
+                && create.is_some_and(|rpc| {
+                    spans.iter().any(|s| s.parent_span_id == rpc.span_id && attr(s, "db.system").is_some())
+                })
+        }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
 
     let spans = collector.0.lock().await.clone();
     let want = hex::decode(trace_id).unwrap();
