@@ -77,6 +77,16 @@ if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
   python3 -m pip install --quiet 'pyjwt[crypto]>=2.8' || { log "cannot install PyJWT"; exit 1; }
 fi
 
+# The metrics test lints the /metrics exposition with Prometheus' promtool.
+if ! command -v promtool >/dev/null 2>&1; then
+  log "installing promtool (Debian package prometheus) for the metrics test"
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null 2>&1 \
+    || { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+         $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } \
+    || { log "cannot install promtool"; exit 1; }
+fi
+
 # Remove databases left behind by interrupted runs.
 for db in $(psql "$CRM_IAM_TEST_POSTGRES_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'crm\_iam\_test\_%'"); do
   psql "$CRM_IAM_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null

@@ -3,8 +3,8 @@
 //! subscribers, transfer jobs and records moved, and the access cache's hit counters.
 //!
 //! Recording goes through the `metrics` facade into one process-wide Prometheus recorder
-//! (`metrics-exporter-prometheus`); `/metrics` is served by a small HTTP/1.1 endpoint here, so no
-//! second HTTP stack is pulled in. Gauges of things that live elsewhere (pool, queue, cache) are
+//! (`metrics-exporter-prometheus`); `/metrics` is served by axum (already in the tree through
+//! tonic). Gauges of things that live elsewhere (pool, queue, cache) are
 //! sampled every few seconds.
 
 use std::{
@@ -13,7 +13,6 @@ use std::{
 };
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::service::Iam;
@@ -35,46 +34,85 @@ pub fn install() -> &'static PrometheusHandle {
     })
 }
 
+/// Help text and unit of every metric, so each appears in the scrape with `# HELP` (what
+/// `promtool check metrics` asks of an exporter). Call after [`install`]; a metric added elsewhere
+/// needs its line here (the operations test scrapes and checks that every family has help).
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("crm_iam_grpc_requests_total", Unit::Count, "gRPC calls answered, by method and status code");
+    describe_histogram!(
+        "crm_iam_grpc_request_duration_seconds",
+        Unit::Seconds,
+        "Time to the response head of gRPC calls, by method"
+    );
+    describe_gauge!("crm_iam_grpc_requests_in_flight", Unit::Count, "gRPC calls being served now");
+    describe_counter!(
+        "crm_iam_grpc_requests_shed_total",
+        Unit::Count,
+        "gRPC calls refused at once because max_concurrent_requests were in flight"
+    );
+    describe_gauge!(
+        "crm_iam_db_pool_connections",
+        Unit::Count,
+        "Database pool connections, by state (open, idle, in_use)"
+    );
+    describe_gauge!(
+        "crm_iam_password_hash_queue_depth",
+        Unit::Count,
+        "Password hashing jobs admitted and not yet finished"
+    );
+    describe_counter!(
+        "crm_iam_password_hash_refused_total",
+        Unit::Count,
+        "Password hashing refused because the hashing queue was full"
+    );
+    describe_histogram!(
+        "crm_iam_password_hash_wait_seconds",
+        Unit::Seconds,
+        "Time a password hashing job waited for a hashing thread"
+    );
+    describe_gauge!("crm_iam_audit_stream_subscribers", Unit::Count, "Open audit event streams on this replica");
+    describe_gauge!(
+        "crm_iam_audit_head_seq",
+        Unit::Count,
+        "Highest audit event position this replica's stream hub has read"
+    );
+    describe_gauge!("crm_iam_access_cache_bounded_bytes", Unit::Bytes, "Bytes held by the byte-bounded access caches");
+    describe_gauge!("crm_iam_access_cache_tenants", Unit::Count, "Tenants with an entry in the access cache");
+    describe_counter!(
+        "crm_iam_access_cache_lookups_total",
+        Unit::Count,
+        "Access cache lookups, by result (user, owner or profile; hit or miss)"
+    );
+    describe_counter!("crm_iam_access_policy_loads_total", Unit::Count, "Tenant policies compiled from the database");
+    describe_counter!(
+        "crm_iam_access_cache_invalidations_total",
+        Unit::Count,
+        "Access cache invalidations applied (local commits and other replicas' notifications)"
+    );
+    describe_gauge!("crm_iam_transfer_jobs", Unit::Count, "Ownership transfer jobs, by state");
+    describe_counter!(
+        "crm_iam_transfer_records_moved_total",
+        Unit::Count,
+        "Records moved to new owners by transfer jobs on this replica"
+    );
+}
+
 /// Serves `GET /metrics` on `listener` until `stop`.
 pub async fn serve(listener: tokio::net::TcpListener, iam: Iam, stop: CancellationToken) -> anyhow::Result<()> {
-    let handle = install();
+    use axum::{Router, http::header, response::IntoResponse, routing::get};
+    install();
+    describe();
     tracing::info!(addr = %listener.local_addr()?, "metrics on /metrics");
     tokio::spawn(sample(iam.clone(), stop.clone()));
-    loop {
-        let (mut socket, _) = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::debug!(error = %e, "metrics accept failed");
-                    continue;
-                }
-            },
-        };
-        let handle = handle.clone();
-        let iam = iam.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let n = match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let response = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
-                // Gauges of other components, current as of this scrape.
-                record_gauges(&iam).await;
-                let body = handle.render();
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
-            };
-            let _ = socket.write_all(response.as_bytes()).await;
-            let _ = socket.shutdown().await;
-        });
-    }
+    let scrape = async move |axum::extract::State(iam): axum::extract::State<Iam>| {
+        // Gauges of other components, current as of this scrape.
+        record_gauges(&iam).await;
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], install().render()).into_response()
+    };
+    let app = Router::new().route("/metrics", get(scrape)).with_state(iam);
+    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await?;
+    Ok(())
 }
 
 /// Samples gauges whose state lives in other components.

@@ -15,7 +15,7 @@ const PASSWORD: &str = "velvet staircase under morning rain";
 async fn scrape(server: &TestServer) -> String {
     let addr = server.metrics_addr.expect("metrics enabled");
     let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect to /metrics");
-    socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
+    socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut out = String::new();
     socket.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
@@ -25,6 +25,25 @@ async fn scrape(server: &TestServer) -> String {
 /// The value of one series (labels as the exporter renders them), 0 when absent.
 fn value(text: &str, series: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// What `promtool check metrics` (Debian's `prometheus` package; scripts/test.sh installs it) says
+/// of an exposition: empty when it has nothing to object to.
+fn promtool_check_metrics(body: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool (Debian package prometheus) is needed: run the tests with scripts/test.sh, which installs it",
+        );
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() { said.trim().to_owned() } else { format!("exit {}: {said}", out.status) }
 }
 
 both_backends!(metrics_count_calls_by_method_and_code, overload_is_refused_at_once_and_passes);
@@ -52,9 +71,17 @@ async fn metrics_count_calls_by_method_and_code(backend: Backend) {
     ] {
         assert!(text.contains(needle), "missing {needle}:\n{text}");
     }
+    // Every family is described (help text), and Prometheus' own linter accepts the exposition.
+    let body = text.split_once("\r\n\r\n").map_or(text.as_str(), |(_, b)| b);
+    for family in body.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = family.split(' ').next().unwrap();
+        assert!(body.contains(&format!("# HELP {name} ")), "{name} has no help text");
+    }
+    let lint = promtool_check_metrics(body);
+    assert!(lint.is_empty(), "promtool check metrics: {lint}");
     // Anything but /metrics is not found.
     let mut socket = tokio::net::TcpStream::connect(server.metrics_addr.unwrap()).await.unwrap();
-    socket.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    socket.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut out = String::new();
     socket.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 404"), "{out}");

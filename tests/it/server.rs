@@ -195,7 +195,7 @@ async fn binary_serves_and_drains_on_sigterm(backend: Backend) {
     let token_file_s = token_file.to_str().unwrap().to_owned();
     let (mut proc, addr) = spawn_server(
         &["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--database-url", &db.url, "--no-migrate"],
-        &[("CRM_IAM_ADMIN_TOKEN_FILE", &token_file_s)],
+        &[("CRM_IAM_ADMIN_TOKEN_FILE", &token_file_s), ("CRM_IAM_PASSWORD_HASH_THREADS", "1")],
     );
     let metrics_addr: SocketAddr = {
         let log = proc.stderr.lock().unwrap().clone();
@@ -229,42 +229,67 @@ async fn binary_serves_and_drains_on_sigterm(backend: Backend) {
         .into_inner();
     assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::Serving);
 
-    // In-flight calls when SIGTERM arrives: the test holds the tenant's row (PostgreSQL) or the
-    // database's write lock (SQLite) from outside, so the calls hash their passwords and then wait
-    // inside the server (its in-flight gauge rises by four) until the test lets them go.
-    let blocker = conn.begin().await.unwrap();
-    blocker
-        .execute_unprepared("UPDATE tenants SET display_name = display_name WHERE tenant_id = 'acme'")
-        .await
-        .unwrap();
-    let in_flight = || async move {
-        let text = crate::common::scrape(metrics_addr).await;
-        crate::common::gauge_of(&text, "crm_iam_grpc_requests_in_flight")
+    // In-flight calls when SIGTERM arrives. The server hashes one password at a time (one hashing
+    // thread), and on PostgreSQL the test also holds the tenant's row, so CreateUser calls queue
+    // inside the server. SIGTERM goes out once every call sent has reached the server (in flight or
+    // answered, from /metrics) and at least one is still in flight; a batch that finished before
+    // it was seen is followed by another.
+    let blocker = if backend == Backend::Postgres {
+        let b = conn.begin().await.unwrap();
+        b.execute_unprepared("SELECT 1 FROM tenants WHERE tenant_id = 'acme' FOR UPDATE").await.unwrap();
+        Some(b)
+    } else {
+        None
     };
-    let before = in_flight().await;
+    let progress = || async move {
+        let text = crate::common::scrape(metrics_addr).await;
+        let answered = text
+            .lines()
+            .filter(|l| l.starts_with(r#"crm_iam_grpc_requests_total{method="crm.iam.v1.UserAdmin/CreateUser""#))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum::<f64>();
+        (crate::common::gauge_of(&text, "crm_iam_grpc_requests_in_flight"), answered)
+    };
     let mut calls = Vec::new();
-    for i in 0..4 {
-        let mut users =
-            pb::user_admin_client::UserAdminClient::with_interceptor(channel.clone(), Bearer::token(&token));
-        calls.push(tokio::spawn(async move {
-            users
-                .create_user(pb::CreateUserRequest {
-                    tenant_id: "acme".into(),
-                    user: Some(pb::User { email: format!("u{i}@example.com"), ..Default::default() }),
-                    initial_password: "a long enough password".into(),
-                    ..Default::default()
-                })
-                .await
-        }));
+    let mut caught = false;
+    'batches: for batch in 0..10 {
+        for i in 0..4 {
+            let mut users =
+                pb::user_admin_client::UserAdminClient::with_interceptor(channel.clone(), Bearer::token(&token));
+            calls.push(tokio::spawn(async move {
+                users
+                    .create_user(pb::CreateUserRequest {
+                        tenant_id: "acme".into(),
+                        user: Some(pb::User { email: format!("u{batch}-{i}@example.com"), ..Default::default() }),
+                        initial_password: "a long enough password".into(),
+                        ..Default::default()
+                    })
+                    .await
+            }));
+        }
+        let sent = calls.len() as f64;
+        loop {
+            let (in_flight, answered) = progress().await;
+            if in_flight >= 1.0 && in_flight + answered >= sent {
+                caught = true;
+                break 'batches;
+            }
+            if answered >= sent {
+                continue 'batches; // all answered before we looked: another batch
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
-    crate::common::eventually("four calls in flight", || async move { in_flight().await >= before + 4.0 }).await;
+    assert!(caught, "no batch of calls was seen in flight");
     let pid = proc.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
 
     // Health turns NOT_SERVING at once, then the stream ends cleanly.
     let next = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.unwrap();
     assert_eq!(next.unwrap().unwrap().status(), ServingStatus::NotServing);
-    blocker.commit().await.unwrap();
+    if let Some(b) = blocker {
+        b.rollback().await.unwrap();
+    }
     for c in calls {
         c.await.unwrap().expect("in-flight calls finish");
     }
