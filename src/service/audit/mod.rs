@@ -42,6 +42,8 @@ use crate::{
     store::{audit, tenants},
 };
 
+mod streams;
+
 /// Events kept in memory for caught-up streams: at most this many…
 const RING_CAPACITY: usize = 4096;
 /// …and at most about this many bytes (an `ownership.transferred` event lists thousands of ids).
@@ -271,6 +273,26 @@ impl AuditHub {
         Some((out, head))
     }
 
+    /// Erases a purged user's personal data from the events kept in memory.
+    pub fn redact_user(&self, tenant_id: &str, user_id: &str) {
+        Self::redact_in(&mut self.ring.write().expect("ring lock"), tenant_id, user_id);
+    }
+
+    fn redact_in(ring: &mut Ring, tenant_id: &str, user_id: &str) {
+        for (e, _) in ring.events.iter_mut() {
+            if e.tenant_id.as_deref() == Some(tenant_id) && e.target_kind == "user" && e.target_id == user_id {
+                let mut copy = (**e).clone();
+                if crate::domain::audit::redact(
+                    &mut copy.changes,
+                    &mut copy.details,
+                    crate::domain::audit::PERSONAL_FIELDS,
+                ) {
+                    *e = Arc::new(copy);
+                }
+            }
+        }
+    }
+
     fn push(&self, events: Vec<AuditEvent>, head: i64) {
         {
             let mut ring = self.ring.write().expect("ring lock");
@@ -284,17 +306,8 @@ impl AuditHub {
             // kept here too (every replica's hub reads the purge's own event), including the events
             // that arrived in the same batch as the purge.
             for purged in purged.iter() {
-                for (e, _) in ring.events.iter_mut() {
-                    if e.tenant_id == purged.tenant_id && e.target_kind == "user" && e.target_id == purged.target_id {
-                        let mut copy = (**e).clone();
-                        if crate::domain::audit::redact(
-                            &mut copy.changes,
-                            &mut copy.details,
-                            crate::domain::audit::PERSONAL_FIELDS,
-                        ) {
-                            *e = Arc::new(copy);
-                        }
-                    }
+                if let Some(tenant) = &purged.tenant_id {
+                    Self::redact_in(&mut ring, tenant, &purged.target_id);
                 }
             }
             while ring.events.len() > RING_CAPACITY || ring.bytes > RING_BYTES {
@@ -391,197 +404,6 @@ fn out_of_range() -> Error {
     )
 }
 
-impl Iam {
-    /// `AuditEvents.ListEvents`.
-    pub async fn list_events(
-        &self,
-        scope: &EventScope,
-        filter: &EventFilter,
-        newest_first: bool,
-        after: Option<i64>,
-        limit: u64,
-    ) -> Result<Page<AuditEvent>> {
-        if let EventScope::Tenant(t) = scope {
-            self.tenant_settings(t).await?;
-        }
-        let rows = audit::page(self.db.conn(), scope, filter, newest_first, after, limit + 1).await?;
-        Ok(Page::from_rows(rows, limit))
-    }
-
-    /// `AuditEvents.StreamEvents`: validates the start, then streams from a task of its own.
-    /// A user's stream (`user`) ends when their session or rights do (checked every
-    /// [`ACCESS_RECHECK`]); `slot` is its place in the stream caps.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn stream_events(
-        &self,
-        scope: EventScope,
-        filter: EventFilter,
-        start: StreamStart,
-        heartbeat: Duration,
-        user: Option<crate::domain::caller::UserCaller>,
-        slot: StreamSlot,
-        stop: CancellationToken,
-    ) -> Result<ReceiverStream<Result<StreamItem>>> {
-        if let EventScope::Tenant(t) = &scope {
-            self.tenant_settings(t).await?;
-        }
-        let conn = self.db.conn();
-        let head = audit::max_seq(conn).await?;
-        let cursor = match start {
-            StreamStart::AfterCursor(c) => {
-                if c < audit::watermark(conn, &scope).await? {
-                    return Err(out_of_range());
-                }
-                if c > head {
-                    return Err(Error::new(
-                        Kind::OutOfRange,
-                        Reason::CursorExpired,
-                        "the cursor is ahead of this server's audit stream (from another installation?): restart from since_time or from now",
-                    ));
-                }
-                c
-            }
-            StreamStart::SinceTime(t) => audit::position_at(conn, &scope, t, head).await?,
-            StreamStart::Now => head,
-        };
-        let (tx, rx) = mpsc::channel(64);
-        let iam = self.clone();
-        self.audit.subscribers.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            let _slot = slot;
-            let hub = iam.audit.clone();
-            if let Err(e) = iam.follow(scope, filter, cursor, heartbeat, user, &tx, stop).await {
-                let _ = tx.send(Err(e)).await;
-            }
-            hub.subscribers.fetch_sub(1, Ordering::Relaxed);
-        });
-        Ok(ReceiverStream::new(rx))
-    }
-
-    /// Whether a user's stream may go on: the session open, and `module`.view at TENANT scope
-    /// (what opening it needed) still held.
-    pub async fn stream_allowed(
-        &self,
-        user: &crate::domain::caller::UserCaller,
-        tenant: &str,
-        module: &str,
-    ) -> Result<()> {
-        let session = self.session_facts(&user.tenant_id, user.session_id).await?;
-        if !session.is_some_and(|f| f.user_id == user.user_id && f.active_at(now())) {
-            return Err(Error::unauthenticated("the session of this stream has ended: log in again"));
-        }
-        let caller = crate::domain::caller::Caller::User(user.clone());
-        self.authorize(&caller, tenant, module, "view", super::Target::Tenant).await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn follow(
-        &self,
-        scope: EventScope,
-        filter: EventFilter,
-        mut cursor: i64,
-        heartbeat: Duration,
-        user: Option<crate::domain::caller::UserCaller>,
-        tx: &mpsc::Sender<Result<StreamItem>>,
-        stop: CancellationToken,
-    ) -> Result<()> {
-        let hub = self.audit.clone();
-        let mut head_rx = hub.head.subscribe();
-        let mut last_sent = tokio::time::Instant::now();
-        let mut next_check = tokio::time::Instant::now() + ACCESS_RECHECK;
-        loop {
-            if tx.is_closed() || stop.is_cancelled() {
-                return Ok(());
-            }
-            if let Some(u) = &user
-                && tokio::time::Instant::now() >= next_check
-            {
-                let EventScope::Tenant(tenant) = &scope else {
-                    return Err(Error::permission_denied("not allowed: the whole trail is the platform's"));
-                };
-                self.stream_allowed(u, tenant, "settings").await?;
-                next_check = tokio::time::Instant::now() + ACCESS_RECHECK;
-            }
-            if last_sent.elapsed() >= heartbeat {
-                if tx.send(Ok(StreamItem::Heartbeat(cursor))).await.is_err() {
-                    return Ok(());
-                }
-                last_sent = tokio::time::Instant::now();
-            }
-            // Caught up enough to be served from memory?
-            let (events, through) = match hub.read(cursor, &scope, &filter, PAGE as usize) {
-                Some(found) => found,
-                None => {
-                    // Behind the ring: from the database, checking retention has not passed us;
-                    // one of a few shared permits per page, so replays take turns.
-                    let _turn = hub.replay.acquire().await.map_err(Error::internal)?;
-                    let conn = self.db.conn();
-                    if cursor < audit::watermark(conn, &scope).await? {
-                        return Err(out_of_range());
-                    }
-                    let max = audit::max_seq(conn).await?;
-                    let events = audit::range(conn, &scope, &filter, cursor, max, PAGE).await?;
-                    let through =
-                        if (events.len() as u64) < PAGE { max } else { events.last().map(|e| e.seq).unwrap_or(max) };
-                    (events.into_iter().map(Arc::new).collect(), through)
-                }
-            };
-            let progressed = through > cursor;
-            for e in events {
-                let seq = e.seq;
-                if tx.send(Ok(StreamItem::Event(e))).await.is_err() {
-                    return Ok(());
-                }
-                cursor = seq;
-                last_sent = tokio::time::Instant::now();
-            }
-            cursor = cursor.max(through);
-            if progressed && hub.head() > cursor {
-                continue;
-            }
-            // Caught up: wait for news, a heartbeat deadline, an access re-check, or the end.
-            let deadline = (last_sent + heartbeat).min(if user.is_some() { next_check } else { last_sent + heartbeat });
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                _ = tx.closed() => return Ok(()),
-                changed = head_rx.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => {}
-            }
-        }
-    }
-
-    /// Deletes audit events past their retention, in small batches; returns how many.
-    pub async fn enforce_audit_retention(&self, platform_retention: Duration) -> Result<u64> {
-        let ctx = RequestContext::system("audit-retention");
-        let mut scopes: Vec<(String, u64)> = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = tenants::list(self.db.conn(), after.as_deref(), 500).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.tenant_id.clone());
-            let floor = self.audit.min_retention_secs();
-            scopes.extend(page.iter().map(|t| (t.tenant_id.clone(), t.settings.audit_retention_secs.max(floor))));
-        }
-        scopes.push((String::new(), platform_retention.as_secs()));
-        let mut total = 0;
-        for (scope, secs) in scopes {
-            let cutoff = now() - chrono::Duration::seconds(secs as i64);
-            loop {
-                let n = self.db.write(&ctx, async |tx| audit::purge_before(tx, &scope, cutoff, PAGE).await).await?;
-                total += n;
-                if n < PAGE {
-                    break;
-                }
-            }
-        }
-        Ok(total)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,5 +450,24 @@ mod tests {
         );
         let quoted = format!("\"{REDACTED}\"");
         assert_eq!(emails(&hub), [quoted.as_str(), quoted.as_str(), "\"bob@acme.example\"", quoted.as_str()]);
+    }
+
+    #[test]
+    fn a_purge_redacts_the_ring_before_the_hub_reads_its_event() {
+        let hub = AuditHub::default();
+        hub.ring.write().unwrap().base = 0;
+        hub.push(
+            vec![
+                event(1, "user.created", "u1", "ann@acme.example"),
+                event(2, "user.created", "u2", "bob@acme.example"),
+            ],
+            2,
+        );
+        // What PurgeUser does after its commit, before it answers.
+        hub.redact_user("acme", "u1");
+        let quoted = format!("\"{REDACTED}\"");
+        assert_eq!(emails(&hub), [quoted.as_str(), "\"bob@acme.example\""]);
+        hub.redact_user("other-tenant", "u2");
+        assert_eq!(emails(&hub)[1], "\"bob@acme.example\"", "only the named tenant's user");
     }
 }

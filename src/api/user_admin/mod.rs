@@ -19,6 +19,10 @@ use crate::{
     service::{Iam, Target},
 };
 
+mod fields;
+
+use fields::{USER_MASK, profile, token_text, user_patch, user_response};
+
 pub struct UserAdminApi {
     iam: Iam,
 }
@@ -32,7 +36,7 @@ impl UserAdminApi {
 const NAME_MAX: usize = 100;
 const REASON_MAX: usize = 500;
 
-/// The request's tenant, checked and recorded on the span.
+/// The full path of a method of this service (stored with idempotency records).
 fn method(name: &str) -> &'static str {
     match name {
         "CreateUser" => "/crm.iam.v1.UserAdmin/CreateUser",
@@ -49,95 +53,6 @@ fn method(name: &str) -> &'static str {
         "DeleteDepartment" => "/crm.iam.v1.UserAdmin/DeleteDepartment",
         _ => unreachable!("unknown method {name}"),
     }
-}
-
-/// Validates the profile fields of a new user, recording every bad field.
-fn profile(v: &mut Violations, u: &pb::User) -> Option<Profile> {
-    let email = v.check("user.email", validate::email(&u.email));
-    let given_name = v.check("user.given_name", validate::text(&u.given_name, NAME_MAX));
-    let family_name = v.check("user.family_name", validate::text(&u.family_name, NAME_MAX));
-    let display_name = v.check("user.display_name", validate::text(&u.display_name, 200));
-    let phone = v.check("user.phone", validate::phone(&u.phone));
-    let position = v.check("user.position", validate::text(&u.position, NAME_MAX));
-    let employee_number = v.check("user.employee_number", validate::employee_number(&u.employee_number));
-    let department_id = v.check("user.department_id", validate::optional_uuid(&u.department_id));
-    let hire_date = v.check("user.hire_date", validate::date(&u.hire_date));
-    let attributes = v.check("user.attributes", validate::attributes(&u.attributes));
-    let (email, email_key) = email?;
-    let (given_name, family_name) = (given_name?, family_name?);
-    let display_name =
-        display_name.map(|d| if d.is_empty() { derived_display_name(&given_name, &family_name) } else { d })?;
-    Some(Profile {
-        email,
-        email_key,
-        given_name,
-        family_name,
-        display_name,
-        phone: phone?,
-        position: position?,
-        employee_number: employee_number?,
-        department_id: department_id?,
-        hire_date: hire_date?,
-        attributes: attributes?,
-    })
-}
-
-const USER_MASK: &[&str] = &[
-    "email",
-    "given_name",
-    "family_name",
-    "display_name",
-    "phone",
-    "position",
-    "employee_number",
-    "department_id",
-    "hire_date",
-    "attributes",
-];
-
-fn user_patch(v: &mut Violations, u: &pb::User, paths: &[String]) -> UserPatch {
-    let has = |p: &str| paths.iter().any(|x| x == p);
-    let mut p = UserPatch::default();
-    if has("email") {
-        p.email = v.check("user.email", validate::email(&u.email));
-    }
-    if has("given_name") {
-        p.given_name = v.check("user.given_name", validate::text(&u.given_name, NAME_MAX));
-    }
-    if has("family_name") {
-        p.family_name = v.check("user.family_name", validate::text(&u.family_name, NAME_MAX));
-    }
-    if has("display_name") {
-        p.display_name = v.check("user.display_name", validate::text(&u.display_name, 200));
-    }
-    if has("phone") {
-        p.phone = v.check("user.phone", validate::phone(&u.phone));
-    }
-    if has("position") {
-        p.position = v.check("user.position", validate::text(&u.position, NAME_MAX));
-    }
-    if has("employee_number") {
-        p.employee_number = v.check("user.employee_number", validate::employee_number(&u.employee_number));
-    }
-    if has("department_id") {
-        p.department_id = v.check("user.department_id", validate::optional_uuid(&u.department_id));
-    }
-    if has("hire_date") {
-        p.hire_date = v.check("user.hire_date", validate::date(&u.hire_date));
-    }
-    if has("attributes") {
-        p.attributes = v.check("user.attributes", validate::attributes(&u.attributes));
-    }
-    p
-}
-
-fn token_text(t: &UserWithToken) -> String {
-    use secrecy::ExposeSecret;
-    t.token.as_ref().map(|t| t.token.expose_secret().to_owned()).unwrap_or_default()
-}
-
-fn user_response(u: crate::domain::user::User) -> Option<pb::User> {
-    Some(convert::user_to_proto(u))
 }
 
 impl UserAdminApi {

@@ -1,0 +1,92 @@
+//! UserAdmin's request fields: profiles and patches validated field by field, and responses.
+
+use super::*;
+
+/// Validates the profile fields of a new user, recording every bad field.
+pub(super) fn profile(v: &mut Violations, u: &pb::User) -> Option<Profile> {
+    let email = v.check("user.email", validate::email(&u.email));
+    let given_name = v.check("user.given_name", validate::text(&u.given_name, NAME_MAX));
+    let family_name = v.check("user.family_name", validate::text(&u.family_name, NAME_MAX));
+    let display_name = v.check("user.display_name", validate::text(&u.display_name, 200));
+    let phone = v.check("user.phone", validate::phone(&u.phone));
+    let position = v.check("user.position", validate::text(&u.position, NAME_MAX));
+    let employee_number = v.check("user.employee_number", validate::employee_number(&u.employee_number));
+    let department_id = v.check("user.department_id", validate::optional_uuid(&u.department_id));
+    let hire_date = v.check("user.hire_date", validate::date(&u.hire_date));
+    let attributes = v.check("user.attributes", validate::attributes(&u.attributes));
+    let (email, email_key) = email?;
+    let (given_name, family_name) = (given_name?, family_name?);
+    let display_name =
+        display_name.map(|d| if d.is_empty() { derived_display_name(&given_name, &family_name) } else { d })?;
+    Some(Profile {
+        email,
+        email_key,
+        given_name,
+        family_name,
+        display_name,
+        phone: phone?,
+        position: position?,
+        employee_number: employee_number?,
+        department_id: department_id?,
+        hire_date: hire_date?,
+        attributes: attributes?,
+    })
+}
+
+pub(super) const USER_MASK: &[&str] = &[
+    "email",
+    "given_name",
+    "family_name",
+    "display_name",
+    "phone",
+    "position",
+    "employee_number",
+    "department_id",
+    "hire_date",
+    "attributes",
+];
+
+pub(super) fn user_patch(v: &mut Violations, u: &pb::User, paths: &[String]) -> UserPatch {
+    let has = |p: &str| paths.iter().any(|x| x == p);
+    let mut p = UserPatch::default();
+    if has("email") {
+        p.email = v.check("user.email", validate::email(&u.email));
+    }
+    if has("given_name") {
+        p.given_name = v.check("user.given_name", validate::text(&u.given_name, NAME_MAX));
+    }
+    if has("family_name") {
+        p.family_name = v.check("user.family_name", validate::text(&u.family_name, NAME_MAX));
+    }
+    if has("display_name") {
+        p.display_name = v.check("user.display_name", validate::text(&u.display_name, 200));
+    }
+    if has("phone") {
+        p.phone = v.check("user.phone", validate::phone(&u.phone));
+    }
+    if has("position") {
+        p.position = v.check("user.position", validate::text(&u.position, NAME_MAX));
+    }
+    if has("employee_number") {
+        p.employee_number = v.check("user.employee_number", validate::employee_number(&u.employee_number));
+    }
+    if has("department_id") {
+        p.department_id = v.check("user.department_id", validate::optional_uuid(&u.department_id));
+    }
+    if has("hire_date") {
+        p.hire_date = v.check("user.hire_date", validate::date(&u.hire_date));
+    }
+    if has("attributes") {
+        p.attributes = v.check("user.attributes", validate::attributes(&u.attributes));
+    }
+    p
+}
+
+pub(super) fn token_text(t: &UserWithToken) -> String {
+    use secrecy::ExposeSecret;
+    t.token.as_ref().map(|t| t.token.expose_secret().to_owned()).unwrap_or_default()
+}
+
+pub(super) fn user_response(u: crate::domain::user::User) -> Option<pb::User> {
+    Some(convert::user_to_proto(u))
+}
