@@ -86,6 +86,20 @@ pub struct Profile {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// The fields of a user's profile (what UpdateUser edits, what a purge erases besides credentials).
+pub const PROFILE_FIELDS: &[&str] = &[
+    "email",
+    "given_name",
+    "family_name",
+    "display_name",
+    "phone",
+    "position",
+    "employee_number",
+    "department_id",
+    "hire_date",
+    "attributes",
+];
+
 /// "Given Family", the display name used when none is given.
 pub fn derived_display_name(given: &str, family: &str) -> String {
     format!("{given} {family}").trim().to_owned()

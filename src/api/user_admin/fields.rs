@@ -33,18 +33,8 @@ pub(super) fn profile(v: &mut Violations, u: &pb::User) -> Option<Profile> {
     })
 }
 
-pub(super) const USER_MASK: &[&str] = &[
-    "email",
-    "given_name",
-    "family_name",
-    "display_name",
-    "phone",
-    "position",
-    "employee_number",
-    "department_id",
-    "hire_date",
-    "attributes",
-];
+/// What an UpdateUser mask may name: the profile.
+pub(super) const USER_MASK: &[&str] = crate::domain::user::PROFILE_FIELDS;
 
 pub(super) fn user_patch(v: &mut Violations, u: &pb::User, paths: &[String]) -> UserPatch {
     let has = |p: &str| paths.iter().any(|x| x == p);

@@ -253,22 +253,10 @@ impl Iam {
         new.purge_time = Some(now());
         let row = users::update(tx, new, version).await?;
         let user = self.to_user_in(&**tx, row).await?;
-        let erased = [
-            "email",
-            "given_name",
-            "family_name",
-            "display_name",
-            "phone",
-            "position",
-            "employee_number",
-            "department_id",
-            "hire_date",
-            "attributes",
-            "credentials",
-        ];
+        let erased: Vec<&str> = crate::domain::user::PROFILE_FIELDS.iter().copied().chain(["credentials"]).collect();
         tx.audit(
             AuditRecord::new(Some(&user.tenant_id), "user.purged", "user", user.user_id)
-                .with_detail("erased_fields", erased.to_vec())
+                .with_detail("erased_fields", erased)
                 .with_detail("redacted_events", redacted),
         );
         Ok(user)
