@@ -9,7 +9,8 @@ use uuid::Uuid;
 use super::user::UserState;
 
 /// How far a right reaches. Ordered: a higher scope includes the lower ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, strum::IntoStaticStr)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Scope {
     /// Not granted.
@@ -24,12 +25,7 @@ pub enum Scope {
 
 impl Scope {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::None => "NONE",
-            Scope::Own => "OWN",
-            Scope::Department => "DEPARTMENT",
-            Scope::Tenant => "TENANT",
-        }
+        self.into()
     }
 }
 

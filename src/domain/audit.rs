@@ -4,7 +4,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// Who acted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum ActorKind {
     /// A tenant user (with an access token).
     User,
@@ -16,15 +17,11 @@ pub enum ActorKind {
 
 impl ActorKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            ActorKind::User => "USER",
-            ActorKind::Service => "SERVICE",
-            ActorKind::System => "SYSTEM",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<ActorKind> {
-        [ActorKind::User, ActorKind::Service, ActorKind::System].into_iter().find(|k| k.as_str() == s)
+        s.parse().ok()
     }
 }
 

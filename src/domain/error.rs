@@ -5,7 +5,8 @@ use std::fmt;
 
 /// Stable machine-readable reason of an error; mirrors `crm.iam.v1.ErrorReason` (without the
 /// `ERROR_REASON_` prefix) and travels in the `google.rpc.ErrorInfo` detail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum Reason {
     InvalidArgument,
     IdempotencyKeyReused,
@@ -57,56 +58,9 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The name in `google.rpc.ErrorInfo.reason`: `EMAIL_TAKEN` for `EmailTaken`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::InvalidArgument => "INVALID_ARGUMENT",
-            Reason::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
-            Reason::Unauthenticated => "UNAUTHENTICATED",
-            Reason::PermissionDenied => "PERMISSION_DENIED",
-            Reason::TenantNotFound => "TENANT_NOT_FOUND",
-            Reason::UserNotFound => "USER_NOT_FOUND",
-            Reason::DepartmentNotFound => "DEPARTMENT_NOT_FOUND",
-            Reason::TenantAlreadyExists => "TENANT_ALREADY_EXISTS",
-            Reason::EmailTaken => "EMAIL_TAKEN",
-            Reason::EmployeeNumberTaken => "EMPLOYEE_NUMBER_TAKEN",
-            Reason::DepartmentNameTaken => "DEPARTMENT_NAME_TAKEN",
-            Reason::EtagMismatch => "ETAG_MISMATCH",
-            Reason::SeatLimitReached => "SEAT_LIMIT_REACHED",
-            Reason::InvalidUserState => "INVALID_USER_STATE",
-            Reason::RestoreWindowPassed => "RESTORE_WINDOW_PASSED",
-            Reason::DepartmentNotEmpty => "DEPARTMENT_NOT_EMPTY",
-            Reason::DepartmentCycle => "DEPARTMENT_CYCLE",
-            Reason::NotAvailable => "NOT_AVAILABLE",
-            Reason::Unavailable => "UNAVAILABLE",
-            Reason::Internal => "INTERNAL",
-            Reason::InvalidPageToken => "INVALID_PAGE_TOKEN",
-            Reason::NotInvited => "NOT_INVITED",
-            Reason::RoleNotFound => "ROLE_NOT_FOUND",
-            Reason::RoleNameTaken => "ROLE_NAME_TAKEN",
-            Reason::BuiltinRole => "BUILTIN_ROLE",
-            Reason::RoleInUse => "ROLE_IN_USE",
-            Reason::LastAdministrator => "LAST_ADMINISTRATOR",
-            Reason::RoleNotAssigned => "ROLE_NOT_ASSIGNED",
-            Reason::ModuleNotFound => "MODULE_NOT_FOUND",
-            Reason::ModuleAlreadyExists => "MODULE_ALREADY_EXISTS",
-            Reason::ModuleInUse => "MODULE_IN_USE",
-            Reason::CursorExpired => "CURSOR_EXPIRED",
-            Reason::OwnsRecords => "OWNS_RECORDS",
-            Reason::OwnerNotActive => "OWNER_NOT_ACTIVE",
-            Reason::TransferInvalid => "TRANSFER_INVALID",
-            Reason::TransferNotFound => "TRANSFER_NOT_FOUND",
-            Reason::TransferEnded => "TRANSFER_ENDED",
-            Reason::InvalidCredentials => "INVALID_CREDENTIALS",
-            Reason::TotpRequired => "TOTP_REQUIRED",
-            Reason::TooManyAttempts => "TOO_MANY_ATTEMPTS",
-            Reason::TokenInvalid => "TOKEN_INVALID",
-            Reason::PasswordChangeRequired => "PASSWORD_CHANGE_REQUIRED",
-            Reason::MfaRequired => "MFA_REQUIRED",
-            Reason::TotpState => "TOTP_STATE",
-            Reason::Overloaded => "OVERLOADED",
-            Reason::Conflict => "CONFLICT",
-            Reason::TooManyStreams => "TOO_MANY_STREAMS",
-        }
+        self.into()
     }
 }
 
@@ -322,5 +276,27 @@ impl Violations {
     /// `Ok(())` when no field was bad, otherwise INVALID_ARGUMENT listing all of them.
     pub fn finish(self) -> Result<()> {
         if self.0.is_empty() { Ok(()) } else { Err(self.into_error()) }
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::Reason;
+    use crate::domain::{access::Scope, audit::ActorKind, ownership::TransferState, user::UserState};
+
+    /// The wire and stored names are the contract: derived, they must still read as before.
+    #[test]
+    fn enum_names_are_the_published_ones() {
+        assert_eq!(Reason::EmailTaken.as_str(), "EMAIL_TAKEN");
+        assert_eq!(Reason::TooManyStreams.as_str(), "TOO_MANY_STREAMS");
+        assert_eq!(Reason::MfaRequired.as_str(), "MFA_REQUIRED");
+        assert_eq!(Scope::Department.as_str(), "DEPARTMENT");
+        assert_eq!(ActorKind::parse("SERVICE"), Some(ActorKind::Service));
+        for s in UserState::ALL {
+            assert_eq!(UserState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(UserState::Deactivated.as_str(), "DEACTIVATED");
+        assert_eq!(TransferState::parse("CANCELLED"), Some(TransferState::Cancelled));
+        assert_eq!(UserState::parse("active"), None, "names are case-sensitive, as stored");
     }
 }

@@ -34,7 +34,8 @@ pub fn rule_for<'a>(rules: &'a [TransferRule], module: &str) -> Option<&'a Trans
     rules.iter().find(|r| r.module.as_deref() == Some(module)).or_else(|| rules.iter().find(|r| r.module.is_none()))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum TransferState {
     Pending,
     Running,
@@ -53,17 +54,11 @@ impl TransferState {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            TransferState::Pending => "PENDING",
-            TransferState::Running => "RUNNING",
-            TransferState::Succeeded => "SUCCEEDED",
-            TransferState::Failed => "FAILED",
-            TransferState::Cancelled => "CANCELLED",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<TransferState> {
-        TransferState::ALL.into_iter().find(|t| t.as_str() == s)
+        s.parse().ok()
     }
 
     pub fn is_terminal(self) -> bool {

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Lifecycle state. See `crm.iam.v1.UserState` for the transitions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum UserState {
     Invited,
@@ -22,17 +23,11 @@ impl UserState {
         [UserState::Invited, UserState::Active, UserState::Deactivated, UserState::Deleted, UserState::Purged];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            UserState::Invited => "INVITED",
-            UserState::Active => "ACTIVE",
-            UserState::Deactivated => "DEACTIVATED",
-            UserState::Deleted => "DELETED",
-            UserState::Purged => "PURGED",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<UserState> {
-        UserState::ALL.into_iter().find(|st| st.as_str() == s)
+        s.parse().ok()
     }
 
     /// ACTIVE and INVITED users count against the tenant's seat limit.

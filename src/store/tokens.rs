@@ -12,7 +12,8 @@ use uuid::Uuid;
 use super::{db::Tx, entity::user_tokens};
 use crate::domain::{Result, now, user::IssuedToken};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum TokenKind {
     Invitation,
     PasswordReset,
@@ -20,10 +21,7 @@ pub enum TokenKind {
 
 impl TokenKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            TokenKind::Invitation => "invitation",
-            TokenKind::PasswordReset => "password_reset",
-        }
+        self.into()
     }
 }
 
@@ -83,4 +81,13 @@ pub async fn consume(tx: &Tx, token_hash: &str) -> Result<bool> {
         .exec(&**tx)
         .await?;
     Ok(r.rows_affected == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_kinds_keep_their_stored_names() {
+        assert_eq!(super::TokenKind::Invitation.as_str(), "invitation");
+        assert_eq!(super::TokenKind::PasswordReset.as_str(), "password_reset");
+    }
 }
