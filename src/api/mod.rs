@@ -138,8 +138,17 @@ pub fn page_size(v: &mut Violations, n: i32) -> u64 {
 /// filters, so a token used with other filters is refused instead of silently skipping rows.
 /// Keys are immutable and unique (ids), so pages stay stable while rows are inserted.
 pub fn encode_page_token(last_key: &str, filters: &str) -> String {
-    let payload = serde_json::json!({ "k": last_key, "f": filter_digest(filters) });
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload.to_string())
+    let token = PageToken { k: last_key.to_owned(), f: filter_digest(filters) };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&token).expect("a page token serializes"))
+}
+
+/// What a page token holds: the last key of the page and the digest of the query's filters.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageToken {
+    k: String,
+    f: String,
 }
 
 /// The last key of the previous page, or None for the first page.
@@ -153,11 +162,11 @@ pub fn decode_page_token(token: &str, filters: &str) -> Result<Option<String>> {
         e
     };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    if value.get("f").and_then(|f| f.as_str()) != Some(filter_digest(filters).as_str()) {
+    let token: PageToken = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if token.f != filter_digest(filters) {
         return Err(bad());
     }
-    value.get("k").and_then(|k| k.as_str()).map(|k| Some(k.to_owned())).ok_or_else(bad)
+    Ok(Some(token.k))
 }
 
 /// The last key of the previous page when keys are UUIDs.
