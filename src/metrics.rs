@@ -111,8 +111,37 @@ pub async fn serve(listener: tokio::net::TcpListener, iam: Iam, stop: Cancellati
         ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], install().render()).into_response()
     };
     let app = Router::new().route("/metrics", get(scrape)).with_state(iam);
-    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await?;
-    Ok(())
+    // Connection by connection rather than `axum::serve`, which sets no header timeout: a client
+    // that opens connections and never finishes a request would hold each one forever. Here
+    // headers must arrive within 5 s, a connection lasts at most 60 s (scrapers reconnect), and
+    // at most 64 are open at once (a further one is closed on accept).
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: pause instead of spinning on the error.
+                    tracing::debug!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(Duration::from_secs(60), connection).await;
+        });
+    }
 }
 
 /// Samples gauges whose state lives in other components.

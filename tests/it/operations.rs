@@ -138,3 +138,29 @@ async fn deadlines_are_honored() {
     server.login("acme", "ann@example.com", PASSWORD).await;
     server.stop().await;
 }
+
+/// Connections to /metrics that never finish a request are closed by the server (header timeout),
+/// so idle or trickling clients cannot pile up; scrapes go on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_metrics_connections_are_closed() {
+    let server =
+        TestServer::start_with(Backend::Sqlite, |c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = server.metrics_addr.unwrap();
+    let mut silent = Vec::new();
+    for i in 0..50 {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 0 {
+            // Half of them start a request and never end its headers.
+            socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: te").await.unwrap();
+        }
+        silent.push(socket);
+    }
+    assert!(scrape(&server).await.contains("crm_iam_db_pool_connections"), "scrapes are served meanwhile");
+    for mut socket in silent {
+        let mut rest = Vec::new();
+        // The server ends the connection (EOF, or a reset): the bound only guards a hang.
+        let ended = tokio::time::timeout(Duration::from_secs(60), socket.read_to_end(&mut rest)).await;
+        assert!(ended.is_ok(), "a silent connection stayed open");
+    }
+    server.stop().await;
+}
