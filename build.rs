@@ -38,14 +38,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     files.sort();
     // Only described by reflection (so grpcurl can print error details); not compiled to Rust.
     files.push(proto_dir.join("google/rpc/error_details.proto"));
-    // The benchmarks' echo service: compiled to Rust, not served by `crm-iam serve`, not reflected.
-    files.push(proto_dir.join("crm/iam/bench/v1/echo.proto"));
 
     let mut fds = protox::compile(&files, [&proto_dir])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let mut reflected = fds.clone();
-    reflected.file.retain(|f| f.package() != "crm.iam.bench.v1");
-    std::fs::write(out_dir.join("crm_iam_descriptor.bin"), reflected.encode_to_vec())?;
+    std::fs::write(out_dir.join("crm_iam_descriptor.bin"), fds.encode_to_vec())?;
     fds.file.retain(|f| f.package() != "google.rpc");
 
     std::fs::write(out_dir.join("limits.rs"), limits::generate(&fds)?)?;

@@ -6,12 +6,6 @@ pub mod v1 {
     tonic::include_proto!("crm.iam.v1");
 }
 
-/// The benchmarks' echo service (see `proto/crm/iam/bench/v1/echo.proto`).
-#[allow(clippy::all, clippy::pedantic)]
-pub mod bench {
-    tonic::include_proto!("crm.iam.bench.v1");
-}
-
 /// Encoded `FileDescriptorSet` of every crm-iam proto, with comments, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/crm_iam_descriptor.bin"));
 

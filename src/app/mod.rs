@@ -88,8 +88,8 @@ pub async fn connect(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
-/// Adds services to the server, behind the same layers and authentication (benchmarks use it
-/// for their echo floor).
+/// Adds services to the server, behind the same layers and authentication: for embedding crm-iam
+/// beside other gRPC services in one process (the benchmark crate serves its echo floor this way).
 pub type ExtraServices = Box<dyn FnOnce(&mut RoutesBuilder) + Send>;
 
 /// A built, bound, not yet serving application.

@@ -11,13 +11,12 @@ use std::{
 };
 
 use crm_iam::{
-    proto::{
-        bench::EchoRequest,
-        v1::{self as pb, auth_client::AuthClient, user_admin_client::UserAdminClient},
-    },
+    proto::v1::{self as pb, auth_client::AuthClient, user_admin_client::UserAdminClient},
     service::auth::hashing::{self as password, Passwords},
 };
 use secrecy::SecretString;
+
+use crate::proto::EchoRequest;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::{

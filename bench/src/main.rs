@@ -1,11 +1,17 @@
 //! `crm-iam-bench`: reproducible figures for crm-iam, each beside its floor or ceiling measured in
 //! the same run on the same machine (see BENCHMARKS.md).
 //!
-//!     cargo run --release --bin crm-iam-bench -- all
+//!     cargo run --release -p crm-iam-bench -- all
 //!
 //! Every benchmark starts the real server (this binary's hidden `serve` mode: `crm-iam`'s
 //! application plus the echo floor on the same stack) in its own process and drives it over
 //! gRPC on loopback; client and server share the machine's cores.
+
+/// The echo service (`proto/crm/iam/bench/v1/echo.proto`), compiled by this crate's build.rs.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("crm.iam.bench.v1");
+}
 
 mod access;
 mod audit;
@@ -22,13 +28,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// The same allocator as `crm-iam` (the benchmark's server runs in this binary).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use crm_iam::{
-    app::Application,
-    config::Config,
-    proto::bench::{
-        EchoRequest, EchoResponse,
-        echo_server::{Echo, EchoServer},
-    },
+use crm_iam::{app::Application, config::Config};
+use proto::{
+    EchoRequest, EchoResponse,
+    echo_server::{Echo, EchoServer},
 };
 use tonic::{Request, Response, Status};
 

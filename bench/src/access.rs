@@ -3,11 +3,8 @@
 
 use std::sync::Arc;
 
-use crm_iam::proto::{
-    bench::{EchoRequest, echo_client::EchoClient},
-    v1::{
-        self as pb, access_client::AccessClient, role_admin_client::RoleAdminClient, user_admin_client::UserAdminClient,
-    },
+use crm_iam::proto::v1::{
+    self as pb, access_client::AccessClient, role_admin_client::RoleAdminClient, user_admin_client::UserAdminClient,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use tonic::service::interceptor::InterceptedService;
@@ -15,6 +12,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::{
     Database,
     harness::{self, Bearer, Load, Row, Server, Stats, bounded, fmt_stats},
+    proto::{EchoRequest, echo_client::EchoClient},
 };
 
 pub const TENANT: &str = "bench";
