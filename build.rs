@@ -45,6 +45,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     fds.file.retain(|f| f.package() != "google.rpc");
 
     std::fs::write(out_dir.join("limits.rs"), limits::generate(&fds)?)?;
+    std::fs::write(out_dir.join("methods.rs"), methods(&fds))?;
 
     tonic_prost_build::configure()
         // Maps as BTreeMap: deterministic encoding, so idempotency fingerprints of equal requests match.
@@ -55,6 +56,45 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=build.rs");
     Ok(())
+}
+
+/// One constant per gRPC method (`methods::user_admin::CREATE_USER` is
+/// `"/crm.iam.v1.UserAdmin/CreateUser"`) and `ALL`: the one way the code names a method.
+fn methods(fds: &prost_types::FileDescriptorSet) -> String {
+    let snake = |name: &str, upper: bool| {
+        let mut out = String::new();
+        for (i, c) in name.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(if upper { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() });
+        }
+        out
+    };
+    let mut code = String::new();
+    let mut all = Vec::new();
+    for file in fds.file.iter().filter(|f| f.package() == "crm.iam.v1") {
+        for service in &file.service {
+            code.push_str(&format!(
+                "/// Methods of `crm.iam.v1.{}`.\npub mod {} {{\n",
+                service.name(),
+                snake(service.name(), false)
+            ));
+            for m in &service.method {
+                let path = format!("/crm.iam.v1.{}/{}", service.name(), m.name());
+                code.push_str(&format!("    pub const {}: &str = {path:?};\n", snake(m.name(), true)));
+                all.push(path);
+            }
+            code.push_str("}\n");
+        }
+    }
+    all.sort();
+    code.push_str("/// Every method, sorted.\npub const ALL: &[&str] = &[\n");
+    for path in all {
+        code.push_str(&format!("    {path:?},\n"));
+    }
+    code.push_str("];\n");
+    code
 }
 
 /// Size limits of every field of the API's messages, as Rust code (`src/api/limits.rs` includes
@@ -343,6 +383,10 @@ mod limits {
                     self.code,
                     "    fn tenant(&self) -> Option<&str> {{ self.tenant.as_ref().map(|t| t.tenant_id.as_str()) }}"
                 )?;
+            }
+            if m.field.iter().any(|f| f.name() == "request_id" && f.r#type() == Type::String) {
+                writeln!(self.code, "    fn request_id(&self) -> &str {{ &self.request_id }}")?;
+                writeln!(self.code, "    fn clear_request_id(&mut self) {{ self.request_id.clear() }}")?;
             }
             writeln!(self.code, "    #[allow(unused_variables)]")?;
             writeln!(self.code, "    fn check_limits(&self, p: &dyn Fn() -> String, v: &mut Violations) {{")?;

@@ -6,6 +6,16 @@ pub mod v1 {
     tonic::include_proto!("crm.iam.v1");
 }
 
+/// The path of every gRPC method, as constants (generated from the protos by `build.rs`).
+pub mod methods {
+    include!(concat!(env!("OUT_DIR"), "/methods.rs"));
+
+    /// The `&'static` name of a request path, None for a path crm-iam does not serve.
+    pub fn find(path: &str) -> Option<&'static str> {
+        ALL.binary_search(&path).ok().map(|i| ALL[i])
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every crm-iam proto, with comments, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/crm_iam_descriptor.bin"));
 

@@ -1,5 +1,6 @@
 //! `crm.iam.v1.Access`: the hot path. Decisions come from memory (see `service::access`).
 
+use crate::domain::access::Right;
 use tonic::{Request, Response, Status};
 
 use super::{caller, convert, record_tenant};
@@ -32,7 +33,7 @@ impl AccessApi {
             if users.all(|id| id == u.user_id) {
                 super::same_tenant(caller, tenant_id)?;
             } else {
-                self.iam.authorize(caller, tenant_id, "roles", "view", Target::Tenant).await?;
+                self.iam.authorize(caller, tenant_id, Right::ROLES_VIEW, Target::Tenant).await?;
             }
         }
         Ok(())

@@ -1,5 +1,6 @@
 //! `crm.iam.v1.AuditEvents`: listing and the resumable stream.
 
+use crate::domain::access::Right;
 use std::{pin::Pin, time::Duration};
 
 use tokio_stream::{Stream, StreamExt};
@@ -87,7 +88,7 @@ impl AuditEventsApi {
         match scope {
             EventScope::All => require_platform(caller)?,
             EventScope::Tenant(t) => {
-                self.iam.authorize(caller, t, "settings", "view", crate::service::Target::Tenant).await?
+                self.iam.authorize(caller, t, Right::SETTINGS_VIEW, crate::service::Target::Tenant).await?
             }
         }
         Ok(())

@@ -1,5 +1,6 @@
 //! `crm.iam.v1.Auth`: logins, sessions, passwords, TOTP, and token keys.
 
+use crate::domain::access::Right;
 use secrecy::SecretString;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -196,7 +197,7 @@ impl Auth for AuthApi {
         let user_id = subject(&mut v, &caller, &msg.user_id);
         let limit = page_size(&mut v, msg.page_size);
         v.finish()?;
-        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_VIEW, Target::User(user_id)).await?;
         let filters = format!("sessions|{tenant_id}|{user_id}|{}", msg.include_ended);
         let after = decode_uuid_page_token(&msg.page_token, &filters)?;
         let page = self.iam.list_sessions(&tenant_id, user_id, msg.include_ended, after, limit).await?;
@@ -235,7 +236,7 @@ impl Auth for AuthApi {
         if is_self(&caller, user_id) {
             super::same_tenant(&caller, &tenant_id)?;
         } else {
-            self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::User(user_id)).await?;
+            self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::User(user_id)).await?;
         }
         let n = self.iam.revoke_sessions(&ctx, &tenant_id, user_id, ids, reason).await?;
         Ok(Response::new(pb::RevokeSessionsResponse { revoked_count: n as i32 }))
@@ -344,7 +345,7 @@ impl Auth for AuthApi {
         if own {
             super::same_tenant(&caller, &tenant_id)?;
         } else {
-            self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::User(user_id)).await?;
+            self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::User(user_id)).await?;
         }
         let by_self = match &caller {
             Caller::User(u) if own => Some((u, msg.code.trim())),

@@ -5,12 +5,21 @@
 
 use crate::{domain::Violations, proto::v1};
 
-/// A message whose fields have size limits.
+/// What the edge reads of every message before converting it: the tenant (for the tenant wall),
+/// the idempotency key, and the size limits of its fields.
 pub trait Limits {
     /// The tenant a request acts in (its `tenant_id`, or its `tenant`'s), for the tenant wall.
     fn tenant(&self) -> Option<&str> {
         None
     }
+
+    /// The idempotency key of a mutating request (its `request_id`; "" when it has none).
+    fn request_id(&self) -> &str {
+        ""
+    }
+
+    /// Clears the `request_id`, so a fingerprint covers the body alone.
+    fn clear_request_id(&mut self) {}
 
     /// Adds a violation for every field over its limit; `p` gives the path prefix of the message
     /// (called only when something is over).

@@ -1,5 +1,6 @@
 //! `crm.iam.v1.OwnershipTransfer`: the ownership registry and transfer jobs.
 
+use crate::domain::access::Right;
 use std::{collections::HashMap, pin::Pin};
 
 use futures::Stream;
@@ -104,7 +105,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         v.finish()?;
         let ctx =
             mutation(&req, &caller, &tenant_id, RECORD_OWNERSHIP, msg, &msg.request_id, |m| m.request_id.clear())?;
-        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::Tenant).await?;
         let recorded = self.iam.record_ownership(&ctx, &tenant_id, rows).await?;
         Ok(Response::new(pb::RecordOwnershipResponse { recorded: recorded as i32 }))
     }
@@ -131,7 +132,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         v.finish()?;
         let ctx =
             mutation(&req, &caller, &tenant_id, FORGET_OWNERSHIP, msg, &msg.request_id, |m| m.request_id.clear())?;
-        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::Tenant).await?;
         let forgotten = self.iam.forget_ownership(&ctx, &tenant_id, refs).await?;
         Ok(Response::new(pb::ForgetOwnershipResponse { forgotten: forgotten as i32 }))
     }
@@ -156,7 +157,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
                     .map_err(|_| Error::invalid_field("page_token", "is not a page token of this query"))?,
             ),
         };
-        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_VIEW, Target::User(user_id)).await?;
         let page = self.iam.list_owned_resources(&tenant_id, user_id, module.as_deref(), after, limit).await?;
         let next_page_token =
             next_page_token(&page, &filters, |last| serde_json::json!([last.module, last.resource_id]).to_string());
@@ -184,7 +185,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let user_id = id(&mut v, "user_id", &msg.user_id);
         v.finish()?;
-        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_VIEW, Target::User(user_id)).await?;
         let (counts, total) = convert::counts_to_proto(self.iam.count_owned_resources(&tenant_id, user_id).await?);
         Ok(Response::new(pb::CountOwnedResourcesResponse { counts, total }))
     }
@@ -200,7 +201,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         let limit = page_size(&mut v, msg.page_size);
         v.finish()?;
         let after = decode_uuid_page_token(&msg.page_token, &tenant_id)?;
-        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_VIEW, Target::Tenant).await?;
         let page = self.iam.list_orphaned_owners(&tenant_id, after, limit).await?;
         let next_page_token = next_page_token(&page, &tenant_id, |(last, _, _)| last.to_string());
         Ok(Response::new(pb::ListOrphanedOwnersResponse {
@@ -232,7 +233,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         let from = id(&mut v, "from_user_id", &msg.from_user_id);
         let rules = convert::rules_from_proto(&mut v, &msg.rules);
         v.finish()?;
-        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::Tenant).await?;
         let plan = self.iam.plan_transfer(&tenant_id, from, &rules).await?;
         Ok(Response::new(pb::PlanTransferResponse {
             moves: plan
@@ -258,7 +259,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         let rules = convert::rules_from_proto(&mut v, &msg.rules);
         v.finish()?;
         let ctx = mutation(&req, &caller, &tenant_id, START_TRANSFER, msg, &msg.request_id, |m| m.request_id.clear())?;
-        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::Tenant).await?;
         let t = self.iam.start_transfer(&ctx, &tenant_id, from, rules).await?;
         Ok(Response::new(pb::StartTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }))
     }
@@ -273,7 +274,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let transfer_id = id(&mut v, "transfer_id", &msg.transfer_id);
         v.finish()?;
-        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_VIEW, Target::Tenant).await?;
         let t = self.iam.get_transfer(&tenant_id, transfer_id).await?;
         Ok(Response::new(pb::GetTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }))
     }
@@ -298,7 +299,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         v.finish()?;
         let filters = format!("{tenant_id}|{}|{:?}", msg.from_user_id, msg.states);
         let before = decode_uuid_page_token(&msg.page_token, &filters)?;
-        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_VIEW, Target::Tenant).await?;
         let page = self.iam.list_transfers(&tenant_id, from, &states, before, limit).await?;
         let next_page_token = next_page_token(&page, &filters, |last| last.transfer_id.to_string());
         Ok(Response::new(pb::ListTransfersResponse {
@@ -318,7 +319,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         let transfer_id = id(&mut v, "transfer_id", &msg.transfer_id);
         v.finish()?;
         let ctx = mutation(&req, &caller, &tenant_id, CANCEL_TRANSFER, msg, &msg.request_id, |m| m.request_id.clear())?;
-        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::Tenant).await?;
         let t = self.iam.cancel_transfer(&ctx, &tenant_id, transfer_id).await?;
         Ok(Response::new(pb::CancelTransferResponse { transfer: Some(convert::transfer_to_proto(t)) }))
     }
@@ -336,7 +337,7 @@ impl OwnershipTransfer for OwnershipTransferApi {
         let transfer_id = id(&mut v, "transfer_id", &msg.transfer_id);
         v.finish()?;
         // The first report comes at once (and a missing transfer is NOT_FOUND before the stream starts).
-        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_VIEW, Target::Tenant).await?;
         let slot = self.iam.audit.open_stream(&caller, &tenant_id)?;
         let user = match &caller {
             crate::domain::caller::Caller::User(u) => Some(u.clone()),

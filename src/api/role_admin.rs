@@ -1,5 +1,6 @@
 //! `crm.iam.v1.RoleAdmin`: catalog, custom modules, roles, assignments, effective rights.
 
+use crate::domain::access::Right;
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -42,7 +43,7 @@ impl RoleAdmin for RoleAdminApi {
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &req.get_ref().tenant_id);
         v.finish()?;
-        self.iam.authorize(&caller, &tenant_id, "roles", "view", Target::Any).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::ROLES_VIEW, Target::Any).await?;
         let modules = self.iam.permission_catalog(&tenant_id).await?;
         Ok(Response::new(pb::GetPermissionCatalogResponse {
             modules: modules.into_iter().map(convert::module_to_proto).collect(),
@@ -70,7 +71,7 @@ impl RoleAdmin for RoleAdminApi {
         let display_name = v.check("module.display_name", validate::required_text(&m.display_name, 100));
         v.finish()?;
         let new = NewModule { name: m.name, display_name: display_name.expect("checked"), actions: m.actions };
-        self.iam.authorize(&caller, &tenant_id, "settings", "edit", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::SETTINGS_EDIT, Target::Tenant).await?;
         let module = self.iam.create_module(&ctx, &tenant_id, new).await?;
         Ok(Response::new(pb::CreateModuleResponse { module: Some(convert::module_to_proto(module)) }))
     }
@@ -99,7 +100,7 @@ impl RoleAdmin for RoleAdminApi {
         check_module(&mut v, Some(&m.name), actions.as_deref());
         v.finish()?;
         let etag = if msg.etag.is_empty() { &m.etag } else { &msg.etag };
-        self.iam.authorize(&caller, &tenant_id, "settings", "edit", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::SETTINGS_EDIT, Target::Tenant).await?;
         let module = self.iam.update_module(&ctx, &tenant_id, &m.name, display_name, actions, etag).await?;
         Ok(Response::new(pb::UpdateModuleResponse { module: Some(convert::module_to_proto(module)) }))
     }
@@ -120,7 +121,7 @@ impl RoleAdmin for RoleAdminApi {
             mutation(&req, &caller, &tenant_id, "/crm.iam.v1.RoleAdmin/DeleteModule", msg, &msg.request_id, |m| {
                 m.request_id.clear()
             })?;
-        self.iam.authorize(&caller, &tenant_id, "settings", "edit", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::SETTINGS_EDIT, Target::Tenant).await?;
         self.iam.delete_module(&ctx, &tenant_id, &msg.name, &msg.etag).await?;
         Ok(Response::new(pb::DeleteModuleResponse {}))
     }
@@ -152,7 +153,7 @@ impl RoleAdmin for RoleAdminApi {
             permissions,
             source_role_id: source,
         };
-        self.iam.authorize(&caller, &tenant_id, "roles", "create", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::ROLES_CREATE, Target::Tenant).await?;
         match new.source_role_id {
             Some(source) => self.iam.roles_within_own_rights(&caller, &tenant_id, &[source], "create a role").await?,
             None => self.iam.within_own_rights(&caller, &tenant_id, &new.permissions, "create a role").await?,
@@ -168,7 +169,7 @@ impl RoleAdmin for RoleAdminApi {
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let role_id = id(&mut v, "role_id", &msg.role_id);
         v.finish()?;
-        self.iam.authorize(&caller, &tenant_id, "roles", "view", Target::Any).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::ROLES_VIEW, Target::Any).await?;
         let role = self.iam.get_role(&tenant_id, role_id).await?;
         Ok(Response::new(pb::GetRoleResponse { role: Some(convert::role_to_proto(role)) }))
     }
@@ -182,7 +183,7 @@ impl RoleAdmin for RoleAdminApi {
         v.finish()?;
         let filters = format!("roles|{tenant_id}");
         let after = decode_uuid_page_token(&msg.page_token, &filters)?;
-        self.iam.authorize(&caller, &tenant_id, "roles", "view", Target::Any).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::ROLES_VIEW, Target::Any).await?;
         let page = self.iam.list_roles(&tenant_id, after, limit).await?;
         let next_page_token = next_page_token(&page, &filters, |last| last.role_id.to_string());
         Ok(Response::new(pb::ListRolesResponse {
@@ -220,7 +221,7 @@ impl RoleAdmin for RoleAdminApi {
         }
         v.finish()?;
         let etag = if msg.etag.is_empty() { &r.etag } else { &msg.etag };
-        self.iam.authorize(&caller, &tenant_id, "roles", "edit", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::ROLES_EDIT, Target::Tenant).await?;
         // Only a role within one's own rights, and only into one.
         self.iam.roles_within_own_rights(&caller, &tenant_id, &[role_id], "edit a role").await?;
         if let Some(p) = &patch.permissions {
@@ -244,7 +245,7 @@ impl RoleAdmin for RoleAdminApi {
         let ctx = mutation(&req, &caller, &tenant_id, "/crm.iam.v1.RoleAdmin/DeleteRole", msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
-        self.iam.authorize(&caller, &tenant_id, "roles", "delete", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::ROLES_DELETE, Target::Tenant).await?;
         let handed: Vec<_> = std::iter::once(role_id).chain(replacement).collect();
         self.iam.roles_within_own_rights(&caller, &tenant_id, &handed, "delete or hand out a role").await?;
         self.iam.delete_role(&ctx, &tenant_id, role_id, &msg.etag, replacement).await?;
@@ -267,7 +268,7 @@ impl RoleAdmin for RoleAdminApi {
         })?;
         // Delegated: roles.assign over the user (their department, or oneself with OWN scope), a
         // user whose rights are within one's own, and a role within one's own.
-        self.iam.authorize(&caller, &tenant_id, "roles", "assign", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::ROLES_ASSIGN, Target::User(user_id)).await?;
         self.iam.roles_within_own_rights(&caller, &tenant_id, &[role_id], "assign a role").await?;
         let user = self.iam.assign_role(&ctx, &tenant_id, user_id, role_id).await?;
         Ok(Response::new(pb::AssignRoleResponse { user: Some(convert::user_to_proto(user)) }))
@@ -288,7 +289,7 @@ impl RoleAdmin for RoleAdminApi {
             mutation(&req, &caller, &tenant_id, "/crm.iam.v1.RoleAdmin/UnassignRole", msg, &msg.request_id, |m| {
                 m.request_id.clear()
             })?;
-        self.iam.authorize(&caller, &tenant_id, "roles", "assign", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::ROLES_ASSIGN, Target::User(user_id)).await?;
         self.iam.roles_within_own_rights(&caller, &tenant_id, &[role_id], "take a role away").await?;
         let user = self.iam.unassign_role(&ctx, &tenant_id, user_id, role_id).await?;
         Ok(Response::new(pb::UnassignRoleResponse { user: Some(convert::user_to_proto(user)) }))
@@ -304,7 +305,7 @@ impl RoleAdmin for RoleAdminApi {
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let user_id = id(&mut v, "user_id", &msg.user_id);
         v.finish()?;
-        self.iam.authorize(&caller, &tenant_id, "roles", "view", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::ROLES_VIEW, Target::User(user_id)).await?;
         let e = self.iam.effective_permissions(&tenant_id, user_id).await?;
         Ok(Response::new(pb::GetEffectivePermissionsResponse {
             user_id: e.user_id.to_string(),

@@ -1,6 +1,7 @@
 //! `crm.iam.v1.TenantAdmin`: tenants are created and listed by the platform; a tenant's own
 //! administrators (settings rights) read and change its settings.
 
+use crate::domain::access::Right;
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -85,7 +86,7 @@ impl TenantAdmin for TenantAdminApi {
         record_tenant(&msg.tenant_id);
         let id =
             validate::tenant_id(&msg.tenant_id).map_err(|d| crate::domain::Error::invalid_field("tenant_id", d))?;
-        self.iam.authorize(&caller, &id, "settings", "view", Target::Tenant).await?;
+        self.iam.authorize(&caller, &id, Right::SETTINGS_VIEW, Target::Tenant).await?;
         let tenant = self.iam.get_tenant(&id).await?;
         Ok(Response::new(pb::GetTenantResponse { tenant: Some(convert::tenant_to_proto(tenant)) }))
     }
@@ -126,7 +127,7 @@ impl TenantAdmin for TenantAdminApi {
         let mut v = Violations::default();
         let tenant_id = v.check("tenant.tenant_id", validate::tenant_id(&t.tenant_id));
         if let Some(tenant_id) = &tenant_id {
-            self.iam.authorize(&caller, tenant_id, "settings", "edit", Target::Tenant).await?;
+            self.iam.authorize(&caller, tenant_id, Right::SETTINGS_EDIT, Target::Tenant).await?;
         }
         let has = |p: &str| paths.iter().any(|x| x == p);
         if has("seat_limit") {

@@ -59,6 +59,43 @@ pub const CRM_MODULES: [&str; 5] = ["leads", "contacts", "companies", "deals", "
 /// Every action a module can have.
 pub const ACTIONS: [&str; 6] = ["view", "create", "edit", "delete", "export", "assign"];
 
+/// A right one of crm-iam's own operations needs: module × action of the built-in catalog (the
+/// scope it needs follows from what the operation targets). Operations name these constants, never
+/// strings, so a misspelt right cannot compile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Right {
+    pub module: &'static str,
+    pub action: &'static str,
+}
+
+impl Right {
+    pub const USERS_VIEW: Right = Right { module: "users", action: "view" };
+    pub const USERS_CREATE: Right = Right { module: "users", action: "create" };
+    pub const USERS_EDIT: Right = Right { module: "users", action: "edit" };
+    pub const USERS_DELETE: Right = Right { module: "users", action: "delete" };
+    pub const ROLES_VIEW: Right = Right { module: "roles", action: "view" };
+    pub const ROLES_CREATE: Right = Right { module: "roles", action: "create" };
+    pub const ROLES_EDIT: Right = Right { module: "roles", action: "edit" };
+    pub const ROLES_DELETE: Right = Right { module: "roles", action: "delete" };
+    pub const ROLES_ASSIGN: Right = Right { module: "roles", action: "assign" };
+    pub const SETTINGS_VIEW: Right = Right { module: "settings", action: "view" };
+    pub const SETTINGS_EDIT: Right = Right { module: "settings", action: "edit" };
+    /// Every constant above (a unit test checks each against the built-in catalog).
+    pub const ALL: [Right; 11] = [
+        Right::USERS_VIEW,
+        Right::USERS_CREATE,
+        Right::USERS_EDIT,
+        Right::USERS_DELETE,
+        Right::ROLES_VIEW,
+        Right::ROLES_CREATE,
+        Right::ROLES_EDIT,
+        Right::ROLES_DELETE,
+        Right::ROLES_ASSIGN,
+        Right::SETTINGS_VIEW,
+        Right::SETTINGS_EDIT,
+    ];
+}
+
 /// The built-in modules and their actions.
 pub fn builtin_modules() -> Vec<Module> {
     let m = |name: &str, display: &str, actions: &[&str]| Module {
@@ -435,6 +472,15 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_right_an_operation_needs_is_in_the_builtin_catalog() {
+        let catalog = builtin_modules();
+        for r in Right::ALL {
+            let m = catalog.iter().find(|m| m.name == r.module).unwrap_or_else(|| panic!("{r:?}: no such module"));
+            assert!(m.actions.iter().any(|a| a == r.action), "{r:?}: no such action");
+        }
+    }
 
     fn policy() -> (Policy, Uuid, Uuid, Uuid, Uuid) {
         let (root, child, other) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());

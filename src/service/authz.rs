@@ -5,6 +5,7 @@
 //! (a user record is "owned" by that user and belongs to the user's department), so custom roles
 //! work here exactly as they do for sibling services.
 
+use crate::domain::access::Right;
 use uuid::Uuid;
 
 use super::{Iam, access::CheckInput};
@@ -50,14 +51,8 @@ fn is_administrative(module: &str, action: &str, scope: Scope) -> bool {
 
 impl Iam {
     /// Allows `action` on `module` in `tenant_id` for the caller, or PERMISSION_DENIED saying why.
-    pub async fn authorize(
-        &self,
-        caller: &Caller,
-        tenant_id: &str,
-        module: &str,
-        action: &str,
-        target: Target,
-    ) -> Result<()> {
+    pub async fn authorize(&self, caller: &Caller, tenant_id: &str, right: Right, target: Target) -> Result<()> {
+        let Right { module, action } = right;
         let user = match caller {
             Caller::PlatformAdmin => return Ok(()),
             Caller::Service { .. } => return same_tenant(caller, tenant_id),
@@ -194,7 +189,7 @@ impl Iam {
         let Caller::User(user) = caller else { return Ok(()) };
         if user.user_id == user_id {
             let held = self.rights_of(tenant_id, user_id).await?;
-            let wanted = [("users", "edit", Scope::Tenant)];
+            let wanted = [(Right::USERS_EDIT.module, Right::USERS_EDIT.action, Scope::Tenant)];
             let missing = delegation::missing(&held, wanted);
             return if missing.is_empty() {
                 Ok(())
@@ -202,7 +197,7 @@ impl Iam {
                 Err(ceiling_error("move yourself to another department", missing))
             };
         }
-        self.authorize(caller, tenant_id, "users", "edit", Target::Department(to)).await
+        self.authorize(caller, tenant_id, Right::USERS_EDIT, Target::Department(to)).await
     }
 
     /// For listings of users: None when the caller may see every user of the tenant, or the
@@ -212,12 +207,12 @@ impl Iam {
             Caller::PlatformAdmin | Caller::Service { .. } => return Ok(None),
             Caller::User(u) => u,
         };
-        self.authorize(caller, tenant_id, "users", "view", Target::Any).await?;
+        self.authorize(caller, tenant_id, Right::USERS_VIEW, Target::Any).await?;
         let effective = self.effective_permissions(tenant_id, user.user_id).await?;
         let scope = effective
             .permissions
             .iter()
-            .find(|(m, a, _, _)| m == "users" && a == "view")
+            .find(|(m, a, _, _)| m == Right::USERS_VIEW.module && a == Right::USERS_VIEW.action)
             .map(|(_, _, s, _)| *s)
             .unwrap_or(Scope::None);
         match scope {

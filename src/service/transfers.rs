@@ -405,7 +405,7 @@ impl Watch {
             if let Some(u) = &self.user
                 && tokio::time::Instant::now() >= self.next_check
             {
-                self.iam.stream_allowed(u, &self.tenant_id, "users").await?;
+                self.iam.stream_allowed(u, &self.tenant_id, crate::domain::access::Right::USERS_VIEW).await?;
                 self.next_check = tokio::time::Instant::now() + super::audit::ACCESS_RECHECK;
             }
             let silence = self.last_sent + WATCH_MAX_SILENCE;

@@ -1,5 +1,6 @@
 //! `crm.iam.v1.UserAdmin`: users and departments of a tenant.
 
+use crate::domain::access::Right;
 use secrecy::SecretString;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -117,14 +118,13 @@ impl UserAdmin for UserAdminApi {
             .authorize(
                 &caller,
                 &tenant_id,
-                "users",
-                "create",
+                Right::USERS_CREATE,
                 Target::Department(profile.as_ref().and_then(|p| p.department_id)),
             )
             .await?;
         if !role_ids.is_empty() {
             let department = profile.as_ref().and_then(|p| p.department_id);
-            self.iam.authorize(&caller, &tenant_id, "roles", "assign", Target::Department(department)).await?;
+            self.iam.authorize(&caller, &tenant_id, Right::ROLES_ASSIGN, Target::Department(department)).await?;
             self.iam.roles_within_own_rights(&caller, &tenant_id, &role_ids, "assign a role").await?;
         }
         let created = self.iam.create_user(&ctx, &tenant_id, profile.expect("checked"), credential, role_ids).await?;
@@ -142,7 +142,7 @@ impl UserAdmin for UserAdminApi {
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let user_id = id(&mut v, "user_id", &msg.user_id);
         v.finish()?;
-        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_VIEW, Target::User(user_id)).await?;
         let user = self.iam.get_user(&tenant_id, user_id).await?;
         Ok(Response::new(pb::GetUserResponse { user: user_response(user) }))
     }
@@ -206,7 +206,7 @@ impl UserAdmin for UserAdminApi {
         let patch = user_patch(&mut v, &u, &paths);
         v.finish()?;
         let etag = if msg.etag.is_empty() { &u.etag } else { &msg.etag };
-        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::User(user_id)).await?;
         if let Some(department) = patch.department_id {
             self.iam.may_move(&caller, &tenant_id, user_id, department).await?;
         }
@@ -226,7 +226,7 @@ impl UserAdmin for UserAdminApi {
         let ctx = mutation(&req, &caller, &tenant_id, method("DeactivateUser"), msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
-        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::User(user_id)).await?;
         let (user, transfer) =
             self.iam.deactivate_user(&ctx, &tenant_id, user_id, &msg.etag, reason, transfer_to).await?;
         Ok(Response::new(pb::DeactivateUserResponse {
@@ -245,7 +245,7 @@ impl UserAdmin for UserAdminApi {
         let ctx = mutation(&req, &caller, &tenant_id, method("ReactivateUser"), msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
-        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::User(user_id)).await?;
         let user = self.iam.reactivate_user(&ctx, &tenant_id, user_id, &msg.etag, reason).await?;
         Ok(Response::new(pb::ReactivateUserResponse { user: user_response(user) }))
     }
@@ -261,7 +261,7 @@ impl UserAdmin for UserAdminApi {
             .map_err(|d| Error::invalid_field("transfer_to_user_id", d))?;
         let ctx =
             mutation(&req, &caller, &tenant_id, method("DeleteUser"), msg, &msg.request_id, |m| m.request_id.clear())?;
-        self.iam.authorize(&caller, &tenant_id, "users", "delete", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_DELETE, Target::User(user_id)).await?;
         let (user, transfer) = self.iam.delete_user(&ctx, &tenant_id, user_id, &msg.etag, reason, transfer_to).await?;
         Ok(Response::new(pb::DeleteUserResponse {
             user: user_response(user),
@@ -279,7 +279,7 @@ impl UserAdmin for UserAdminApi {
         let ctx = mutation(&req, &caller, &tenant_id, method("UndeleteUser"), msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
-        self.iam.authorize(&caller, &tenant_id, "users", "delete", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_DELETE, Target::User(user_id)).await?;
         let user = self.iam.undelete_user(&ctx, &tenant_id, user_id, &msg.etag).await?;
         Ok(Response::new(pb::UndeleteUserResponse { user: user_response(user) }))
     }
@@ -290,7 +290,7 @@ impl UserAdmin for UserAdminApi {
         let (tenant_id, user_id, _) = Self::lifecycle_args(&msg.tenant_id, &msg.user_id, "")?;
         let ctx =
             mutation(&req, &caller, &tenant_id, method("PurgeUser"), msg, &msg.request_id, |m| m.request_id.clear())?;
-        self.iam.authorize(&caller, &tenant_id, "users", "delete", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_DELETE, Target::User(user_id)).await?;
         let user = self.iam.purge_user(&ctx, &tenant_id, user_id, &msg.etag).await?;
         Ok(Response::new(pb::PurgeUserResponse { user: user_response(user) }))
     }
@@ -307,7 +307,7 @@ impl UserAdmin for UserAdminApi {
         })?;
         let temporary =
             (!msg.temporary_password.is_empty()).then(|| SecretString::from(msg.temporary_password.clone()));
-        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::User(user_id)).await?;
         let out = self.iam.reset_password(&ctx, &tenant_id, user_id, temporary).await?;
         Ok(Response::new(pb::ResetPasswordResponse {
             reset_token: token_text(&out),
@@ -326,7 +326,7 @@ impl UserAdmin for UserAdminApi {
         let ctx = mutation(&req, &caller, &tenant_id, method("ResendInvitation"), msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
-        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::User(user_id)).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::User(user_id)).await?;
         let out = self.iam.resend_invitation(&ctx, &tenant_id, user_id).await?;
         Ok(Response::new(pb::ResendInvitationResponse {
             invitation_token: token_text(&out),
@@ -356,7 +356,7 @@ impl UserAdmin for UserAdminApi {
             parent_department_id: parent.expect("checked"),
             head_user_id: head.expect("checked"),
         };
-        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::Tenant).await?;
         let d = self.iam.create_department(&ctx, &tenant_id, new).await?;
         Ok(Response::new(pb::CreateDepartmentResponse { department: Some(convert::department_to_proto(d)) }))
     }
@@ -371,7 +371,7 @@ impl UserAdmin for UserAdminApi {
         let tenant_id = tenant(&mut v, &msg.tenant_id);
         let department_id = id(&mut v, "department_id", &msg.department_id);
         v.finish()?;
-        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::Any).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_VIEW, Target::Any).await?;
         let d = self.iam.get_department(&tenant_id, department_id).await?;
         Ok(Response::new(pb::GetDepartmentResponse { department: Some(convert::department_to_proto(d)) }))
     }
@@ -389,7 +389,7 @@ impl UserAdmin for UserAdminApi {
         v.finish()?;
         let filters = format!("departments|{tenant_id}|{parent:?}");
         let after = decode_uuid_page_token(&msg.page_token, &filters)?;
-        self.iam.authorize(&caller, &tenant_id, "users", "view", Target::Any).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_VIEW, Target::Any).await?;
         let page = self.iam.list_departments(&tenant_id, parent, after, limit).await?;
         let next_page_token = next_page_token(&page, &filters, |last| last.department_id.to_string());
         Ok(Response::new(pb::ListDepartmentsResponse {
@@ -426,7 +426,7 @@ impl UserAdmin for UserAdminApi {
         }
         v.finish()?;
         let etag = if msg.etag.is_empty() { &d.etag } else { &msg.etag };
-        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::Tenant).await?;
         let d = self.iam.update_department(&ctx, &tenant_id, department_id, patch, etag).await?;
         Ok(Response::new(pb::UpdateDepartmentResponse { department: Some(convert::department_to_proto(d)) }))
     }
@@ -444,7 +444,7 @@ impl UserAdmin for UserAdminApi {
         let ctx = mutation(&req, &caller, &tenant_id, method("DeleteDepartment"), msg, &msg.request_id, |m| {
             m.request_id.clear()
         })?;
-        self.iam.authorize(&caller, &tenant_id, "users", "edit", Target::Tenant).await?;
+        self.iam.authorize(&caller, &tenant_id, Right::USERS_EDIT, Target::Tenant).await?;
         self.iam.delete_department(&ctx, &tenant_id, department_id, &msg.etag).await?;
         Ok(Response::new(pb::DeleteDepartmentResponse {}))
     }

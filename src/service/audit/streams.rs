@@ -69,20 +69,20 @@ impl Iam {
         Ok(ReceiverStream::new(rx))
     }
 
-    /// Whether a user's stream may go on: the session open, and `module`.view at TENANT scope
+    /// Whether a user's stream may go on: the session open, and `right` at TENANT scope
     /// (what opening it needed) still held.
     pub async fn stream_allowed(
         &self,
         user: &crate::domain::caller::UserCaller,
         tenant: &str,
-        module: &str,
+        right: crate::domain::access::Right,
     ) -> Result<()> {
         let session = self.session_facts(&user.tenant_id, user.session_id).await?;
         if !session.is_some_and(|f| f.user_id == user.user_id && f.active_at(now())) {
             return Err(Error::unauthenticated("the session of this stream has ended: log in again"));
         }
         let caller = crate::domain::caller::Caller::User(user.clone());
-        self.authorize(&caller, tenant, module, "view", crate::service::Target::Tenant).await
+        self.authorize(&caller, tenant, right, crate::service::Target::Tenant).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -110,7 +110,7 @@ impl Iam {
                 let EventScope::Tenant(tenant) = &scope else {
                     return Err(Error::permission_denied("not allowed: the whole trail is the platform's"));
                 };
-                self.stream_allowed(u, tenant, "settings").await?;
+                self.stream_allowed(u, tenant, crate::domain::access::Right::SETTINGS_VIEW).await?;
                 next_check = tokio::time::Instant::now() + ACCESS_RECHECK;
             }
             if last_sent.elapsed() >= heartbeat {
