@@ -10,22 +10,21 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::domain::{Error, Kind, Reason};
+use crate::{
+    domain::{Error, Kind, Reason},
+    proto::methods::{audit_events, auth, ownership_transfer},
+};
 
 /// Methods bounded by the password-hashing queue instead (each admits itself before any work).
-const HASHING_METHODS: [&str; 4] = [
-    "/crm.iam.v1.Auth/Authenticate",
-    "/crm.iam.v1.Auth/ChangePassword",
-    "/crm.iam.v1.Auth/AcceptInvitation",
-    "/crm.iam.v1.Auth/CompletePasswordReset",
-];
+const HASHING_METHODS: [&str; 4] =
+    [auth::AUTHENTICATE, auth::CHANGE_PASSWORD, auth::ACCEPT_INVITATION, auth::COMPLETE_PASSWORD_RESET];
 
 /// Paths that are never shed here.
 fn exempt(path: &str) -> bool {
     path.starts_with("/grpc.health.")
         || path.starts_with("/grpc.reflection.")
-        || path == "/crm.iam.v1.AuditEvents/StreamEvents"
-        || path == "/crm.iam.v1.OwnershipTransfer/WatchTransfer"
+        || path == audit_events::STREAM_EVENTS
+        || path == ownership_transfer::WATCH_TRANSFER
         || HASHING_METHODS.contains(&path)
 }
 

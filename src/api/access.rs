@@ -1,13 +1,15 @@
 //! `crm.iam.v1.Access`: the hot path. Decisions come from memory (see `service::access`).
 
-use crate::domain::access::Right;
 use tonic::{Request, Response, Status};
 
-use super::{caller, convert, record_tenant};
+use super::{convert, read};
 use crate::{
-    domain::{Violations, access::ResourceFacts, caller::Caller, validate},
+    domain::{Error, Violations, access::ResourceFacts, validate},
     proto::v1::{self as pb, access_server::Access},
-    service::{Iam, Target, access::CheckInput},
+    service::{
+        Iam,
+        access::{BatchCheckQuery, CheckInput, CheckQuery},
+    },
 };
 
 pub struct AccessApi {
@@ -20,28 +22,7 @@ impl AccessApi {
     }
 }
 
-impl AccessApi {
-    /// Services and the platform ask about anyone; a user may ask about themselves, and about
-    /// others only with roles.view at tenant scope (rights of others are an administrator's view).
-    async fn may_check(
-        &self,
-        caller: &Caller,
-        tenant_id: &str,
-        mut users: impl Iterator<Item = uuid::Uuid>,
-    ) -> Result<(), Status> {
-        if let Caller::User(u) = caller {
-            if users.all(|id| id == u.user_id) {
-                super::same_tenant(caller, tenant_id)?;
-            } else {
-                self.iam.authorize(caller, tenant_id, Right::ROLES_VIEW, Target::Tenant).await?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Most checks in one BatchCheck.
-pub const MAX_BATCH: usize = 1000;
+pub use crate::service::access::MAX_BATCH;
 
 /// One check of a request. `prefix` names the check in field paths; it is only called when a
 /// field is bad (the hot path allocates no field names).
@@ -93,18 +74,8 @@ fn decision(d: crate::domain::access::Decision) -> (bool, i32, String) {
 #[tonic::async_trait]
 impl Access for AccessApi {
     async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
-        let caller = caller(&req)?;
-        let msg = req.into_inner();
-        record_tenant(&msg.tenant_id);
-        let mut v = Violations::default();
-        let tenant_id = v.check("tenant_id", validate::tenant_id(&msg.tenant_id)).unwrap_or_default();
-        let check = input(&mut v, String::new, &msg.user_id, msg.module, msg.action, msg.resource);
-        if !v.is_empty() && !tenant_id.is_empty() {
-            v.extend(self.iam.unknown_names(&tenant_id, &[(String::new(), &check)]).await);
-        }
-        v.finish()?;
-        self.may_check(&caller, &tenant_id, std::iter::once(check.user_id)).await?;
-        let (allowed, scope, reason) = decision(self.iam.check(&tenant_id, check).await?);
+        let (caller, query) = read(req)?;
+        let (allowed, scope, reason) = decision(self.iam.access_check(&caller, query).await?);
         Ok(Response::new(pb::CheckResponse { allowed, scope, reason }))
     }
 
@@ -112,37 +83,43 @@ impl Access for AccessApi {
         &self,
         req: Request<pb::BatchCheckRequest>,
     ) -> Result<Response<pb::BatchCheckResponse>, Status> {
-        let caller = caller(&req)?;
-        let msg = req.into_inner();
-        record_tenant(&msg.tenant_id);
-        let mut v = Violations::default();
-        let tenant_id = v.check("tenant_id", validate::tenant_id(&msg.tenant_id)).unwrap_or_default();
+        let (caller, query) = read(req)?;
+        let decisions = self.iam.access_batch_check(&caller, query).await?;
+        let results = decisions.into_iter().map(decision).map(|(allowed, scope, reason)| pb::AccessDecision {
+            allowed,
+            scope,
+            reason,
+        });
+        Ok(Response::new(pb::BatchCheckResponse { results: results.collect() }))
+    }
+}
+
+impl TryFrom<pb::CheckRequest> for CheckQuery {
+    type Error = Error;
+
+    fn try_from(msg: pb::CheckRequest) -> Result<Self, Error> {
+        let mut invalid = Violations::default();
+        let tenant_id = invalid.check("tenant_id", validate::tenant_id(&msg.tenant_id)).unwrap_or_default();
+        let check = input(&mut invalid, String::new, &msg.user_id, msg.module, msg.action, msg.resource);
+        Ok(CheckQuery { tenant_id, check, invalid })
+    }
+}
+
+impl TryFrom<pb::BatchCheckRequest> for BatchCheckQuery {
+    type Error = Error;
+
+    fn try_from(msg: pb::BatchCheckRequest) -> Result<Self, Error> {
+        let mut invalid = Violations::default();
+        let tenant_id = invalid.check("tenant_id", validate::tenant_id(&msg.tenant_id)).unwrap_or_default();
         if msg.checks.is_empty() || msg.checks.len() > MAX_BATCH {
-            v.add("checks", format!("must hold 1 to {MAX_BATCH} checks"));
+            invalid.add("checks", format!("must hold 1 to {MAX_BATCH} checks"));
         }
-        let checks: Vec<CheckInput> = msg
+        let checks = msg
             .checks
             .into_iter()
             .enumerate()
-            .map(|(i, c)| input(&mut v, || format!("checks[{i}]."), &c.user_id, c.module, c.action, c.resource))
+            .map(|(i, c)| input(&mut invalid, || format!("checks[{i}]."), &c.user_id, c.module, c.action, c.resource))
             .collect();
-        if !v.is_empty() && !tenant_id.is_empty() && checks.len() <= MAX_BATCH {
-            let named: Vec<(String, &CheckInput)> =
-                checks.iter().enumerate().map(|(i, c)| (format!("checks[{i}]."), c)).collect();
-            v.extend(self.iam.unknown_names(&tenant_id, &named).await);
-        }
-        v.finish()?;
-        self.may_check(&caller, &tenant_id, checks.iter().map(|c| c.user_id)).await?;
-        let results = self
-            .iam
-            .batch_check(&tenant_id, checks)
-            .await?
-            .into_iter()
-            .map(|d| {
-                let (allowed, scope, reason) = decision(d);
-                pb::AccessDecision { allowed, scope, reason }
-            })
-            .collect();
-        Ok(Response::new(pb::BatchCheckResponse { results }))
+        Ok(BatchCheckQuery { tenant_id, checks, invalid })
     }
 }

@@ -22,20 +22,16 @@ use uuid::Uuid;
 pub use crate::domain::caller::{Caller, ServiceCredential, UserCaller};
 use crate::{
     domain::{Error, Kind, Reason},
+    proto::methods::{self, auth},
     service::Iam,
 };
 
 /// Methods that need no token (a token sent with them is ignored).
-pub const PUBLIC_METHODS: &[&str] = &[
-    "/crm.iam.v1.Auth/Authenticate",
-    "/crm.iam.v1.Auth/Refresh",
-    "/crm.iam.v1.Auth/AcceptInvitation",
-    "/crm.iam.v1.Auth/CompletePasswordReset",
-    "/crm.iam.v1.Auth/GetJwks",
-];
+pub const PUBLIC_METHODS: &[&str] =
+    &[auth::AUTHENTICATE, auth::REFRESH, auth::ACCEPT_INVITATION, auth::COMPLETE_PASSWORD_RESET, auth::GET_JWKS];
 
 /// Methods a restricted (must change password) token may call.
-const RESTRICTED_METHODS: &[&str] = &["/crm.iam.v1.Auth/ChangePassword", "/crm.iam.v1.Auth/Logout"];
+const RESTRICTED_METHODS: &[&str] = &[auth::CHANGE_PASSWORD, auth::LOGOUT];
 
 struct Service {
     name: Arc<str>,
@@ -46,19 +42,9 @@ struct Service {
     methods: Vec<String>,
 }
 
-/// Every gRPC method crm-iam serves, as `/package.Service/Method` (from the descriptor set).
+/// Every gRPC method crm-iam serves, as `/package.Service/Method`.
 pub fn all_methods() -> Vec<String> {
-    use prost::Message;
-    let set = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("descriptor set");
-    let mut out = Vec::new();
-    for file in set.file.iter().filter(|f| f.package() == "crm.iam.v1") {
-        for s in &file.service {
-            for m in &s.method {
-                out.push(format!("/crm.iam.v1.{}/{}", s.name(), m.name()));
-            }
-        }
-    }
-    out
+    methods::ALL.iter().map(|m| m.to_string()).collect()
 }
 
 /// Turns a configured method name into its path form (`/crm.iam.v1.Access/Check`, or
@@ -228,6 +214,11 @@ fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
     Ok(token.trim())
 }
 
+/// The method a request calls (its path, one of `proto::methods`), put into the request's
+/// extensions by the authentication layer beside the [`Caller`].
+#[derive(Clone, Copy, Debug)]
+pub struct Method(pub &'static str);
+
 /// The middleware that authenticates every request before routing.
 #[derive(Clone)]
 pub struct AuthLayer(Arc<Authenticator>);
@@ -259,6 +250,9 @@ impl crate::middleware::Around for AuthLayer {
                 Ok(caller) => {
                     if let Some(caller) = caller {
                         req.extensions_mut().insert(caller);
+                    }
+                    if let Some(method) = methods::find(req.uri().path()) {
+                        req.extensions_mut().insert(Method(method));
                     }
                     inner.call(req).await
                 }

@@ -26,6 +26,7 @@ use crate::{
         caller::{Caller, UserCaller},
         validate,
     },
+    service::Call,
     telemetry,
 };
 
@@ -44,24 +45,58 @@ pub fn caller<T: limits::Limits>(req: &Request<T>) -> Result<Caller, Status> {
     Ok(caller)
 }
 
+/// The start of every call that needs a token, in one step: the caller, the tenant wall and the
+/// size limits ([`caller`]), the call's context ([`context`]), then the request converted into
+/// its command, whose conversion validates every field (INVALID_ARGUMENT with a violation per
+/// bad field). Authorization is the operation's own first step.
+pub fn accept<T, C>(req: Request<T>) -> Result<(Call, C), Status>
+where
+    T: limits::Limits + Message + Clone,
+    C: TryFrom<T, Error = Error>,
+{
+    let caller = caller(&req)?;
+    let ctx = context(&req, &caller)?;
+    let cmd = C::try_from(req.into_inner())?;
+    Ok((Call { caller, ctx }, cmd))
+}
+
+/// The start of a read: the caller, the tenant wall and the size limits ([`caller`]), then the
+/// request converted into its query (validated). No call context is built: Access.Check is the
+/// hot path, and a read records nothing.
+pub fn read<T, C>(req: Request<T>) -> Result<(Caller, C), Status>
+where
+    T: limits::Limits,
+    C: TryFrom<T, Error = Error>,
+{
+    let caller = caller(&req)?;
+    if let Some(tenant_id) = req.get_ref().tenant() {
+        record_tenant(tenant_id);
+    }
+    let query = C::try_from(req.into_inner())?;
+    Ok((caller, query))
+}
+
+/// The context of a call: actor, idempotency key (from `request_id`, scoped to the tenant and the
+/// caller, with a fingerprint of the rest of the request), method, trace and peer.
+pub fn context<T>(req: &Request<T>, caller: &Caller) -> Result<RequestContext>
+where
+    T: limits::Limits + Message + Clone,
+{
+    let msg = req.get_ref();
+    if let Some(tenant_id) = msg.tenant() {
+        record_tenant(tenant_id);
+    }
+    let method =
+        req.extensions().get::<authn::Method>().ok_or_else(|| Error::internal(anyhow::anyhow!("no method")))?;
+    mutation(req, caller, msg.tenant().unwrap_or(""), method.0, msg, msg.request_id(), T::clear_request_id)
+}
+
 /// The start of a call that needs no token: the size limits of the whole request.
 pub fn public<T: limits::Limits>(req: &Request<T>) -> Result<(), Status> {
     Ok(limits::check(req.get_ref())?)
 }
 
-/// Platform-level methods: the platform admin token, or a service credential that lists the
-/// method (the authentication layer checked that); never a tenant user.
-pub fn require_platform(caller: &Caller) -> Result<()> {
-    match caller {
-        Caller::PlatformAdmin | Caller::Service { tenants: None, .. } => Ok(()),
-        Caller::Service { tenants: Some(_), name } => Err(Error::permission_denied(format!(
-            "not allowed: service credential {name:?} is limited to some tenants; this is a platform method"
-        ))),
-        Caller::User(_) => Err(Error::permission_denied(
-            "not allowed: this is a platform method (platform admin token or a service credential)",
-        )),
-    }
-}
+pub use crate::service::require_platform;
 
 /// Methods that act for the calling user's own session.
 pub fn user_caller(caller: &Caller) -> Result<&UserCaller> {

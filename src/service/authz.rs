@@ -31,6 +31,20 @@ pub enum Target {
     Department(Option<Uuid>),
 }
 
+/// Platform-level methods: the platform admin token, or a service credential that lists the
+/// method (the authentication layer checked that); never a tenant user.
+pub fn require_platform(caller: &Caller) -> Result<()> {
+    match caller {
+        Caller::PlatformAdmin | Caller::Service { tenants: None, .. } => Ok(()),
+        Caller::Service { tenants: Some(_), name } => Err(Error::permission_denied(format!(
+            "not allowed: service credential {name:?} is limited to some tenants; this is a platform method"
+        ))),
+        Caller::User(_) => Err(Error::permission_denied(
+            "not allowed: this is a platform method (platform admin token or a service credential)",
+        )),
+    }
+}
+
 /// Modules whose rights make a user an administrator of some kind (MFA may be required).
 const ADMIN_MODULES: [&str; 3] = ["users", "roles", "settings"];
 

@@ -11,13 +11,13 @@ mod departments;
 mod ownership;
 pub mod replicas;
 pub mod roles;
-mod tenants;
+pub mod tenants;
 pub mod transfers;
 mod users;
 
 use std::sync::Arc;
 
-pub use authz::{Target, same_tenant as authz_same_tenant};
+pub use authz::{Target, require_platform, same_tenant as authz_same_tenant};
 pub use users::PurgeReport;
 
 use self::auth::hashing::Passwords;
@@ -25,6 +25,15 @@ use crate::{
     domain::{Result, now},
     store::{self, Db},
 };
+
+/// One call of an operation: who asks (every operation authorizes its caller itself, so no RPC
+/// can forget to) and the context its changes are recorded with (actor, the idempotency key of a
+/// mutating request, trace, peer).
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub caller: crate::domain::caller::Caller,
+    pub ctx: crate::domain::audit::RequestContext,
+}
 
 /// The crm-iam application: storage, the password hashing pool and the access cache.
 #[derive(Clone)]

@@ -1,22 +1,57 @@
-use super::{Iam, Page};
+use super::{Call, Iam, Page, Target, require_platform};
 use crate::{
     domain::{
         Result, Violations,
-        audit::{AuditRecord, RequestContext},
+        access::Right,
+        audit::AuditRecord,
         check_etag,
-        tenant::{NewTenant, Tenant, TenantPatch},
+        tenant::{NewTenant, SettingsPatch, Tenant, TenantPatch},
     },
     store::{roles, tenants},
 };
+
+/// A new tenant, with the settings the request named (checked against the audit floor).
+pub struct CreateTenant {
+    pub tenant: NewTenant,
+    pub settings: SettingsPatch,
+}
+
+/// One tenant, by id.
+pub struct GetTenant {
+    pub tenant_id: String,
+}
+
+/// A page of tenants after the tenant id `after`.
+pub struct ListTenants {
+    pub after: Option<String>,
+    pub limit: u64,
+}
+
+/// Changes to a tenant, guarded by its etag.
+pub struct UpdateTenant {
+    pub tenant_id: String,
+    pub patch: TenantPatch,
+    pub etag: String,
+}
 
 /// Fields of a tenant that are bookkeeping, not content, in audit diffs.
 const TENANT_DIFF_IGNORE: &[&str] = &["version", "update_time", "create_time", "seats_used"];
 
 impl Iam {
-    pub async fn create_tenant(&self, ctx: &RequestContext, new: NewTenant) -> Result<Tenant> {
+    /// Platform only.
+    pub async fn create_tenant(&self, call: &Call, cmd: CreateTenant) -> Result<Tenant> {
+        require_platform(&call.caller)?;
+        let mut v = Violations::default();
+        cmd.tenant.settings.check_audit_floor(
+            &cmd.settings,
+            self.audit.min_retention_secs(),
+            "tenant.settings.",
+            &mut v,
+        );
+        v.finish()?;
         self.db
-            .write(ctx, async |tx| {
-                let tenant = tenants::insert(tx, new).await?;
+            .write(&call.ctx, async |tx| {
+                let tenant = tenants::insert(tx, cmd.tenant).await?;
                 roles::ensure_builtin(&**tx, &tenant.tenant_id).await?;
                 tx.audit(
                     AuditRecord::new(Some(&tenant.tenant_id), "tenant.created", "tenant", &tenant.tenant_id)
@@ -27,26 +62,32 @@ impl Iam {
             .await
     }
 
-    pub async fn get_tenant(&self, tenant_id: &str) -> Result<Tenant> {
-        tenants::get(self.db.conn(), tenant_id).await
+    /// Needs settings.view in the tenant.
+    pub async fn get_tenant(&self, call: &Call, cmd: GetTenant) -> Result<Tenant> {
+        self.authorize(&call.caller, &cmd.tenant_id, Right::SETTINGS_VIEW, Target::Tenant).await?;
+        tenants::get(self.db.conn(), &cmd.tenant_id).await
     }
 
-    pub async fn list_tenants(&self, after: Option<&str>, limit: u64) -> Result<Page<Tenant>> {
-        let rows = tenants::list(self.db.conn(), after, limit + 1).await?;
-        Ok(Page::from_rows(rows, limit))
+    /// Platform only.
+    pub async fn list_tenants(&self, call: &Call, cmd: ListTenants) -> Result<Page<Tenant>> {
+        require_platform(&call.caller)?;
+        let rows = tenants::list(self.db.conn(), cmd.after.as_deref(), cmd.limit + 1).await?;
+        Ok(Page::from_rows(rows, cmd.limit))
     }
 
-    pub async fn update_tenant(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        patch: TenantPatch,
-        etag: &str,
-    ) -> Result<Tenant> {
+    /// Needs settings.edit in the tenant; seats (what the customer pays for) only the platform
+    /// changes.
+    pub async fn update_tenant(&self, call: &Call, cmd: UpdateTenant) -> Result<Tenant> {
+        let UpdateTenant { tenant_id, patch, etag } = cmd;
+        let tenant_id = tenant_id.as_str();
+        self.authorize(&call.caller, tenant_id, Right::SETTINGS_EDIT, Target::Tenant).await?;
+        if patch.seat_limit.is_some() {
+            require_platform(&call.caller)?;
+        }
         self.db
-            .write(ctx, async |tx| {
+            .write(&call.ctx, async |tx| {
                 let before = tenants::lock_with_seats(tx, tenant_id).await?;
-                check_etag(etag, before.version, "tenant")?;
+                check_etag(&etag, before.version, "tenant")?;
                 let mut after = before.clone();
                 if let Some(name) = patch.display_name {
                     after.display_name = name;

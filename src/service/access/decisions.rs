@@ -8,11 +8,30 @@ use super::{CheckInput, Effective, TenantEntry};
 use crate::{
     domain::{
         Result, Violations,
-        access::{Decision, Policy, ResourceFacts, Scope},
+        access::{Decision, Policy, ResourceFacts, Right, Scope},
+        caller::Caller,
     },
-    service::Iam,
+    service::{Iam, Target, authz_same_tenant as same_tenant},
     store::users,
 };
+
+/// Most checks in one BatchCheck.
+pub const MAX_BATCH: usize = 1000;
+
+/// An `Access.Check` request: the check, and the bad fields its conversion found (completed by
+/// the operation with names unknown to the tenant's catalog, so all are reported at once).
+pub struct CheckQuery {
+    pub tenant_id: String,
+    pub check: CheckInput,
+    pub invalid: Violations,
+}
+
+/// An `Access.BatchCheck` request, as [`CheckQuery`].
+pub struct BatchCheckQuery {
+    pub tenant_id: String,
+    pub checks: Vec<CheckInput>,
+    pub invalid: Violations,
+}
 
 impl Iam {
     /// Decides one check. Unknown modules or actions are INVALID_ARGUMENT naming `field_prefix`.
@@ -80,6 +99,48 @@ impl Iam {
             }
         }
         v
+    }
+
+    /// `Access.Check` for `caller`: the request's bad fields with the names unknown to the tenant's
+    /// catalog (all at once), then who may ask ([`Iam::may_check`]), then the decision.
+    pub async fn access_check(&self, caller: &Caller, q: CheckQuery) -> Result<Decision> {
+        let CheckQuery { tenant_id, check, mut invalid } = q;
+        if !invalid.is_empty() {
+            if !tenant_id.is_empty() {
+                invalid.extend(self.unknown_names(&tenant_id, &[(String::new(), &check)]).await);
+            }
+            invalid.finish()?;
+        }
+        self.may_check(caller, &tenant_id, std::iter::once(check.user_id)).await?;
+        self.check(&tenant_id, check).await
+    }
+
+    /// `Access.BatchCheck` for `caller`, as [`Iam::access_check`]; decisions in request order.
+    pub async fn access_batch_check(&self, caller: &Caller, q: BatchCheckQuery) -> Result<Vec<Decision>> {
+        let BatchCheckQuery { tenant_id, checks, mut invalid } = q;
+        if !invalid.is_empty() {
+            if !tenant_id.is_empty() && checks.len() <= MAX_BATCH {
+                let named: Vec<(String, &CheckInput)> =
+                    checks.iter().enumerate().map(|(i, c)| (format!("checks[{i}]."), c)).collect();
+                invalid.extend(self.unknown_names(&tenant_id, &named).await);
+            }
+            invalid.finish()?;
+        }
+        self.may_check(caller, &tenant_id, checks.iter().map(|c| c.user_id)).await?;
+        self.batch_check(&tenant_id, checks).await
+    }
+
+    /// Services and the platform ask about anyone; a user may ask about themselves, and about
+    /// others only with roles.view at tenant scope (rights of others are an administrator's view).
+    async fn may_check(&self, caller: &Caller, tenant_id: &str, mut users: impl Iterator<Item = Uuid>) -> Result<()> {
+        if let Caller::User(u) = caller {
+            if users.all(|id| id == u.user_id) {
+                same_tenant(caller, tenant_id)?;
+            } else {
+                self.authorize(caller, tenant_id, Right::ROLES_VIEW, Target::Tenant).await?;
+            }
+        }
+        Ok(())
     }
 
     /// `Access.Check`.

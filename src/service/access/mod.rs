@@ -315,6 +315,7 @@ impl AccessCache {
 mod decisions;
 mod loaders;
 
+pub use decisions::{BatchCheckQuery, CheckQuery, MAX_BATCH};
 pub use loaders::compile_policy;
 
 /// A module/action to check, already parsed.
