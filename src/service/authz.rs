@@ -164,7 +164,7 @@ impl Iam {
             return Ok(());
         }
         for role_id in role_ids {
-            match self.get_role(tenant_id, *role_id).await {
+            match self.role(tenant_id, *role_id).await {
                 Ok(role) => self.within_own_rights(caller, tenant_id, &role.permissions, what).await?,
                 Err(e) if e.reason == Reason::RoleNotFound => {}
                 Err(e) => return Err(e),

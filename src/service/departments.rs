@@ -1,12 +1,16 @@
 use uuid::Uuid;
 
-use super::{Iam, Page};
+use super::{
+    Call, Iam, Page, Target,
+    users::{CreateDepartment, DepartmentRef, ListDepartments, UpdateDepartment},
+};
 use crate::{
     domain::{
         Error, Reason, Result,
-        audit::{AuditRecord, RequestContext},
+        access::Right,
+        audit::AuditRecord,
         check_etag,
-        department::{Department, DepartmentPatch, MAX_DEPTH, NewDepartment},
+        department::{Department, MAX_DEPTH},
         error::PreconditionViolation,
         now,
         user::UserState,
@@ -61,12 +65,11 @@ impl Iam {
         }
     }
 
-    pub async fn create_department(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        new: NewDepartment,
-    ) -> Result<Department> {
+    /// Needs users.edit at TENANT scope.
+    pub async fn create_department(&self, call: &Call, cmd: CreateDepartment) -> Result<Department> {
+        let CreateDepartment { tenant_id, department: new } = cmd;
+        let (ctx, tenant_id) = (&call.ctx, tenant_id.as_str());
+        self.authorize(&call.caller, tenant_id, Right::USERS_EDIT, Target::Tenant).await?;
         self.db
             .write(ctx, async |tx| {
                 tenants::lock(tx, tenant_id).await?;
@@ -107,30 +110,27 @@ impl Iam {
             .await
     }
 
-    pub async fn get_department(&self, tenant_id: &str, id: Uuid) -> Result<Department> {
-        Ok(departments::to_domain(self.department_row(self.db.conn(), tenant_id, id).await?))
+    /// Needs users.view at any scope.
+    pub async fn get_department(&self, call: &Call, cmd: DepartmentRef) -> Result<Department> {
+        self.authorize(&call.caller, &cmd.tenant_id, Right::USERS_VIEW, Target::Any).await?;
+        Ok(departments::to_domain(self.department_row(self.db.conn(), &cmd.tenant_id, cmd.department_id).await?))
     }
 
-    pub async fn list_departments(
-        &self,
-        tenant_id: &str,
-        parent: Option<Uuid>,
-        after: Option<Uuid>,
-        limit: u64,
-    ) -> Result<Page<Department>> {
+    /// Needs users.view at any scope.
+    pub async fn list_departments(&self, call: &Call, cmd: ListDepartments) -> Result<Page<Department>> {
+        let ListDepartments { tenant_id, parent, after, limit, .. } = cmd;
+        let tenant_id = tenant_id.as_str();
+        self.authorize(&call.caller, tenant_id, Right::USERS_VIEW, Target::Any).await?;
         self.tenant_settings(tenant_id).await?;
         let rows = departments::list(self.db.conn(), tenant_id, parent, after, limit + 1).await?;
         Ok(Page::from_rows(rows.into_iter().map(departments::to_domain).collect(), limit))
     }
 
-    pub async fn update_department(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        id: Uuid,
-        patch: DepartmentPatch,
-        etag: &str,
-    ) -> Result<Department> {
+    /// Needs users.edit at TENANT scope.
+    pub async fn update_department(&self, call: &Call, cmd: UpdateDepartment) -> Result<Department> {
+        let UpdateDepartment { tenant_id, department_id: id, patch, etag } = cmd;
+        let (ctx, tenant_id, etag) = (&call.ctx, tenant_id.as_str(), etag.as_str());
+        self.authorize(&call.caller, tenant_id, Right::USERS_EDIT, Target::Tenant).await?;
         self.db
             .write(ctx, async |tx| {
                 tenants::lock(tx, tenant_id).await?;
@@ -175,7 +175,11 @@ impl Iam {
             .await
     }
 
-    pub async fn delete_department(&self, ctx: &RequestContext, tenant_id: &str, id: Uuid, etag: &str) -> Result<()> {
+    /// Needs users.edit at TENANT scope.
+    pub async fn delete_department(&self, call: &Call, cmd: DepartmentRef) -> Result<()> {
+        let DepartmentRef { tenant_id, department_id: id, etag } = cmd;
+        let (ctx, tenant_id, etag) = (&call.ctx, tenant_id.as_str(), etag.as_str());
+        self.authorize(&call.caller, tenant_id, Right::USERS_EDIT, Target::Tenant).await?;
         self.db
             .write(ctx, async |tx| {
                 tenants::lock(tx, tenant_id).await?;

@@ -13,7 +13,7 @@ pub mod replicas;
 pub mod roles;
 pub mod tenants;
 pub mod transfers;
-mod users;
+pub mod users;
 
 use std::sync::Arc;
 

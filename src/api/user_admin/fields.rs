@@ -1,6 +1,15 @@
 //! UserAdmin's request fields: profiles and patches validated field by field, and responses.
 
-use super::*;
+use super::requests::NAME_MAX;
+use crate::{
+    api::convert,
+    domain::{
+        Violations,
+        user::{Profile, UserPatch, UserWithToken, derived_display_name},
+        validate,
+    },
+    proto::v1 as pb,
+};
 
 /// Validates the profile fields of a new user, recording every bad field.
 pub(super) fn profile(v: &mut Violations, u: &pb::User) -> Option<Profile> {

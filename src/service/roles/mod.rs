@@ -2,22 +2,25 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 
-use super::{Iam, Page};
+use super::{Call, Iam, Page, Target, users::UserRef};
 use crate::{
     domain::{
         Error, Kind, Reason, Result, Violations,
-        access::{ACTIONS, Module, Permission, Scope, Template},
-        audit::{AuditRecord, RequestContext},
+        access::{ACTIONS, Module, Permission, Right, Scope, Template},
+        audit::AuditRecord,
         check_etag,
         error::PreconditionViolation,
         now,
-        role::{NewModule, NewRole, Role, RolePatch},
+        role::Role,
         user::{User, UserState},
     },
     store::{Tx, roles, tenants, users},
 };
 
+mod commands;
 mod modules;
+
+pub use commands::*;
 
 const ROLE_DIFF_IGNORE: &[&str] = &["version", "update_time", "create_time", "role_id", "tenant_id", "user_count"];
 
@@ -98,7 +101,15 @@ impl Iam {
         }
     }
 
-    pub async fn create_role(&self, ctx: &RequestContext, tenant_id: &str, new: NewRole) -> Result<Role> {
+    /// Needs roles.create at TENANT scope, and rights (or a source role) within the caller's own.
+    pub async fn create_role(&self, call: &Call, cmd: CreateRole) -> Result<Role> {
+        let CreateRole { tenant_id, role: new } = cmd;
+        let (ctx, caller, tenant_id) = (&call.ctx, &call.caller, tenant_id.as_str());
+        self.authorize(caller, tenant_id, Right::ROLES_CREATE, Target::Tenant).await?;
+        match new.source_role_id {
+            Some(source) => self.roles_within_own_rights(caller, tenant_id, &[source], "create a role").await?,
+            None => self.within_own_rights(caller, tenant_id, &new.permissions, "create a role").await?,
+        }
         self.db
             .write(ctx, async |tx| {
                 tenants::lock(tx, tenant_id).await?;
@@ -150,12 +161,25 @@ impl Iam {
             .await
     }
 
-    pub async fn get_role(&self, tenant_id: &str, role_id: Uuid) -> Result<Role> {
+    /// Needs roles.view at any scope.
+    pub async fn get_role(&self, call: &Call, cmd: RoleRef) -> Result<Role> {
+        let RoleRef { tenant_id, role_id } = cmd;
+        let tenant_id = tenant_id.as_str();
+        self.authorize(&call.caller, tenant_id, Right::ROLES_VIEW, Target::Any).await?;
+        self.role(tenant_id, role_id).await
+    }
+
+    /// A role, unchecked (for the authorization rules themselves).
+    pub(super) async fn role(&self, tenant_id: &str, role_id: Uuid) -> Result<Role> {
         let row = self.role_row(self.db.conn(), tenant_id, role_id).await?;
         self.role_out(self.db.conn(), row).await
     }
 
-    pub async fn list_roles(&self, tenant_id: &str, after: Option<Uuid>, limit: u64) -> Result<Page<Role>> {
+    /// Needs roles.view at any scope.
+    pub async fn list_roles(&self, call: &Call, cmd: ListRoles) -> Result<Page<Role>> {
+        let ListRoles { tenant_id, after, limit, .. } = cmd;
+        let tenant_id = tenant_id.as_str();
+        self.authorize(&call.caller, tenant_id, Right::ROLES_VIEW, Target::Any).await?;
         let conn = self.db.conn();
         self.tenant_settings(tenant_id).await?;
         let catalog = roles::catalog(conn, tenant_id).await?;
@@ -169,14 +193,16 @@ impl Iam {
         Ok(Page::from_rows(out, limit))
     }
 
-    pub async fn update_role(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        role_id: Uuid,
-        patch: RolePatch,
-        etag: &str,
-    ) -> Result<Role> {
+    /// Needs roles.edit at TENANT scope; only a role within the caller's own rights, and only
+    /// into one.
+    pub async fn update_role(&self, call: &Call, cmd: UpdateRole) -> Result<Role> {
+        let UpdateRole { tenant_id, role_id, patch, etag } = cmd;
+        let (ctx, caller, tenant_id, etag) = (&call.ctx, &call.caller, tenant_id.as_str(), etag.as_str());
+        self.authorize(caller, tenant_id, Right::ROLES_EDIT, Target::Tenant).await?;
+        self.roles_within_own_rights(caller, tenant_id, &[role_id], "edit a role").await?;
+        if let Some(p) = &patch.permissions {
+            self.within_own_rights(caller, tenant_id, p, "give a role rights").await?;
+        }
         self.db
             .write(ctx, async |tx| {
                 tenants::lock(tx, tenant_id).await?;
@@ -214,14 +240,14 @@ impl Iam {
             .await
     }
 
-    pub async fn delete_role(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        role_id: Uuid,
-        etag: &str,
-        replacement: Option<Uuid>,
-    ) -> Result<()> {
+    /// Needs roles.delete at TENANT scope; the role and its replacement within the caller's own
+    /// rights.
+    pub async fn delete_role(&self, call: &Call, cmd: DeleteRole) -> Result<()> {
+        let DeleteRole { tenant_id, role_id, etag, replacement } = cmd;
+        let (ctx, caller, tenant_id, etag) = (&call.ctx, &call.caller, tenant_id.as_str(), etag.as_str());
+        self.authorize(caller, tenant_id, Right::ROLES_DELETE, Target::Tenant).await?;
+        let handed: Vec<_> = std::iter::once(role_id).chain(replacement).collect();
+        self.roles_within_own_rights(caller, tenant_id, &handed, "delete or hand out a role").await?;
         self.db
             .write(ctx, async |tx| {
                 tenants::lock(tx, tenant_id).await?;
@@ -271,13 +297,19 @@ impl Iam {
             .await
     }
 
-    pub async fn assign_role(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        user_id: Uuid,
-        role_id: Uuid,
-    ) -> Result<User> {
+    /// A user's effective rights: roles.view over the user (anyone sees their own).
+    pub async fn get_effective_permissions(&self, call: &Call, cmd: UserRef) -> Result<super::access::Effective> {
+        self.authorize(&call.caller, &cmd.tenant_id, Right::ROLES_VIEW, Target::User(cmd.user_id)).await?;
+        self.effective_permissions(&cmd.tenant_id, cmd.user_id).await
+    }
+
+    /// Delegated: roles.assign over the user (their department, or oneself with OWN scope), a
+    /// user whose rights are within one's own, and a role within one's own.
+    pub async fn assign_role(&self, call: &Call, cmd: Assignment) -> Result<User> {
+        let Assignment { tenant_id, user_id, role_id } = cmd;
+        let (ctx, caller, tenant_id) = (&call.ctx, &call.caller, tenant_id.as_str());
+        self.authorize(caller, tenant_id, Right::ROLES_ASSIGN, Target::User(user_id)).await?;
+        self.roles_within_own_rights(caller, tenant_id, &[role_id], "assign a role").await?;
         self.db
             .write(ctx, async |tx| {
                 tenants::lock(tx, tenant_id).await?;
@@ -308,13 +340,12 @@ impl Iam {
             .await
     }
 
-    pub async fn unassign_role(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        user_id: Uuid,
-        role_id: Uuid,
-    ) -> Result<User> {
+    /// As [`Iam::assign_role`].
+    pub async fn unassign_role(&self, call: &Call, cmd: Assignment) -> Result<User> {
+        let Assignment { tenant_id, user_id, role_id } = cmd;
+        let (ctx, caller, tenant_id) = (&call.ctx, &call.caller, tenant_id.as_str());
+        self.authorize(caller, tenant_id, Right::ROLES_ASSIGN, Target::User(user_id)).await?;
+        self.roles_within_own_rights(caller, tenant_id, &[role_id], "take a role away").await?;
         self.db
             .write(ctx, async |tx| {
                 tenants::lock(tx, tenant_id).await?;

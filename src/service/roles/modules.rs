@@ -3,12 +3,22 @@
 use super::*;
 
 impl Iam {
+    /// The catalog: roles.view at any scope.
+    pub async fn get_permission_catalog(&self, call: &Call, cmd: GetCatalog) -> Result<Vec<Module>> {
+        self.authorize(&call.caller, &cmd.tenant_id, Right::ROLES_VIEW, Target::Any).await?;
+        self.permission_catalog(&cmd.tenant_id).await
+    }
+
     pub async fn permission_catalog(&self, tenant_id: &str) -> Result<Vec<Module>> {
         self.tenant_settings(tenant_id).await?;
         roles::catalog(self.db.conn(), tenant_id).await
     }
 
-    pub async fn create_module(&self, ctx: &RequestContext, tenant_id: &str, new: NewModule) -> Result<Module> {
+    /// Needs settings.edit at TENANT scope.
+    pub async fn create_module(&self, call: &Call, cmd: CreateModule) -> Result<Module> {
+        let CreateModule { tenant_id, module: new } = cmd;
+        let (ctx, tenant_id) = (&call.ctx, tenant_id.as_str());
+        self.authorize(&call.caller, tenant_id, Right::SETTINGS_EDIT, Target::Tenant).await?;
         self.db
             .write(ctx, async |tx| {
                 tenants::lock(tx, tenant_id).await?;
@@ -73,15 +83,11 @@ impl Iam {
         e
     }
 
-    pub async fn update_module(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        name: &str,
-        display_name: Option<String>,
-        actions: Option<Vec<String>>,
-        etag: &str,
-    ) -> Result<Module> {
+    /// Needs settings.edit at TENANT scope.
+    pub async fn update_module(&self, call: &Call, cmd: UpdateModule) -> Result<Module> {
+        let UpdateModule { tenant_id, name, display_name, actions, etag } = cmd;
+        let (ctx, tenant_id, name, etag) = (&call.ctx, tenant_id.as_str(), name.as_str(), etag.as_str());
+        self.authorize(&call.caller, tenant_id, Right::SETTINGS_EDIT, Target::Tenant).await?;
         self.db
             .write(ctx, async |tx| {
                 tenants::lock(tx, tenant_id).await?;
@@ -114,7 +120,11 @@ impl Iam {
             .await
     }
 
-    pub async fn delete_module(&self, ctx: &RequestContext, tenant_id: &str, name: &str, etag: &str) -> Result<()> {
+    /// Needs settings.edit at TENANT scope.
+    pub async fn delete_module(&self, call: &Call, cmd: DeleteModule) -> Result<()> {
+        let DeleteModule { tenant_id, name, etag } = cmd;
+        let (ctx, tenant_id, name, etag) = (&call.ctx, tenant_id.as_str(), name.as_str(), etag.as_str());
+        self.authorize(&call.caller, tenant_id, Right::SETTINGS_EDIT, Target::Tenant).await?;
         self.db
             .write(ctx, async |tx| {
                 tenants::lock(tx, tenant_id).await?;

@@ -40,15 +40,11 @@ impl Iam {
             .await
     }
 
-    pub async fn deactivate_user(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        user_id: Uuid,
-        etag: &str,
-        reason: String,
-        transfer_to: Option<Uuid>,
-    ) -> Result<(User, Option<Transfer>)> {
+    /// Needs users.edit over the user.
+    pub async fn deactivate_user(&self, call: &Call, cmd: ChangeUserState) -> Result<(User, Option<Transfer>)> {
+        let ChangeUserState { tenant_id, user_id, etag, reason, transfer_to } = cmd;
+        let (ctx, tenant_id, etag) = (&call.ctx, tenant_id.as_str(), etag.as_str());
+        self.authorize(&call.caller, tenant_id, Right::USERS_EDIT, Target::User(user_id)).await?;
         let result = self
             .transition(ctx, tenant_id, user_id, etag, "user.deactivated", Some(reason), async |tx, _, row, state| {
                 if !matches!(state, UserState::Active | UserState::Invited) {
@@ -82,14 +78,11 @@ impl Iam {
         Ok(Some(self.create_transfer(tx, ctx, tenant_id, user_id, &rules).await?))
     }
 
-    pub async fn reactivate_user(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        user_id: Uuid,
-        etag: &str,
-        reason: String,
-    ) -> Result<User> {
+    /// Needs users.edit over the user.
+    pub async fn reactivate_user(&self, call: &Call, cmd: ChangeUserState) -> Result<User> {
+        let ChangeUserState { tenant_id, user_id, etag, reason, .. } = cmd;
+        let (ctx, tenant_id, etag) = (&call.ctx, tenant_id.as_str(), etag.as_str());
+        self.authorize(&call.caller, tenant_id, Right::USERS_EDIT, Target::User(user_id)).await?;
         self.transition(
             ctx,
             tenant_id,
@@ -111,15 +104,11 @@ impl Iam {
         .map(|(u, ())| u)
     }
 
-    pub async fn delete_user(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        user_id: Uuid,
-        etag: &str,
-        reason: String,
-        transfer_to: Option<Uuid>,
-    ) -> Result<(User, Option<Transfer>)> {
+    /// Needs users.delete over the user.
+    pub async fn delete_user(&self, call: &Call, cmd: ChangeUserState) -> Result<(User, Option<Transfer>)> {
+        let ChangeUserState { tenant_id, user_id, etag, reason, transfer_to } = cmd;
+        let (ctx, tenant_id, etag) = (&call.ctx, tenant_id.as_str(), etag.as_str());
+        self.authorize(&call.caller, tenant_id, Right::USERS_DELETE, Target::User(user_id)).await?;
         let result = self
             .transition(ctx, tenant_id, user_id, etag, "user.deleted", Some(reason), async |tx, tenant, row, state| {
                 if !matches!(state, UserState::Active | UserState::Invited | UserState::Deactivated) {
@@ -150,13 +139,11 @@ impl Iam {
         Ok(result)
     }
 
-    pub async fn undelete_user(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        user_id: Uuid,
-        etag: &str,
-    ) -> Result<User> {
+    /// Needs users.delete over the user.
+    pub async fn undelete_user(&self, call: &Call, cmd: ChangeUserState) -> Result<User> {
+        let ChangeUserState { tenant_id, user_id, etag, .. } = cmd;
+        let (ctx, tenant_id, etag) = (&call.ctx, tenant_id.as_str(), etag.as_str());
+        self.authorize(&call.caller, tenant_id, Right::USERS_DELETE, Target::User(user_id)).await?;
         self.transition(ctx, tenant_id, user_id, etag, "user.undeleted", None, async |_, _, row, state| {
             if state != UserState::Deleted {
                 return Err(state_error(user_id, state, "DELETED"));
@@ -179,7 +166,11 @@ impl Iam {
         .map(|(u, ())| u)
     }
 
-    pub async fn purge_user(&self, ctx: &RequestContext, tenant_id: &str, user_id: Uuid, etag: &str) -> Result<User> {
+    /// Needs users.delete over the user.
+    pub async fn purge_user(&self, call: &Call, cmd: ChangeUserState) -> Result<User> {
+        let ChangeUserState { tenant_id, user_id, etag, .. } = cmd;
+        let (ctx, tenant_id, etag) = (&call.ctx, tenant_id.as_str(), etag.as_str());
+        self.authorize(&call.caller, tenant_id, Right::USERS_DELETE, Target::User(user_id)).await?;
         let user = self
             .db
             .write(ctx, async |tx| {

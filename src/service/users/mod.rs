@@ -2,17 +2,18 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-use super::{Iam, Page};
+use super::{Call, Iam, Page, Target};
 use crate::{
     domain::{
         Error, Kind, Reason, Result,
+        access::Right,
         audit::{AuditRecord, RequestContext},
         check_etag,
         error::QuotaViolation,
         now,
         ownership::{RuleTarget, Transfer, TransferRule},
         tenant::Tenant,
-        user::{Credential, Profile, User, UserPatch, UserState, UserWithToken, derived_display_name},
+        user::{Credential, User, UserState, UserWithToken, derived_display_name},
         validate,
     },
     store::{
@@ -22,7 +23,10 @@ use crate::{
     },
 };
 
+mod commands;
 mod lifecycle;
+
+pub use commands::*;
 
 /// Fields of a user that are bookkeeping, not content, in audit diffs.
 const USER_DIFF_IGNORE: &[&str] = &["version", "update_time", "create_time", "role_ids", "user_id", "tenant_id"];
@@ -108,14 +112,32 @@ impl Iam {
             .map_err(|d| Error::invalid_field(field, d))
     }
 
-    pub async fn create_user(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        profile: Profile,
-        credential: Credential,
-        role_ids: Vec<Uuid>,
-    ) -> Result<UserWithToken> {
+    /// Needs users.create where the user is placed, and roles.assign there (within the caller's
+    /// own rights) for roles given with it.
+    pub async fn create_user(&self, call: &Call, cmd: CreateUser) -> Result<UserWithToken> {
+        let CreateUser { tenant_id, profile, credential, role_ids, mut invalid } = cmd;
+        let (ctx, caller, tenant_id) = (&call.ctx, &call.caller, tenant_id.as_str());
+        // Report a password that breaks the tenant's policy together with the other bad fields.
+        if let (false, Some(Credential::Password { password, .. })) = (invalid.is_empty(), &credential)
+            && !tenant_id.is_empty()
+        {
+            let email_key = profile.as_ref().map(|p| p.email_key.as_str());
+            if let Err(e) = self.check_password_policy(tenant_id, "initial_password", password, email_key).await {
+                for f in e.field_violations {
+                    invalid.add(f.field, f.description);
+                }
+            }
+        }
+        invalid.finish()?;
+        let (Some(profile), Some(credential)) = (profile, credential) else {
+            return Err(Error::internal(anyhow::anyhow!("a valid CreateUser without profile or credential")));
+        };
+        let department = Target::Department(profile.department_id);
+        self.authorize(caller, tenant_id, Right::USERS_CREATE, department).await?;
+        if !role_ids.is_empty() {
+            self.authorize(caller, tenant_id, Right::ROLES_ASSIGN, department).await?;
+            self.roles_within_own_rights(caller, tenant_id, &role_ids, "assign a role").await?;
+        }
         // Hash before the transaction: the writer lock is never held during argon2 work.
         let (password_hash, permanent, invited) = match credential {
             Credential::Password { password, permanent } => {
@@ -188,18 +210,18 @@ impl Iam {
             .await
     }
 
-    pub async fn get_user(&self, tenant_id: &str, user_id: Uuid) -> Result<User> {
-        Ok(User::clone(&*self.user_profile(tenant_id, user_id).await?))
+    /// Needs users.view over the user (anyone sees themselves).
+    pub async fn get_user(&self, call: &Call, cmd: UserRef) -> Result<User> {
+        self.authorize(&call.caller, &cmd.tenant_id, Right::USERS_VIEW, Target::User(cmd.user_id)).await?;
+        Ok(User::clone(&*self.user_profile(&cmd.tenant_id, cmd.user_id).await?))
     }
 
-    pub async fn list_users(
-        &self,
-        tenant_id: &str,
-        mut filter: UserFilter,
-        department: Option<(Uuid, bool)>,
-        after: Option<Uuid>,
-        limit: u64,
-    ) -> Result<Page<User>> {
+    /// The users the caller may see (users.view: its scope decides which departments).
+    pub async fn list_users(&self, call: &Call, cmd: ListUsers) -> Result<Page<User>> {
+        let ListUsers { tenant_id, states, department, query, after, limit, .. } = cmd;
+        let tenant_id = tenant_id.as_str();
+        let visible = self.visible_departments(&call.caller, tenant_id).await?;
+        let mut filter = UserFilter { states, department_ids: None, query, visible_department_ids: visible };
         let conn = self.db.conn();
         self.tenant_settings(tenant_id).await?;
         if let Some((department_id, include_sub)) = department {
@@ -227,14 +249,14 @@ impl Iam {
         Ok(Page::from_rows(users, limit))
     }
 
-    pub async fn update_user(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        user_id: Uuid,
-        patch: UserPatch,
-        etag: &str,
-    ) -> Result<User> {
+    /// Needs users.edit over the user, and over the department it moves to (see `may_move`).
+    pub async fn update_user(&self, call: &Call, cmd: UpdateUser) -> Result<User> {
+        let UpdateUser { tenant_id, user_id, patch, etag } = cmd;
+        let (ctx, tenant_id, etag) = (&call.ctx, tenant_id.as_str(), etag.as_str());
+        self.authorize(&call.caller, tenant_id, Right::USERS_EDIT, Target::User(user_id)).await?;
+        if let Some(department) = patch.department_id {
+            self.may_move(&call.caller, tenant_id, user_id, department).await?;
+        }
         self.db
             .write(ctx, async |tx| {
                 tenants::lock(tx, tenant_id).await?;
@@ -294,13 +316,11 @@ impl Iam {
             .await
     }
 
-    pub async fn reset_password(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        user_id: Uuid,
-        temporary_password: Option<SecretString>,
-    ) -> Result<UserWithToken> {
+    /// Needs users.edit over the user (and the delegation ceiling of `users.edit`).
+    pub async fn reset_password(&self, call: &Call, cmd: ResetPassword) -> Result<UserWithToken> {
+        let ResetPassword { tenant_id, user_id, temporary: temporary_password } = cmd;
+        let (ctx, tenant_id) = (&call.ctx, tenant_id.as_str());
+        self.authorize(&call.caller, tenant_id, Right::USERS_EDIT, Target::User(user_id)).await?;
         let hash = match temporary_password {
             Some(password) => {
                 let row = self.user_row(self.db.conn(), tenant_id, user_id).await?;
@@ -343,12 +363,11 @@ impl Iam {
             .await
     }
 
-    pub async fn resend_invitation(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        user_id: Uuid,
-    ) -> Result<UserWithToken> {
+    /// Needs users.edit over the user.
+    pub async fn resend_invitation(&self, call: &Call, cmd: UserRef) -> Result<UserWithToken> {
+        let UserRef { tenant_id, user_id } = cmd;
+        let (ctx, tenant_id) = (&call.ctx, tenant_id.as_str());
+        self.authorize(&call.caller, tenant_id, Right::USERS_EDIT, Target::User(user_id)).await?;
         self.db
             .write(ctx, async |tx| {
                 let tenant = tenants::lock(tx, tenant_id).await?;
