@@ -28,7 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("service", &["domain", "secrets", "store", "periodic"]),
     ("api", &["domain", "service", "proto", "telemetry", "middleware"]),
     ("middleware", &[]),
-    ("overload", &["domain", "api", "middleware"]),
+    ("overload", &["domain", "api", "proto", "middleware"]),
     ("metrics", &["service", "middleware", "periodic"]),
     ("jobs", &["domain", "service", "periodic"]),
     ("telemetry", &["config"]),
