@@ -62,7 +62,7 @@ pub async fn signing_keys(iam: Iam, rotation: Duration, stop: CancellationToken)
         }
         match iam.auth.keys.signing_key_age().await {
             Ok(Some(age)) if age.to_std().unwrap_or_default() >= rotation => {
-                match iam.rotate_signing_key(&crate::domain::audit::RequestContext::system("key-rotation")).await {
+                match iam.rotate_key(&crate::domain::audit::RequestContext::system("key-rotation")).await {
                     Ok(key) => tracing::info!(kid = %key.kid, "signing key rotated (age limit)"),
                     Err(e) => tracing::warn!(error = %e, "signing key rotation failed; will retry"),
                 }

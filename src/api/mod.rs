@@ -23,7 +23,7 @@ use crate::{
     domain::{
         Error, Reason, Result, Violations,
         audit::{Idempotency, RequestContext},
-        caller::{Caller, UserCaller},
+        caller::Caller,
         validate,
     },
     service::Call,
@@ -97,16 +97,6 @@ pub fn public<T: limits::Limits>(req: &Request<T>) -> Result<(), Status> {
 }
 
 pub use crate::service::require_platform;
-
-/// Methods that act for the calling user's own session.
-pub fn user_caller(caller: &Caller) -> Result<&UserCaller> {
-    match caller {
-        Caller::User(u) => Ok(u),
-        _ => Err(Error::permission_denied(
-            "not allowed: this method acts for a logged-in user; call it with a user access token",
-        )),
-    }
-}
 
 pub use crate::service::authz_same_tenant as same_tenant;
 

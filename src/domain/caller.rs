@@ -7,7 +7,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::audit::{Actor, ActorKind};
+use super::{
+    Error, Result,
+    audit::{Actor, ActorKind},
+};
 
 /// A user acting with an access token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +44,33 @@ impl Caller {
             Caller::PlatformAdmin => Actor { kind: ActorKind::Service, id: "platform-admin".into() },
             Caller::Service { name, .. } => Actor { kind: ActorKind::Service, id: format!("service:{name}") },
             Caller::User(u) => Actor { kind: ActorKind::User, id: u.user_id.to_string() },
+        }
+    }
+
+    /// The calling user, for methods that act for a logged-in user's own session.
+    pub fn user(&self) -> Result<&UserCaller> {
+        match self {
+            Caller::User(u) => Ok(u),
+            _ => Err(Error::permission_denied(
+                "not allowed: this method acts for a logged-in user; call it with a user access token",
+            )),
+        }
+    }
+
+    /// Whether the caller is this user.
+    pub fn is_user(&self, user_id: Uuid) -> bool {
+        matches!(self, Caller::User(u) if u.user_id == user_id)
+    }
+
+    /// The user a self-or-administrator method acts on: `user_id`, or the calling user when None
+    /// (a violation under `user_id` for a caller that is not a user).
+    pub fn subject(&self, user_id: Option<Uuid>) -> Result<Uuid> {
+        match (user_id, self) {
+            (Some(id), _) => Ok(id),
+            (None, Caller::User(u)) => Ok(u.user_id),
+            (None, _) => {
+                Err(Error::invalid_field("user_id", "is required unless the caller is a user acting for themselves"))
+            }
         }
     }
 }

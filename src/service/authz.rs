@@ -116,6 +116,16 @@ impl Iam {
         Ok(())
     }
 
+    /// Methods a user may use on themselves (in their own tenant) and others only with `right`
+    /// over that user (sessions, second factors).
+    pub async fn authorize_self_or(&self, caller: &Caller, tenant_id: &str, user_id: Uuid, right: Right) -> Result<()> {
+        if caller.is_user(user_id) {
+            same_tenant(caller, tenant_id)
+        } else {
+            self.authorize(caller, tenant_id, right, Target::User(user_id)).await
+        }
+    }
+
     /// Whether the tenant requires a second factor of administrators, the user is one (holds an
     /// administrative right: see `Policy::is_administrative`), and the caller's session was opened
     /// without one (its `amr`).

@@ -13,13 +13,11 @@
 //! For TOTP users a right password without a right code is an ordinary failure: the same answer
 //! as a wrong password, and counted (SECURITY.md: no password oracle).
 
-use std::net::IpAddr;
-
-use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::{
     Tokens, attempt_context,
+    commands::{Anonymous, Authenticate},
     guard::{Attempt, proved_own_secret},
     invalid_credentials,
 };
@@ -61,15 +59,9 @@ impl Iam {
     }
 
     /// `Auth.Authenticate`.
-    pub async fn authenticate(
-        &self,
-        ctx: &RequestContext,
-        ip: Option<IpAddr>,
-        tenant_id: &str,
-        email: &str,
-        password: SecretString,
-        code: &str,
-    ) -> Result<Tokens> {
+    pub async fn authenticate(&self, call: &Anonymous, cmd: Authenticate) -> Result<Tokens> {
+        let Authenticate { tenant_id, email, password, totp_code } = cmd;
+        let (ctx, ip, tenant_id, code) = (&call.ctx, call.ip, tenant_id.as_str(), totp_code.trim());
         let slot = self.auth.limiter.take(ip)?;
         let ticket = match self.passwords.admit() {
             Ok(t) => t,

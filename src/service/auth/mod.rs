@@ -10,6 +10,7 @@
 //! announces a policy change for the user, which flushes the session from the access cache of
 //! every replica.
 
+pub mod commands;
 mod guard;
 pub mod hashing;
 pub mod keys;
@@ -168,8 +169,14 @@ impl Iam {
         self.auth.keys.jwks()
     }
 
-    /// `Auth.RotateSigningKey`.
-    pub async fn rotate_signing_key(&self, ctx: &RequestContext) -> Result<PublicJwk> {
+    /// `Auth.RotateSigningKey` (platform only).
+    pub async fn rotate_signing_key(&self, call: &super::Call, _: commands::RotateSigningKey) -> Result<PublicJwk> {
+        super::require_platform(&call.caller)?;
+        self.rotate_key(&call.ctx).await
+    }
+
+    /// A new signing key (also rotated on schedule by a background job).
+    pub async fn rotate_key(&self, ctx: &RequestContext) -> Result<PublicJwk> {
         let secrets = self.auth.secrets.clone();
         let key = self
             .db

@@ -5,6 +5,7 @@ use secrecy::SecretString;
 
 use super::{
     Tokens, attempt_context,
+    commands::{Anonymous, ChangePassword, SetPasswordByToken},
     guard::{Attempt, locked_error, proved_own_secret},
     token_invalid,
 };
@@ -12,12 +13,11 @@ use crate::{
     domain::{
         Error, Kind, Reason, Result,
         audit::{Actor, ActorKind, AuditRecord, RequestContext},
-        caller::UserCaller,
         lockout::Admission,
         now,
         user::{User, UserState},
     },
-    service::Iam,
+    service::{Call, Iam},
     store::{
         sessions,
         tokens::{self, TokenKind},
@@ -29,13 +29,9 @@ impl Iam {
     /// `Auth.ChangePassword`: ends every session of the user and opens a fresh one. The old
     /// password is verified like a login's (admitted and counted first); a wrong one is audited,
     /// and the one that locks the account ends the calling session.
-    pub async fn change_password(
-        &self,
-        ctx: &RequestContext,
-        caller: &UserCaller,
-        old: SecretString,
-        new: SecretString,
-    ) -> Result<Tokens> {
+    pub async fn change_password(&self, call: &Call, cmd: ChangePassword) -> Result<Tokens> {
+        let (ctx, caller) = (&call.ctx, call.caller.user()?);
+        let ChangePassword { old_password: old, new_password: new } = cmd;
         let (tenant_id, user_id) = (caller.tenant_id.as_str(), caller.user_id);
         // Both hashes' places first: a refusal for a full queue changes nothing.
         let (verify_ticket, hash_ticket) = (self.passwords.admit()?, self.passwords.admit()?);
@@ -151,12 +147,12 @@ impl Iam {
     }
 
     /// `Auth.AcceptInvitation`.
-    pub async fn accept_invitation(&self, ctx: &RequestContext, token: &str, new: SecretString) -> Result<User> {
-        self.set_password_with_token(ctx, TokenKind::Invitation, token, new).await
+    pub async fn accept_invitation(&self, call: &Anonymous, cmd: SetPasswordByToken) -> Result<User> {
+        self.set_password_with_token(&call.ctx, TokenKind::Invitation, &cmd.token, cmd.new_password).await
     }
 
     /// `Auth.CompletePasswordReset`.
-    pub async fn complete_password_reset(&self, ctx: &RequestContext, token: &str, new: SecretString) -> Result<User> {
-        self.set_password_with_token(ctx, TokenKind::PasswordReset, token, new).await
+    pub async fn complete_password_reset(&self, call: &Anonymous, cmd: SetPasswordByToken) -> Result<User> {
+        self.set_password_with_token(&call.ctx, TokenKind::PasswordReset, &cmd.token, cmd.new_password).await
     }
 }

@@ -6,19 +6,20 @@ use uuid::Uuid;
 
 use super::{
     Tokens,
+    commands::{Anonymous, IntrospectToken, ListSessions, Logout, Refresh, RevokeSessions},
     keys::{Claims, SCOPE_PASSWORD_CHANGE, Verified},
     random_token, sha256_hex, token_invalid,
 };
 use crate::{
+    domain::access::Right,
     domain::{
         Error, Kind, Reason, Result,
         audit::{AuditRecord, RequestContext},
-        caller::UserCaller,
         now,
         tenant::Tenant,
         user::UserState,
     },
-    service::{Iam, Page},
+    service::{Call, Iam, Page, Target},
     store::{
         Tx,
         sessions::{self, Session, SessionFacts},
@@ -115,8 +116,9 @@ impl Iam {
     }
 
     /// `Auth.Refresh`: rotates the refresh token; a second use of one ends its session.
-    pub async fn refresh(&self, ctx: &RequestContext, refresh_token: &str) -> Result<Tokens> {
-        let hash = sha256_hex(refresh_token);
+    pub async fn refresh(&self, call: &Anonymous, cmd: Refresh) -> Result<Tokens> {
+        let ctx = &call.ctx;
+        let hash = sha256_hex(&cmd.refresh_token);
         let Some(stored) = sessions::find_refresh(self.db.conn(), &hash).await? else {
             return Err(token_invalid("refresh token"));
         };
@@ -184,16 +186,17 @@ impl Iam {
         Ok(facts.is_some_and(|f| f.user_id == user_id && f.active_at(now())))
     }
 
-    /// A verified, active token, or None.
-    pub async fn introspect(&self, token: &str) -> Result<Option<std::sync::Arc<Verified>>> {
-        let Some(v) = self.auth.keys.verify(token).await else { return Ok(None) };
+    /// `Auth.IntrospectToken` (any authenticated caller): a verified, active token, or None.
+    pub async fn introspect(&self, q: IntrospectToken) -> Result<Option<std::sync::Arc<Verified>>> {
+        let Some(v) = self.auth.keys.verify(&q.token).await else { return Ok(None) };
         Ok(self.session_active(&v.claims).await?.then_some(v))
     }
 
     /// `Auth.Logout`.
-    pub async fn logout(&self, ctx: &RequestContext, caller: &UserCaller) -> Result<()> {
+    pub async fn logout(&self, call: &Call, _: Logout) -> Result<()> {
+        let caller = call.caller.user()?;
         self.db
-            .write(ctx, async |tx| {
+            .write(&call.ctx, async |tx| {
                 if sessions::end(tx, &[caller.session_id], "logout").await? > 0 {
                     tx.policy_changed(&caller.tenant_id, Some(caller.user_id));
                     tx.audit(
@@ -206,32 +209,25 @@ impl Iam {
             .await
     }
 
-    /// `Auth.ListSessions`.
-    pub async fn list_sessions(
-        &self,
-        tenant_id: &str,
-        user_id: Uuid,
-        include_ended: bool,
-        after: Option<Uuid>,
-        limit: u64,
-    ) -> Result<Page<SessionView>> {
+    /// `Auth.ListSessions`: a user's own sessions, or another's with `users.view` over them.
+    pub async fn list_sessions(&self, call: &Call, q: &ListSessions) -> Result<Page<SessionView>> {
+        let (tenant_id, limit) = (q.tenant_id.as_str(), q.limit);
+        let user_id = call.caller.subject(q.user_id)?;
+        self.authorize(&call.caller, tenant_id, Right::USERS_VIEW, Target::User(user_id)).await?;
         self.user_row(self.db.conn(), tenant_id, user_id).await?;
-        let rows = sessions::list(self.db.conn(), user_id, include_ended, after, limit).await?;
+        let rows = sessions::list(self.db.conn(), user_id, q.include_ended, q.after, limit).await?;
         let views = rows.into_iter().map(|s| SessionView { facts: SessionFacts::of(&s), session: s }).collect();
         Ok(Page::from_rows(views, limit))
     }
 
     /// `Auth.RevokeSessions`: ends the listed sessions of the user (all when empty).
-    pub async fn revoke_sessions(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        user_id: Uuid,
-        session_ids: Vec<Uuid>,
-        reason: String,
-    ) -> Result<u64> {
+    /// A user ends their own sessions; ending another's needs `users.edit` over them.
+    pub async fn revoke_sessions(&self, call: &Call, cmd: RevokeSessions) -> Result<u64> {
+        let RevokeSessions { tenant_id, user_id, session_ids, reason } = cmd;
+        let (tenant_id, user_id) = (tenant_id.as_str(), call.caller.subject(user_id)?);
+        self.authorize_self_or(&call.caller, tenant_id, user_id, Right::USERS_EDIT).await?;
         self.db
-            .write(ctx, async |tx| {
+            .write(&call.ctx, async |tx| {
                 self.user_row(&**tx, tenant_id, user_id).await?;
                 let open: Vec<Uuid> =
                     sessions::open_of_user(&**tx, user_id).await?.into_iter().map(|s| s.session_id).collect();

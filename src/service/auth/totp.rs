@@ -9,19 +9,15 @@ use totp_rs::{Builder as TotpBuilder, Secret, Totp};
 use uuid::Uuid;
 
 use super::{
+    commands::{ConfirmTotp, DisableTotp, EnrollTotp},
     guard::{Attempt, locked_error, proved_chosen_secret, proved_own_secret},
     sha256_hex,
 };
 use crate::{
-    domain::{
-        Error, Kind, Reason, Result,
-        audit::{AuditRecord, RequestContext},
-        caller::UserCaller,
-        lockout::Admission,
-        user::User,
-    },
+    domain::{Error, Kind, Reason, Result, audit::AuditRecord, lockout::Admission, user::User},
+    domain::{access::Right, caller::Caller},
     secrets::Slot,
-    service::Iam,
+    service::{Call, Iam},
     store::{
         Tx,
         sessions::{self, LoginState},
@@ -126,12 +122,8 @@ impl Iam {
 
     /// `Auth.EnrollTotp`: a new pending secret; returns (otpauth URI, base32 secret). The caller
     /// proves it with the current password, verified like a login's (counted, audited).
-    pub async fn enroll_totp(
-        &self,
-        ctx: &RequestContext,
-        caller: &UserCaller,
-        password: secrecy::SecretString,
-    ) -> Result<(String, String)> {
+    pub async fn enroll_totp(&self, call: &Call, cmd: EnrollTotp) -> Result<(String, String)> {
+        let (ctx, caller, password) = (&call.ctx, call.caller.user()?, cmd.current_password);
         let (tenant_id, user_id) = (caller.tenant_id.as_str(), caller.user_id);
         let ticket = self.passwords.admit()?;
         let tenant = self.tenant_settings(tenant_id).await?;
@@ -181,7 +173,8 @@ impl Iam {
 
     /// `Auth.ConfirmTotp`: activates the pending secret with a current code (a wrong code counts
     /// in the lockout); returns fresh recovery codes.
-    pub async fn confirm_totp(&self, ctx: &RequestContext, caller: &UserCaller, code: &str) -> Result<Vec<String>> {
+    pub async fn confirm_totp(&self, call: &Call, cmd: ConfirmTotp) -> Result<Vec<String>> {
+        let (ctx, caller, code) = (&call.ctx, call.caller.user()?, cmd.code.as_str());
         let (tenant_id, user_id) = (caller.tenant_id.as_str(), caller.user_id);
         let tenant = self.tenant_settings(tenant_id).await?;
         let row = users::get(self.db.conn(), tenant_id, user_id).await?;
@@ -251,15 +244,25 @@ impl Iam {
         Ok(user)
     }
 
-    /// `Auth.DisableTotp`. `by_self`: the user turns off their own TOTP and must prove it with a
-    /// current or recovery code (a wrong one counts in the lockout); administrators need none.
-    pub async fn disable_totp(
-        &self,
-        ctx: &RequestContext,
-        tenant_id: &str,
-        user_id: Uuid,
-        by_self: Option<(&UserCaller, &str)>,
-    ) -> Result<User> {
+    /// `Auth.DisableTotp`. A user turns off their own TOTP and must prove it with a current or
+    /// recovery code (a wrong one counts in the lockout); administrators (`users.edit` over the
+    /// user) need none.
+    pub async fn disable_totp(&self, call: &Call, cmd: DisableTotp) -> Result<User> {
+        let (ctx, tenant_id) = (&call.ctx, cmd.tenant_id.as_str());
+        let user_id = call.caller.subject(cmd.user_id)?;
+        let by_self = match &call.caller {
+            Caller::User(u) if u.user_id == user_id => {
+                if cmd.code.is_empty() {
+                    return Err(Error::invalid_field(
+                        "code",
+                        "is required to turn off your own TOTP: a current code or an unused recovery code",
+                    ));
+                }
+                Some((u, cmd.code.as_str()))
+            }
+            _ => None,
+        };
+        self.authorize_self_or(&call.caller, tenant_id, user_id, Right::USERS_EDIT).await?;
         let row = self.user_row(self.db.conn(), tenant_id, user_id).await?;
         if !row.mfa_enrolled {
             return Err(Error::precondition(
