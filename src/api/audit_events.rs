@@ -1,12 +1,11 @@
 //! `crm.iam.v1.AuditEvents`: listing and the resumable stream.
 
-use crate::domain::access::Right;
 use std::{pin::Pin, time::Duration};
 
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::{caller, convert, decode_page_token, next_page_token, page_size, record_tenant, require_platform};
+use super::{convert, decode_page_token, next_page_token, page_size, read, record_tenant};
 use crate::{
     domain::{
         Error, Violations,
@@ -15,8 +14,8 @@ use crate::{
     },
     proto::v1::{self as pb, audit_events_server::AuditEvents},
     service::{
-        Iam,
-        audit::{StreamItem, StreamStart},
+        Iam, Page,
+        audit::{ListEvents, StreamEvents, StreamItem, StreamStart},
     },
 };
 
@@ -82,19 +81,6 @@ pub fn event_to_proto(e: &AuditEvent) -> pb::AuditEvent {
     }
 }
 
-impl AuditEventsApi {
-    /// A tenant's trail: its administrators (settings.view at tenant scope); everything: the platform.
-    async fn may_read(&self, caller: &crate::domain::caller::Caller, scope: &EventScope) -> Result<(), Status> {
-        match scope {
-            EventScope::All => require_platform(caller)?,
-            EventScope::Tenant(t) => {
-                self.iam.authorize(caller, t, Right::SETTINGS_VIEW, crate::service::Target::Tenant).await?
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The scope of a request: one tenant, or (empty) everything, which only the platform may see.
 fn scope(v: &mut Violations, tenant_id: &str) -> EventScope {
     record_tenant(tenant_id);
@@ -123,8 +109,41 @@ impl AuditEvents for AuditEventsApi {
         &self,
         req: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        let caller = caller(&req)?;
-        let msg = req.get_ref();
+        let (caller, query) = read(req)?;
+        let page = self.iam.list_events(&caller, &query).await?;
+        Ok(Response::new(events_page(page, &query.filters)))
+    }
+
+    type StreamEventsStream = Pin<Box<dyn Stream<Item = Result<pb::StreamEventsResponse, Status>> + Send + 'static>>;
+
+    async fn stream_events(
+        &self,
+        req: Request<pb::StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let (caller, query) = read(req)?;
+        let items = self.iam.stream_events(&caller, query).await?;
+        Ok(Response::new(Box::pin(items.map(stream_message))))
+    }
+}
+
+fn events_page(page: Page<AuditEvent>, filters: &str) -> pb::ListEventsResponse {
+    let next_page_token = next_page_token(&page, filters, |last| encode_cursor(last.seq));
+    pb::ListEventsResponse { events: page.items.iter().map(event_to_proto).collect(), next_page_token }
+}
+
+fn stream_message(item: crate::domain::Result<StreamItem>) -> Result<pb::StreamEventsResponse, Status> {
+    use pb::stream_events_response::Message;
+    let message = match item? {
+        StreamItem::Event(e) => Message::Event(event_to_proto(&e)),
+        StreamItem::Heartbeat(seq) => Message::Heartbeat(pb::Heartbeat { cursor: encode_cursor(seq) }),
+    };
+    Ok(pb::StreamEventsResponse { message: Some(message) })
+}
+
+impl TryFrom<pb::ListEventsRequest> for ListEvents {
+    type Error = Error;
+
+    fn try_from(msg: pb::ListEventsRequest) -> Result<Self, Error> {
         let mut v = Violations::default();
         let scope = scope(&mut v, &msg.tenant_id);
         let limit = page_size(&mut v, msg.page_size);
@@ -166,23 +185,14 @@ impl AuditEvents for AuditEventsApi {
                 decode_cursor(&k).ok_or_else(|| Error::invalid_field("page_token", "is not a page token of this query"))
             })
             .transpose()?;
-        self.may_read(&caller, &scope).await?;
-        let page = self.iam.list_events(&scope, &filter, newest_first, after, limit).await?;
-        let next_page_token = next_page_token(&page, &filters, |last| encode_cursor(last.seq));
-        Ok(Response::new(pb::ListEventsResponse {
-            events: page.items.iter().map(event_to_proto).collect(),
-            next_page_token,
-        }))
+        Ok(ListEvents { scope, filter, newest_first, after, limit, filters })
     }
+}
 
-    type StreamEventsStream = Pin<Box<dyn Stream<Item = Result<pb::StreamEventsResponse, Status>> + Send + 'static>>;
+impl TryFrom<pb::StreamEventsRequest> for StreamEvents {
+    type Error = Error;
 
-    async fn stream_events(
-        &self,
-        req: Request<pb::StreamEventsRequest>,
-    ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let caller = caller(&req)?;
-        let msg = req.into_inner();
+    fn try_from(msg: pb::StreamEventsRequest) -> Result<Self, Error> {
         let mut v = Violations::default();
         let scope = scope(&mut v, &msg.tenant_id);
         let filter = EventFilter {
@@ -220,29 +230,6 @@ impl AuditEvents for AuditEventsApi {
             }
         };
         v.finish()?;
-        self.may_read(&caller, &scope).await?;
-        let tenant = match &scope {
-            EventScope::Tenant(t) => t.clone(),
-            EventScope::All => String::new(),
-        };
-        let slot = self.iam.audit.open_stream(&caller, &tenant)?;
-        let user = match &caller {
-            crate::domain::caller::Caller::User(u) => Some(u.clone()),
-            _ => None,
-        };
-        let stop = self.iam.stop.clone();
-        let items = self.iam.stream_events(scope, filter, start, heartbeat, user, slot, stop).await?;
-        let out = items.map(|item| match item {
-            Ok(StreamItem::Event(e)) => Ok(pb::StreamEventsResponse {
-                message: Some(pb::stream_events_response::Message::Event(event_to_proto(&e))),
-            }),
-            Ok(StreamItem::Heartbeat(seq)) => Ok(pb::StreamEventsResponse {
-                message: Some(pb::stream_events_response::Message::Heartbeat(pb::Heartbeat {
-                    cursor: encode_cursor(seq),
-                })),
-            }),
-            Err(e) => Err(Status::from(e)),
-        });
-        Ok(Response::new(Box::pin(out)))
+        Ok(StreamEvents { scope, filter, start, heartbeat })
     }
 }

@@ -396,6 +396,26 @@ pub enum StreamStart {
     Now,
 }
 
+/// A page of the trail (converted and checked at the edge, `api::audit_events`).
+pub struct ListEvents {
+    pub scope: EventScope,
+    pub filter: EventFilter,
+    pub newest_first: bool,
+    /// The cursor of the previous page's last event.
+    pub after: Option<i64>,
+    pub limit: u64,
+    /// The query's filters, as its page tokens are bound to them.
+    pub filters: String,
+}
+
+/// A stream of the trail from `start`, with a heartbeat every `heartbeat` while idle.
+pub struct StreamEvents {
+    pub scope: EventScope,
+    pub filter: EventFilter,
+    pub start: StreamStart,
+    pub heartbeat: Duration,
+}
+
 fn out_of_range() -> Error {
     Error::new(
         Kind::OutOfRange,

@@ -1,38 +1,47 @@
 //! Listing the audit trail, the streams (replay from the database, then the hub), and retention.
 
 use super::*;
+use crate::{
+    domain::{access::Right, caller::Caller},
+    service::{Target, require_platform},
+};
 
 impl Iam {
-    /// `AuditEvents.ListEvents`.
-    pub async fn list_events(
-        &self,
-        scope: &EventScope,
-        filter: &EventFilter,
-        newest_first: bool,
-        after: Option<i64>,
-        limit: u64,
-    ) -> Result<Page<AuditEvent>> {
-        if let EventScope::Tenant(t) = scope {
-            self.tenant_settings(t).await?;
+    /// A tenant's trail: its administrators (`settings.view` at tenant scope); everything: the
+    /// platform.
+    async fn may_read_audit(&self, caller: &Caller, scope: &EventScope) -> Result<()> {
+        match scope {
+            EventScope::All => require_platform(caller),
+            EventScope::Tenant(t) => self.authorize(caller, t, Right::SETTINGS_VIEW, Target::Tenant).await,
         }
-        let rows = audit::page(self.db.conn(), scope, filter, newest_first, after, limit + 1).await?;
-        Ok(Page::from_rows(rows, limit))
     }
 
-    /// `AuditEvents.StreamEvents`: validates the start, then streams from a task of its own.
-    /// A user's stream (`user`) ends when their session or rights do (checked every
-    /// [`ACCESS_RECHECK`]); `slot` is its place in the stream caps.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn stream_events(
-        &self,
-        scope: EventScope,
-        filter: EventFilter,
-        start: StreamStart,
-        heartbeat: Duration,
-        user: Option<crate::domain::caller::UserCaller>,
-        slot: StreamSlot,
-        stop: CancellationToken,
-    ) -> Result<ReceiverStream<Result<StreamItem>>> {
+    /// `AuditEvents.ListEvents`.
+    pub async fn list_events(&self, caller: &Caller, q: &ListEvents) -> Result<Page<AuditEvent>> {
+        self.may_read_audit(caller, &q.scope).await?;
+        if let EventScope::Tenant(t) = &q.scope {
+            self.tenant_settings(t).await?;
+        }
+        let rows = audit::page(self.db.conn(), &q.scope, &q.filter, q.newest_first, q.after, q.limit + 1).await?;
+        Ok(Page::from_rows(rows, q.limit))
+    }
+
+    /// `AuditEvents.StreamEvents`: validates the start, then streams from a task of its own,
+    /// holding a place in the stream caps. A user's stream ends when their session or rights do
+    /// (checked every [`ACCESS_RECHECK`]), every stream when the server stops.
+    pub async fn stream_events(&self, caller: &Caller, q: StreamEvents) -> Result<ReceiverStream<Result<StreamItem>>> {
+        let StreamEvents { scope, filter, start, heartbeat } = q;
+        self.may_read_audit(caller, &scope).await?;
+        let tenant = match &scope {
+            EventScope::Tenant(t) => t.as_str(),
+            EventScope::All => "",
+        };
+        let slot = self.audit.open_stream(caller, tenant)?;
+        let user = match caller {
+            Caller::User(u) => Some(u.clone()),
+            _ => None,
+        };
+        let stop = self.stop.clone();
         if let EventScope::Tenant(t) = &scope {
             self.tenant_settings(t).await?;
         }
