@@ -222,3 +222,43 @@ fn the_scanner_reads_use_trees() {
     g.insert("y".into(), ["x".to_owned()].into());
     assert_eq!(find_cycle(&g), Some(vec!["x".to_owned(), "y".to_owned(), "x".to_owned()]));
 }
+
+/// The bodies of the RPC handlers (`async fn` in `impl <Service> for <Service>Api`), in lines:
+/// (file, method, lines).
+fn handler_lengths(sources: &[Source]) -> Vec<(String, String, usize)> {
+    let mut out = Vec::new();
+    for s in sources.iter().filter(|s| s.top == "api") {
+        let lines: Vec<&str> = s.code.lines().collect();
+        let mut in_service = false;
+        let mut i = 0;
+        while i < lines.len() {
+            let l = lines[i];
+            if l.starts_with("impl ") && l.contains(" for ") && l.trim_end().ends_with("Api {") {
+                in_service = true;
+            } else if l == "}" {
+                in_service = false;
+            } else if in_service && l.starts_with("    async fn ") {
+                let name = l.trim_start_matches("    async fn ").split('(').next().unwrap_or_default().to_owned();
+                let open = (i..lines.len()).find(|&j| lines[j].trim_end().ends_with('{')).expect("a body");
+                let close = (open + 1..lines.len()).find(|&j| lines[j] == "    }").expect("the end of a body");
+                out.push((s.rel.clone(), name, close - open - 1));
+                i = close;
+            }
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn handlers_only_take_calls_apart() {
+    let handlers = handler_lengths(&sources());
+    assert!(handlers.len() > 60, "the scan sees the handlers: {handlers:?}");
+    let long: Vec<String> =
+        handlers.iter().filter(|(_, _, n)| *n > 5).map(|(f, m, n)| format!("{f}: {m} has {n} lines")).collect();
+    assert!(
+        long.is_empty(),
+        "handlers over five lines (move the work into the operation or a conversion):\n{}",
+        long.join("\n")
+    );
+}

@@ -71,6 +71,11 @@ fn decision(d: crate::domain::access::Decision) -> (bool, i32, String) {
     (d.allowed, convert::scope_to_proto(d.scope) as i32, d.reason)
 }
 
+fn batch_decision(d: crate::domain::access::Decision) -> pb::AccessDecision {
+    let (allowed, scope, reason) = decision(d);
+    pb::AccessDecision { allowed, scope, reason }
+}
+
 #[tonic::async_trait]
 impl Access for AccessApi {
     async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
@@ -85,12 +90,7 @@ impl Access for AccessApi {
     ) -> Result<Response<pb::BatchCheckResponse>, Status> {
         let (caller, query) = read(req)?;
         let decisions = self.iam.access_batch_check(&caller, query).await?;
-        let results = decisions.into_iter().map(decision).map(|(allowed, scope, reason)| pb::AccessDecision {
-            allowed,
-            scope,
-            reason,
-        });
-        Ok(Response::new(pb::BatchCheckResponse { results: results.collect() }))
+        Ok(Response::new(pb::BatchCheckResponse { results: decisions.into_iter().map(batch_decision).collect() }))
     }
 }
 

@@ -1,6 +1,8 @@
-//! The gRPC edge: one file per service. Handlers read the caller, validate and convert the
-//! request into domain values, call the service, and convert the result back; every error
-//! leaves through [`status::from_error`].
+//! The gRPC edge: one file per service. A handler takes the call apart ([`accept`] for calls
+//! with a context, [`read`] for reads, `AuthApi::anonymous` for calls without a token: caller,
+//! tenant wall, limits, then the request converted with `TryFrom` into the operation's command),
+//! calls the operation (which authorizes the caller itself), and converts the result back; every
+//! error leaves through [`status::from_error`].
 
 pub mod access;
 pub mod audit_events;
@@ -35,7 +37,7 @@ use crate::{
 /// credential only in the tenants it lists) before anything of the request is looked at, then the
 /// size limits of the whole request. Only then do handlers validate and read tenant data, so a
 /// caller from elsewhere learns nothing about a tenant, whatever it sends.
-pub fn caller<T: limits::Limits>(req: &Request<T>) -> Result<Caller, Status> {
+fn caller<T: limits::Limits>(req: &Request<T>) -> Result<Caller, Status> {
     let caller: Caller =
         req.extensions().get::<Caller>().cloned().ok_or_else(|| Error::unauthenticated("missing credentials"))?;
     if let Some(tenant_id) = req.get_ref().tenant() {
@@ -78,7 +80,7 @@ where
 
 /// The context of a call: actor, idempotency key (from `request_id`, scoped to the tenant and the
 /// caller, with a fingerprint of the rest of the request), method, trace and peer.
-pub fn context<T>(req: &Request<T>, caller: &Caller) -> Result<RequestContext>
+fn context<T>(req: &Request<T>, caller: &Caller) -> Result<RequestContext>
 where
     T: limits::Limits + Message + Clone,
 {
@@ -86,9 +88,30 @@ where
     if let Some(tenant_id) = msg.tenant() {
         record_tenant(tenant_id);
     }
+    let scope = msg.tenant().unwrap_or("");
     let method =
-        req.extensions().get::<authn::Method>().ok_or_else(|| Error::internal(anyhow::anyhow!("no method")))?;
-    mutation(req, caller, msg.tenant().unwrap_or(""), method.0, msg, msg.request_id(), T::clear_request_id)
+        req.extensions().get::<authn::Method>().ok_or_else(|| Error::internal(anyhow::anyhow!("no method")))?.0;
+    let request_id = validate::request_id(msg.request_id()).map_err(|d| Error::invalid_field("request_id", d))?;
+    let actor = caller.actor();
+    let idempotency = request_id.as_ref().map(|key| {
+        let mut body = msg.clone();
+        body.clear_request_id();
+        Idempotency {
+            // Keys belong to their caller within the tenant: another caller's key is another
+            // key (it neither replays their answer nor burns theirs).
+            scope: format!("{scope}|{}", actor.id),
+            key: key.clone(),
+            method,
+            fingerprint: hex::encode(Sha256::digest(body.encode_to_vec())),
+        }
+    });
+    Ok(RequestContext {
+        actor,
+        request_id,
+        trace_id: telemetry::current_trace_id(),
+        peer: req.remote_addr().map(|a| a.to_string()),
+        idempotency,
+    })
 }
 
 /// The start of a call that needs no token: the size limits of the whole request.
@@ -96,9 +119,7 @@ pub fn public<T: limits::Limits>(req: &Request<T>) -> Result<(), Status> {
     Ok(limits::check(req.get_ref())?)
 }
 
-pub use crate::service::require_platform;
-
-pub use crate::service::authz_same_tenant as same_tenant;
+use crate::service::authz_same_tenant as same_tenant;
 
 /// The request's `tenant_id`, checked (a violation under `tenant_id`) and recorded on the span.
 pub fn tenant_field(v: &mut Violations, tenant_id: &str) -> String {
@@ -114,44 +135,6 @@ pub fn uuid_field(v: &mut Violations, field: &str, s: &str) -> uuid::Uuid {
 /// Records the tenant on the request's span.
 pub fn record_tenant(tenant_id: &str) {
     tracing::Span::current().record("tenant_id", tenant_id);
-}
-
-/// The context of mutating request `msg`: actor, idempotency key (scoped to the tenant and the
-/// caller), trace and peer. `scope` is the tenant acted in ("" for
-/// platform-level requests); `strip` clears the request_id so the fingerprint covers the body.
-pub fn mutation<T, M>(
-    req: &Request<T>,
-    caller: &Caller,
-    scope: &str,
-    method: &'static str,
-    msg: &M,
-    request_id: &str,
-    strip: impl FnOnce(&mut M),
-) -> Result<RequestContext>
-where
-    M: Message + Clone,
-{
-    let request_id = validate::request_id(request_id).map_err(|d| Error::invalid_field("request_id", d))?;
-    let actor = caller.actor();
-    let idem = request_id.as_ref().map(|key| {
-        let mut body = msg.clone();
-        strip(&mut body);
-        Idempotency {
-            // Keys belong to their caller within the tenant: another caller's key is another
-            // key (it neither replays their answer nor burns theirs).
-            scope: format!("{scope}|{}", actor.id),
-            key: key.clone(),
-            method,
-            fingerprint: hex::encode(Sha256::digest(body.encode_to_vec())),
-        }
-    });
-    Ok(RequestContext {
-        actor,
-        request_id,
-        trace_id: telemetry::current_trace_id(),
-        peer: req.remote_addr().map(|a| a.to_string()),
-        idempotency: idem,
-    })
 }
 
 /// Checks the requested page size (0 → 50, at most 1000).

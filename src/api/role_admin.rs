@@ -39,6 +39,11 @@ impl RoleAdminApi {
 const ROLE_NAME_MAX: usize = 100;
 const DESCRIPTION_MAX: usize = 1000;
 
+fn roles_page(page: crate::service::Page<crate::domain::role::Role>, filters: &str) -> pb::ListRolesResponse {
+    let next_page_token = next_page_token(&page, filters, |last| last.role_id.to_string());
+    pb::ListRolesResponse { roles: page.items.into_iter().map(convert::role_to_proto).collect(), next_page_token }
+}
+
 #[tonic::async_trait]
 impl RoleAdmin for RoleAdminApi {
     async fn get_permission_catalog(
@@ -97,11 +102,7 @@ impl RoleAdmin for RoleAdminApi {
         let (call, cmd): (_, ListRoles) = accept(req)?;
         let filters = cmd.filters.clone();
         let page = self.iam.list_roles(&call, cmd).await?;
-        let next_page_token = next_page_token(&page, &filters, |last| last.role_id.to_string());
-        Ok(Response::new(pb::ListRolesResponse {
-            roles: page.items.into_iter().map(convert::role_to_proto).collect(),
-            next_page_token,
-        }))
+        Ok(Response::new(roles_page(page, &filters)))
     }
 
     async fn update_role(

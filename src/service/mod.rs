@@ -8,7 +8,7 @@ pub mod audit;
 pub mod auth;
 mod authz;
 mod departments;
-mod ownership;
+pub mod ownership;
 pub mod replicas;
 pub mod roles;
 pub mod tenants;

@@ -11,11 +11,17 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Iam, access::compile_policy, ownership::resolve_targets};
+use super::{
+    Iam, Target,
+    access::compile_policy,
+    ownership::{TransferRef, resolve_targets},
+};
 use crate::{
     domain::{
         Error, Kind, Reason, Result,
+        access::Right,
         audit::{AuditRecord, RequestContext},
+        caller::Caller,
         now,
         ownership::{Transfer, TransferState, rule_for, spread},
         user::UserState,
@@ -353,15 +359,22 @@ impl Iam {
     /// NOTIFY), re-sent at least every second while it runs, ending with its final state. No
     /// watcher polls the database: a watcher reads the job only when it changed. A user's watch
     /// ends when their session or users.view at TENANT scope does.
+    /// Needs `users.view` at TENANT scope and a place in the stream caps; the first report
+    /// comes at once (a missing transfer is NOT_FOUND before the stream starts).
     pub async fn watch_transfer(
         &self,
-        tenant_id: &str,
-        transfer_id: Uuid,
-        user: Option<crate::domain::caller::UserCaller>,
-        slot: super::audit::StreamSlot,
+        caller: &Caller,
+        q: TransferRef,
     ) -> Result<impl futures::Stream<Item = Result<Transfer>> + Send + 'static> {
+        let (tenant_id, transfer_id) = (q.tenant_id.as_str(), q.transfer_id);
+        self.authorize(caller, tenant_id, Right::USERS_VIEW, Target::Tenant).await?;
+        let slot = self.audit.open_stream(caller, tenant_id)?;
+        let user = match caller {
+            Caller::User(u) => Some(u.clone()),
+            _ => None,
+        };
         let cursor = self.audit.head();
-        let first = self.get_transfer(tenant_id, transfer_id).await?;
+        let first = self.transfer(tenant_id, transfer_id).await?;
         let w = Watch {
             iam: self.clone(),
             tenant_id: tenant_id.to_owned(),
@@ -431,7 +444,7 @@ impl Watch {
                         }
                     };
                     if touched {
-                        let t = self.iam.get_transfer(&self.tenant_id, self.transfer_id).await?;
+                        let t = self.iam.transfer(&self.tenant_id, self.transfer_id).await?;
                         if t.version != self.last.version {
                             self.last = t.clone();
                             self.last_sent = tokio::time::Instant::now();

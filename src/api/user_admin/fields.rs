@@ -1,11 +1,10 @@
-//! UserAdmin's request fields: profiles and patches validated field by field, and responses.
+//! UserAdmin's request fields: profiles and patches validated field by field.
 
 use super::requests::NAME_MAX;
 use crate::{
-    api::convert,
     domain::{
         Violations,
-        user::{Profile, UserPatch, UserWithToken, derived_display_name},
+        user::{Profile, UserPatch, derived_display_name},
         validate,
     },
     proto::v1 as pb,
@@ -79,13 +78,4 @@ pub(super) fn user_patch(v: &mut Violations, u: &pb::User, paths: &[String]) -> 
         p.attributes = v.check("user.attributes", validate::attributes(&u.attributes));
     }
     p
-}
-
-pub(super) fn token_text(t: &UserWithToken) -> String {
-    use secrecy::ExposeSecret;
-    t.token.as_ref().map(|t| t.token.expose_secret().to_owned()).unwrap_or_default()
-}
-
-pub(super) fn user_response(u: crate::domain::user::User) -> Option<pb::User> {
-    Some(convert::user_to_proto(u))
 }

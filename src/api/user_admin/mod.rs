@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{accept, convert, next_page_token};
+use super::{accept, convert};
 use crate::{
     proto::v1::{self as pb, user_admin_server::UserAdmin},
     service::Iam,
@@ -11,8 +11,9 @@ use crate::{
 
 mod fields;
 mod requests;
+mod responses;
 
-use fields::{token_text, user_response};
+use responses::user_response;
 
 pub struct UserAdminApi {
     iam: Iam,
@@ -32,13 +33,7 @@ impl UserAdmin for UserAdminApi {
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
         let (call, cmd) = accept(req)?;
         let created = self.iam.create_user(&call, cmd).await?;
-        let (invitation_token, invitation_expire_time) =
-            (token_text(&created), convert::opt_ts(created.token_expire_time));
-        Ok(Response::new(pb::CreateUserResponse {
-            invitation_token,
-            invitation_expire_time,
-            user: user_response(created.user),
-        }))
+        Ok(Response::new(responses::created(created)))
     }
 
     async fn get_user(&self, req: Request<pb::GetUserRequest>) -> Result<Response<pb::GetUserResponse>, Status> {
@@ -51,11 +46,7 @@ impl UserAdmin for UserAdminApi {
         let (call, cmd): (_, crate::service::users::ListUsers) = accept(req)?;
         let filters = cmd.filters.clone();
         let page = self.iam.list_users(&call, cmd).await?;
-        let next_page_token = next_page_token(&page, &filters, |last| last.user_id.to_string());
-        Ok(Response::new(pb::ListUsersResponse {
-            users: page.items.into_iter().map(convert::user_to_proto).collect(),
-            next_page_token,
-        }))
+        Ok(Response::new(responses::users_page(page, &filters)))
     }
 
     async fn update_user(
@@ -73,10 +64,7 @@ impl UserAdmin for UserAdminApi {
     ) -> Result<Response<pb::DeactivateUserResponse>, Status> {
         let (call, cmd) = accept(req)?;
         let (user, transfer) = self.iam.deactivate_user(&call, cmd).await?;
-        Ok(Response::new(pb::DeactivateUserResponse {
-            user: user_response(user),
-            transfer: transfer.map(convert::transfer_to_proto),
-        }))
+        Ok(Response::new(responses::deactivated(user, transfer)))
     }
 
     async fn reactivate_user(
@@ -94,10 +82,7 @@ impl UserAdmin for UserAdminApi {
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         let (call, cmd) = accept(req)?;
         let (user, transfer) = self.iam.delete_user(&call, cmd).await?;
-        Ok(Response::new(pb::DeleteUserResponse {
-            user: user_response(user),
-            transfer: transfer.map(convert::transfer_to_proto),
-        }))
+        Ok(Response::new(responses::deleted(user, transfer)))
     }
 
     async fn undelete_user(
@@ -121,12 +106,7 @@ impl UserAdmin for UserAdminApi {
     ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
         let (call, cmd) = accept(req)?;
         let out = self.iam.reset_password(&call, cmd).await?;
-        let (reset_token, reset_token_expire_time) = (token_text(&out), convert::opt_ts(out.token_expire_time));
-        Ok(Response::new(pb::ResetPasswordResponse {
-            reset_token,
-            reset_token_expire_time,
-            user: user_response(out.user),
-        }))
+        Ok(Response::new(responses::password_reset(out)))
     }
 
     async fn resend_invitation(
@@ -135,12 +115,7 @@ impl UserAdmin for UserAdminApi {
     ) -> Result<Response<pb::ResendInvitationResponse>, Status> {
         let (call, cmd) = accept(req)?;
         let out = self.iam.resend_invitation(&call, cmd).await?;
-        let (invitation_token, invitation_expire_time) = (token_text(&out), convert::opt_ts(out.token_expire_time));
-        Ok(Response::new(pb::ResendInvitationResponse {
-            invitation_token,
-            invitation_expire_time,
-            user: user_response(out.user),
-        }))
+        Ok(Response::new(responses::invitation_resent(out)))
     }
 
     async fn create_department(
@@ -168,11 +143,7 @@ impl UserAdmin for UserAdminApi {
         let (call, cmd): (_, crate::service::users::ListDepartments) = accept(req)?;
         let filters = cmd.filters.clone();
         let page = self.iam.list_departments(&call, cmd).await?;
-        let next_page_token = next_page_token(&page, &filters, |last| last.department_id.to_string());
-        Ok(Response::new(pb::ListDepartmentsResponse {
-            departments: page.items.into_iter().map(convert::department_to_proto).collect(),
-            next_page_token,
-        }))
+        Ok(Response::new(responses::departments_page(page, &filters)))
     }
 
     async fn update_department(
