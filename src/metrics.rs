@@ -38,65 +38,82 @@ pub fn install() -> &'static PrometheusHandle {
 /// `promtool check metrics` asks of an exporter). Call after [`install`]; a metric added elsewhere
 /// needs its line here (the operations test scrapes and checks that every family has help).
 pub fn describe() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("crm_iam_grpc_requests_total", Unit::Count, "gRPC calls answered, by method and status code");
-    describe_histogram!(
-        "crm_iam_grpc_request_duration_seconds",
-        Unit::Seconds,
-        "Time to the response head of gRPC calls, by method"
-    );
-    describe_gauge!("crm_iam_grpc_requests_in_flight", Unit::Count, "gRPC calls being served now");
-    describe_counter!(
-        "crm_iam_grpc_requests_shed_total",
-        Unit::Count,
-        "gRPC calls refused at once because max_concurrent_requests were in flight"
-    );
-    describe_gauge!(
-        "crm_iam_db_pool_connections",
-        Unit::Count,
-        "Database pool connections, by state (open, idle, in_use)"
-    );
-    describe_gauge!(
-        "crm_iam_password_hash_queue_depth",
-        Unit::Count,
-        "Password hashing jobs admitted and not yet finished"
-    );
-    describe_counter!(
-        "crm_iam_password_hash_refused_total",
-        Unit::Count,
-        "Password hashing refused because the hashing queue was full"
-    );
-    describe_histogram!(
-        "crm_iam_password_hash_wait_seconds",
-        Unit::Seconds,
-        "Time a password hashing job waited for a hashing thread"
-    );
-    describe_gauge!("crm_iam_audit_stream_subscribers", Unit::Count, "Open audit event streams on this replica");
-    describe_gauge!(
-        "crm_iam_audit_head_seq",
-        Unit::Count,
-        "Highest audit event position this replica's stream hub has read"
-    );
-    describe_gauge!("crm_iam_access_cache_bounded_bytes", Unit::Bytes, "Bytes held by the byte-bounded access caches");
-    describe_gauge!("crm_iam_access_cache_tenants", Unit::Count, "Tenants with an entry in the access cache");
-    describe_counter!(
-        "crm_iam_access_cache_lookups_total",
-        Unit::Count,
-        "Access cache lookups, by result (user, owner or profile; hit or miss)"
-    );
-    describe_counter!("crm_iam_access_policy_loads_total", Unit::Count, "Tenant policies compiled from the database");
-    describe_counter!(
-        "crm_iam_access_cache_invalidations_total",
-        Unit::Count,
-        "Access cache invalidations applied (local commits and other replicas' notifications)"
-    );
-    describe_gauge!("crm_iam_transfer_jobs", Unit::Count, "Ownership transfer jobs, by state");
-    describe_counter!(
-        "crm_iam_transfer_records_moved_total",
-        Unit::Count,
-        "Records moved to new owners by transfer jobs on this replica"
-    );
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    for &(kind, name, unit, help) in METRICS {
+        match kind {
+            Kind::Counter => describe_counter!(name, unit, help),
+            Kind::Gauge => describe_gauge!(name, unit, help),
+            Kind::Histogram => describe_histogram!(name, unit, help),
+        }
+    }
 }
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric of the service: kind, name, unit, help.
+const METRICS: &[(Kind, &str, metrics::Unit, &str)] = {
+    use Kind::*;
+    use metrics::Unit::{Bytes, Count, Seconds};
+    &[
+        (Counter, "crm_iam_grpc_requests_total", Count, "gRPC calls answered, by method and status code"),
+        (
+            Histogram,
+            "crm_iam_grpc_request_duration_seconds",
+            Seconds,
+            "Time to the response head of gRPC calls, by method",
+        ),
+        (Gauge, "crm_iam_grpc_requests_in_flight", Count, "gRPC calls being served now"),
+        (
+            Counter,
+            "crm_iam_grpc_requests_shed_total",
+            Count,
+            "gRPC calls refused at once because max_concurrent_requests were in flight",
+        ),
+        (Gauge, "crm_iam_db_pool_connections", Count, "Database pool connections, by state (open, idle, in_use)"),
+        (Gauge, "crm_iam_password_hash_queue_depth", Count, "Password hashing jobs admitted and not yet finished"),
+        (
+            Counter,
+            "crm_iam_password_hash_refused_total",
+            Count,
+            "Password hashing refused because the hashing queue was full",
+        ),
+        (
+            Histogram,
+            "crm_iam_password_hash_wait_seconds",
+            Seconds,
+            "Time a password hashing job waited for a hashing thread",
+        ),
+        (Gauge, "crm_iam_audit_stream_subscribers", Count, "Open audit event streams on this replica"),
+        (Gauge, "crm_iam_audit_head_seq", Count, "Highest audit event position this replica's stream hub has read"),
+        (Gauge, "crm_iam_access_cache_bounded_bytes", Bytes, "Bytes held by the byte-bounded access caches"),
+        (Gauge, "crm_iam_access_cache_tenants", Count, "Tenants with an entry in the access cache"),
+        (
+            Counter,
+            "crm_iam_access_cache_lookups_total",
+            Count,
+            "Access cache lookups, by result (user, owner or profile; hit or miss)",
+        ),
+        (Counter, "crm_iam_access_policy_loads_total", Count, "Tenant policies compiled from the database"),
+        (
+            Counter,
+            "crm_iam_access_cache_invalidations_total",
+            Count,
+            "Access cache invalidations applied (local commits and other replicas' notifications)",
+        ),
+        (Gauge, "crm_iam_transfer_jobs", Count, "Ownership transfer jobs, by state"),
+        (
+            Counter,
+            "crm_iam_transfer_records_moved_total",
+            Count,
+            "Records moved to new owners by transfer jobs on this replica",
+        ),
+    ]
+};
 
 /// Serves `GET /metrics` on `listener` until `stop`.
 pub async fn serve(listener: tokio::net::TcpListener, iam: Iam, stop: CancellationToken) -> anyhow::Result<()> {

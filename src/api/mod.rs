@@ -4,6 +4,20 @@
 //! calls the operation (which authorizes the caller itself), and converts the result back; every
 //! error leaves through [`status::from_error`].
 
+/// `TryFrom<request> for command` through one expression over the request (`|m| …`), for
+/// requests of one shape that share a conversion function.
+macro_rules! converts {
+    ($($from:ty => $to:ty, |$m:ident| $body:expr;)+) => {$(
+        impl TryFrom<$from> for $to {
+            type Error = crate::domain::Error;
+
+            fn try_from($m: $from) -> Result<Self, crate::domain::Error> {
+                $body
+            }
+        }
+    )+};
+}
+
 pub mod access;
 pub mod audit_events;
 pub mod auth;

@@ -348,20 +348,14 @@ impl TransferRules {
     }
 }
 
-impl TryFrom<pb::PlanTransferRequest> for TransferRules {
-    type Error = Error;
-
-    fn try_from(msg: pb::PlanTransferRequest) -> Result<Self> {
-        TransferRules::checked(&msg.tenant_id, &msg.from_user_id, &msg.rules)
-    }
-}
-
-impl TryFrom<pb::StartTransferRequest> for TransferRules {
-    type Error = Error;
-
-    fn try_from(msg: pb::StartTransferRequest) -> Result<Self> {
-        TransferRules::checked(&msg.tenant_id, &msg.from_user_id, &msg.rules)
-    }
+converts! {
+    pb::PlanTransferRequest => TransferRules, |msg|
+        TransferRules::checked(&msg.tenant_id, &msg.from_user_id, &msg.rules);
+    pb::StartTransferRequest => TransferRules, |msg|
+        TransferRules::checked(&msg.tenant_id, &msg.from_user_id, &msg.rules);
+    pb::GetTransferRequest => TransferRef, |msg| TransferRef::checked(&msg.tenant_id, &msg.transfer_id);
+    pb::CancelTransferRequest => TransferRef, |msg| TransferRef::checked(&msg.tenant_id, &msg.transfer_id);
+    pb::WatchTransferRequest => TransferRef, |msg| TransferRef::checked(&msg.tenant_id, &msg.transfer_id);
 }
 
 impl TransferRef {
@@ -371,30 +365,6 @@ impl TransferRef {
         let transfer_id = id(&mut v, "transfer_id", transfer_id);
         v.finish()?;
         Ok(TransferRef { tenant_id, transfer_id })
-    }
-}
-
-impl TryFrom<pb::GetTransferRequest> for TransferRef {
-    type Error = Error;
-
-    fn try_from(msg: pb::GetTransferRequest) -> Result<Self> {
-        TransferRef::checked(&msg.tenant_id, &msg.transfer_id)
-    }
-}
-
-impl TryFrom<pb::CancelTransferRequest> for TransferRef {
-    type Error = Error;
-
-    fn try_from(msg: pb::CancelTransferRequest) -> Result<Self> {
-        TransferRef::checked(&msg.tenant_id, &msg.transfer_id)
-    }
-}
-
-impl TryFrom<pb::WatchTransferRequest> for TransferRef {
-    type Error = Error;
-
-    fn try_from(msg: pb::WatchTransferRequest) -> Result<Self> {
-        TransferRef::checked(&msg.tenant_id, &msg.transfer_id)
     }
 }
 

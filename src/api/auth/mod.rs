@@ -261,39 +261,32 @@ fn sessions_page(page: Page<SessionView>, filters: &str, caller: &Caller) -> pb:
     }
 }
 
-fn refresh_response(t: Tokens) -> pb::RefreshResponse {
-    let a = authenticate_response(t);
-    pb::RefreshResponse {
-        access_token: a.access_token,
-        refresh_token: a.refresh_token,
-        expires_in: a.expires_in,
-        session_id: a.session_id,
-        token_type: a.token_type,
-        user_id: a.user_id,
-        password_change_required: a.password_change_required,
-    }
-}
-
-fn change_password_response(t: Tokens) -> pb::ChangePasswordResponse {
-    let a = authenticate_response(t);
-    pb::ChangePasswordResponse {
-        access_token: a.access_token,
-        refresh_token: a.refresh_token,
-        expires_in: a.expires_in,
-        session_id: a.session_id,
-        token_type: a.token_type,
-        user_id: a.user_id,
-    }
+/// A response that opens or renews a session: the token fields all three share, then each
+/// `field: name` given, set from the `Tokens` field `name`.
+macro_rules! tokens_response {
+    ($ty:path, $t:expr $(, $field:ident: $value:ident)*) => {{
+        let t: Tokens = $t;
+        $(let $value = t.$value;)*
+        $ty {
+            access_token: t.access_token,
+            refresh_token: t.refresh_token.unwrap_or_default(),
+            expires_in: duration(t.expires_in_secs),
+            session_id: t.session_id.to_string(),
+            token_type: "Bearer".into(),
+            user_id: t.user_id.to_string(),
+            $($field: $value,)*
+        }
+    }};
 }
 
 fn authenticate_response(t: Tokens) -> pb::AuthenticateResponse {
-    pb::AuthenticateResponse {
-        access_token: t.access_token,
-        refresh_token: t.refresh_token.unwrap_or_default(),
-        expires_in: duration(t.expires_in_secs),
-        session_id: t.session_id.to_string(),
-        token_type: "Bearer".into(),
-        user_id: t.user_id.to_string(),
-        password_change_required: t.restricted,
-    }
+    tokens_response!(pb::AuthenticateResponse, t, password_change_required: restricted)
+}
+
+fn refresh_response(t: Tokens) -> pb::RefreshResponse {
+    tokens_response!(pb::RefreshResponse, t, password_change_required: restricted)
+}
+
+fn change_password_response(t: Tokens) -> pb::ChangePasswordResponse {
+    tokens_response!(pb::ChangePasswordResponse, t)
 }

@@ -80,36 +80,13 @@ impl SetPasswordByToken {
     }
 }
 
-impl TryFrom<pb::AcceptInvitationRequest> for SetPasswordByToken {
-    type Error = Error;
-
-    fn try_from(msg: pb::AcceptInvitationRequest) -> Result<Self, Error> {
-        SetPasswordByToken::checked("invitation_token", msg.invitation_token, &msg.new_password)
-    }
-}
-
-impl TryFrom<pb::CompletePasswordResetRequest> for SetPasswordByToken {
-    type Error = Error;
-
-    fn try_from(msg: pb::CompletePasswordResetRequest) -> Result<Self, Error> {
-        SetPasswordByToken::checked("reset_token", msg.reset_token, &msg.new_password)
-    }
-}
-
-impl TryFrom<pb::LogoutRequest> for Logout {
-    type Error = Error;
-
-    fn try_from(_: pb::LogoutRequest) -> Result<Self, Error> {
-        Ok(Logout)
-    }
-}
-
-impl TryFrom<pb::RotateSigningKeyRequest> for RotateSigningKey {
-    type Error = Error;
-
-    fn try_from(_: pb::RotateSigningKeyRequest) -> Result<Self, Error> {
-        Ok(RotateSigningKey)
-    }
+converts! {
+    pb::AcceptInvitationRequest => SetPasswordByToken, |msg|
+        SetPasswordByToken::checked("invitation_token", msg.invitation_token, &msg.new_password);
+    pb::CompletePasswordResetRequest => SetPasswordByToken, |msg|
+        SetPasswordByToken::checked("reset_token", msg.reset_token, &msg.new_password);
+    pb::LogoutRequest => Logout, |_m| Ok(Logout);
+    pb::RotateSigningKeyRequest => RotateSigningKey, |_m| Ok(RotateSigningKey);
 }
 
 impl TryFrom<pb::ListSessionsRequest> for ListSessions {

@@ -142,36 +142,13 @@ fn state_change(
     Ok(ChangeUserState { tenant_id, user_id, etag, reason, transfer_to })
 }
 
-impl TryFrom<pb::DeactivateUserRequest> for ChangeUserState {
-    type Error = Error;
-
-    fn try_from(m: pb::DeactivateUserRequest) -> Result<Self, Error> {
-        state_change(&m.tenant_id, &m.user_id, m.etag, &m.reason, &m.transfer_to_user_id)
-    }
-}
-
-impl TryFrom<pb::ReactivateUserRequest> for ChangeUserState {
-    type Error = Error;
-
-    fn try_from(m: pb::ReactivateUserRequest) -> Result<Self, Error> {
-        state_change(&m.tenant_id, &m.user_id, m.etag, &m.reason, "")
-    }
-}
-
-impl TryFrom<pb::DeleteUserRequest> for ChangeUserState {
-    type Error = Error;
-
-    fn try_from(m: pb::DeleteUserRequest) -> Result<Self, Error> {
-        state_change(&m.tenant_id, &m.user_id, m.etag, &m.reason, &m.transfer_to_user_id)
-    }
-}
-
-impl TryFrom<pb::UndeleteUserRequest> for ChangeUserState {
-    type Error = Error;
-
-    fn try_from(m: pb::UndeleteUserRequest) -> Result<Self, Error> {
-        state_change(&m.tenant_id, &m.user_id, m.etag, "", "")
-    }
+converts! {
+    pb::DeactivateUserRequest => ChangeUserState, |m|
+        state_change(&m.tenant_id, &m.user_id, m.etag, &m.reason, &m.transfer_to_user_id);
+    pb::ReactivateUserRequest => ChangeUserState, |m| state_change(&m.tenant_id, &m.user_id, m.etag, &m.reason, "");
+    pb::DeleteUserRequest => ChangeUserState, |m|
+        state_change(&m.tenant_id, &m.user_id, m.etag, &m.reason, &m.transfer_to_user_id);
+    pb::UndeleteUserRequest => ChangeUserState, |m| state_change(&m.tenant_id, &m.user_id, m.etag, "", "");
 }
 
 impl TryFrom<pb::PurgeUserRequest> for ChangeUserState {

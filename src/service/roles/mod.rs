@@ -193,6 +193,18 @@ impl Iam {
         Ok(Page::from_rows(out, limit))
     }
 
+    /// A custom role to change, with the tenant locked and the etag checked (built-in roles are
+    /// templates and stay as they are).
+    async fn locked_custom_role(&self, tx: &Tx, tenant_id: &str, role_id: Uuid, etag: &str) -> Result<roles::Row> {
+        tenants::lock(tx, tenant_id).await?;
+        let row = self.role_row(&**tx, tenant_id, role_id).await?;
+        if row.builtin.is_some() {
+            return Err(builtin_error(&row));
+        }
+        check_etag(etag, row.version, "role")?;
+        Ok(row)
+    }
+
     /// Needs roles.edit at TENANT scope; only a role within the caller's own rights, and only
     /// into one.
     pub async fn update_role(&self, call: &Call, cmd: UpdateRole) -> Result<Role> {
@@ -205,12 +217,7 @@ impl Iam {
         }
         self.db
             .write(ctx, async |tx| {
-                tenants::lock(tx, tenant_id).await?;
-                let row = self.role_row(&**tx, tenant_id, role_id).await?;
-                if row.builtin.is_some() {
-                    return Err(builtin_error(&row));
-                }
-                check_etag(etag, row.version, "role")?;
+                let row = self.locked_custom_role(tx, tenant_id, role_id, etag).await?;
                 let catalog = roles::catalog(&**tx, tenant_id).await?;
                 let count = roles::user_count(&**tx, role_id).await?;
                 let before = roles::to_domain(row.clone(), &catalog, count)?;
@@ -250,12 +257,7 @@ impl Iam {
         self.roles_within_own_rights(caller, tenant_id, &handed, "delete or hand out a role").await?;
         self.db
             .write(ctx, async |tx| {
-                tenants::lock(tx, tenant_id).await?;
-                let row = self.role_row(&**tx, tenant_id, role_id).await?;
-                if row.builtin.is_some() {
-                    return Err(builtin_error(&row));
-                }
-                check_etag(etag, row.version, "role")?;
+                let row = self.locked_custom_role(tx, tenant_id, role_id, etag).await?;
                 let holders = roles::holders(&**tx, role_id).await?;
                 let mut record = AuditRecord::new(Some(tenant_id), "role.deleted", "role", role_id);
                 match replacement {
@@ -303,15 +305,13 @@ impl Iam {
         self.effective_permissions(&cmd.tenant_id, cmd.user_id).await
     }
 
-    /// Delegated: roles.assign over the user (their department, or oneself with OWN scope), a
-    /// user whose rights are within one's own, and a role within one's own.
+    /// Delegated (see `may_assign`).
     pub async fn assign_role(&self, call: &Call, cmd: Assignment) -> Result<User> {
+        self.may_assign(call, &cmd, "assign a role").await?;
         let Assignment { tenant_id, user_id, role_id } = cmd;
-        let (ctx, caller, tenant_id) = (&call.ctx, &call.caller, tenant_id.as_str());
-        self.authorize(caller, tenant_id, Right::ROLES_ASSIGN, Target::User(user_id)).await?;
-        self.roles_within_own_rights(caller, tenant_id, &[role_id], "assign a role").await?;
+        let tenant_id = tenant_id.as_str();
         self.db
-            .write(ctx, async |tx| {
+            .write(&call.ctx, async |tx| {
                 tenants::lock(tx, tenant_id).await?;
                 let user = self.user_row(&**tx, tenant_id, user_id).await?;
                 let state = users::state(&user)?;
@@ -329,11 +329,7 @@ impl Iam {
                 let role = self.role_row(&**tx, tenant_id, role_id).await?;
                 if roles::assign(tx, tenant_id, user_id, role_id).await? {
                     tx.policy_changed(tenant_id, Some(user_id));
-                    tx.audit(
-                        AuditRecord::new(Some(tenant_id), "role.assigned", "user", user_id)
-                            .with_detail("role_id", role_id.to_string())
-                            .with_detail("role_name", role.name),
-                    );
+                    tx.audit(assignment_record("role.assigned", tenant_id, user_id, role_id, role.name));
                 }
                 self.to_user_in(&**tx, user).await
             })
@@ -342,12 +338,11 @@ impl Iam {
 
     /// As [`Iam::assign_role`].
     pub async fn unassign_role(&self, call: &Call, cmd: Assignment) -> Result<User> {
+        self.may_assign(call, &cmd, "take a role away").await?;
         let Assignment { tenant_id, user_id, role_id } = cmd;
-        let (ctx, caller, tenant_id) = (&call.ctx, &call.caller, tenant_id.as_str());
-        self.authorize(caller, tenant_id, Right::ROLES_ASSIGN, Target::User(user_id)).await?;
-        self.roles_within_own_rights(caller, tenant_id, &[role_id], "take a role away").await?;
+        let tenant_id = tenant_id.as_str();
         self.db
-            .write(ctx, async |tx| {
+            .write(&call.ctx, async |tx| {
                 tenants::lock(tx, tenant_id).await?;
                 let user = self.user_row(&**tx, tenant_id, user_id).await?;
                 let role = self.role_row(&**tx, tenant_id, role_id).await?;
@@ -361,15 +356,27 @@ impl Iam {
                     ));
                 }
                 tx.policy_changed(tenant_id, Some(user_id));
-                tx.audit(
-                    AuditRecord::new(Some(tenant_id), "role.unassigned", "user", user_id)
-                        .with_detail("role_id", role_id.to_string())
-                        .with_detail("role_name", role.name),
-                );
+                tx.audit(assignment_record("role.unassigned", tenant_id, user_id, role_id, role.name));
                 self.to_user_in(&**tx, user).await
             })
             .await
     }
+
+    /// Giving and taking away a role, delegated: roles.assign over the user (their department, or
+    /// oneself with OWN scope), a user whose rights are within one's own, and a role within one's
+    /// own (`what` names the act in the refusal).
+    async fn may_assign(&self, call: &Call, cmd: &Assignment, what: &str) -> Result<()> {
+        let (caller, tenant_id) = (&call.caller, cmd.tenant_id.as_str());
+        self.authorize(caller, tenant_id, Right::ROLES_ASSIGN, Target::User(cmd.user_id)).await?;
+        self.roles_within_own_rights(caller, tenant_id, &[cmd.role_id], what).await
+    }
+}
+
+/// The audit event of a role given (`role.assigned`) or taken away (`role.unassigned`).
+fn assignment_record(action: &str, tenant_id: &str, user_id: Uuid, role_id: Uuid, role_name: String) -> AuditRecord {
+    AuditRecord::new(Some(tenant_id), action, "user", user_id)
+        .with_detail("role_id", role_id.to_string())
+        .with_detail("role_name", role_name)
 }
 
 /// Checks what can be checked without the catalog: no scope-less or duplicate entries.

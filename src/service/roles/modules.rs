@@ -83,6 +83,14 @@ impl Iam {
         e
     }
 
+    /// A custom module to change, with the tenant locked and the etag checked.
+    async fn locked_module(tx: &Tx, tenant_id: &str, name: &str, etag: &str) -> Result<Module> {
+        tenants::lock(tx, tenant_id).await?;
+        let module = roles::find_module(&**tx, tenant_id, name).await?.ok_or_else(|| roles::module_not_found(name))?;
+        check_etag(etag, module.version, "module")?;
+        Ok(module)
+    }
+
     /// Needs settings.edit at TENANT scope.
     pub async fn update_module(&self, call: &Call, cmd: UpdateModule) -> Result<Module> {
         let UpdateModule { tenant_id, name, display_name, actions, etag } = cmd;
@@ -90,10 +98,7 @@ impl Iam {
         self.authorize(&call.caller, tenant_id, Right::SETTINGS_EDIT, Target::Tenant).await?;
         self.db
             .write(ctx, async |tx| {
-                tenants::lock(tx, tenant_id).await?;
-                let before =
-                    roles::find_module(&**tx, tenant_id, name).await?.ok_or_else(|| roles::module_not_found(name))?;
-                check_etag(etag, before.version, "module")?;
+                let before = Self::locked_module(tx, tenant_id, name, etag).await?;
                 let mut after = before.clone();
                 if let Some(d) = display_name {
                     after.display_name = d;
@@ -127,10 +132,7 @@ impl Iam {
         self.authorize(&call.caller, tenant_id, Right::SETTINGS_EDIT, Target::Tenant).await?;
         self.db
             .write(ctx, async |tx| {
-                tenants::lock(tx, tenant_id).await?;
-                let before =
-                    roles::find_module(&**tx, tenant_id, name).await?.ok_or_else(|| roles::module_not_found(name))?;
-                check_etag(etag, before.version, "module")?;
+                let before = Self::locked_module(tx, tenant_id, name, etag).await?;
                 let using = self.roles_using(tx, tenant_id, name, None).await?;
                 if !using.is_empty() {
                     return Err(Self::module_in_use(name, &using, "rights"));
