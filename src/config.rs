@@ -187,17 +187,17 @@ impl Default for Config {
     }
 }
 
-/// The database URL with any password replaced, for logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
+/// The database URL with any password replaced, for logs (parsed with the `url` crate; a URL it
+/// cannot parse is shown only when it holds no `@`, so a password is never printed).
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
         }
-        _ => url.to_owned(),
+        Ok(_) => raw.to_owned(),
+        Err(_) if raw.contains('@') => "<a database URL that does not parse>".to_owned(),
+        Err(_) => raw.to_owned(),
     }
 }
 
@@ -285,6 +285,9 @@ mod tests {
     fn url_password_is_redacted() {
         assert_eq!(redact_url("postgres://app:s3cret@db:5432/iam"), "postgres://app:***@db:5432/iam");
         assert_eq!(redact_url("sqlite://crm-iam.db"), "sqlite://crm-iam.db");
+        assert_eq!(redact_url("postgres://app@db/iam"), "postgres://app@db/iam", "no password, nothing to hide");
+        assert_eq!(redact_url("postgres://app:p%40ss@db/iam?sslmode=require"), "postgres://app:***@db/iam?sslmode=require");
+        assert!(!redact_url("postgres://app:s3cret@[db/iam").contains("s3cret"), "an unparseable URL hides its password too");
         let c = Config { database_url: "postgres://app:s3cret@db/iam".into(), ..Default::default() };
         assert!(!format!("{c:?}").contains("s3cret"));
     }
