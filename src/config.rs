@@ -286,8 +286,14 @@ mod tests {
         assert_eq!(redact_url("postgres://app:s3cret@db:5432/iam"), "postgres://app:***@db:5432/iam");
         assert_eq!(redact_url("sqlite://crm-iam.db"), "sqlite://crm-iam.db");
         assert_eq!(redact_url("postgres://app@db/iam"), "postgres://app@db/iam", "no password, nothing to hide");
-        assert_eq!(redact_url("postgres://app:p%40ss@db/iam?sslmode=require"), "postgres://app:***@db/iam?sslmode=require");
-        assert!(!redact_url("postgres://app:s3cret@[db/iam").contains("s3cret"), "an unparseable URL hides its password too");
+        assert_eq!(
+            redact_url("postgres://app:p%40ss@db/iam?sslmode=require"),
+            "postgres://app:***@db/iam?sslmode=require"
+        );
+        assert!(
+            !redact_url("postgres://app:s3cret@[db/iam").contains("s3cret"),
+            "an unparseable URL hides its password too"
+        );
         let c = Config { database_url: "postgres://app:s3cret@db/iam".into(), ..Default::default() };
         assert!(!format!("{c:?}").contains("s3cret"));
     }

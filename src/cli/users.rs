@@ -29,20 +29,10 @@ type Users = UserAdminClient<InterceptedService<Channel, Bearer>>;
 type Roles = RoleAdminClient<InterceptedService<Channel, Bearer>>;
 
 /// Columns of the CSV format, in export order.
-pub const COLUMNS: [&str; 12] = [
-    "email",
-    "given_name",
-    "family_name",
-    "display_name",
-    "phone",
-    "position",
-    "employee_number",
-    "department",
-    "hire_date",
-    "roles",
-    "user_id",
-    "state",
-];
+pub const COLUMNS: [&str; 12] = crate::domain::user::fields(
+    &crate::domain::user::PERSON_FIELDS,
+    &["department", "hire_date", "roles", "user_id", "state"],
+);
 
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(default)]

@@ -81,19 +81,31 @@ pub struct Profile {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// Who the person is and how to reach them, in the order shown: the start of every list of user
+/// fields (the profile, the personal data a purge erases, the CSV columns), so a field added here
+/// is edited, erased and exported alike.
+pub const PERSON_FIELDS: [&str; 7] =
+    ["email", "given_name", "family_name", "display_name", "phone", "position", "employee_number"];
+
 /// The fields of a user's profile (what UpdateUser edits, what a purge erases besides credentials).
-pub const PROFILE_FIELDS: &[&str] = &[
-    "email",
-    "given_name",
-    "family_name",
-    "display_name",
-    "phone",
-    "position",
-    "employee_number",
-    "department_id",
-    "hire_date",
-    "attributes",
-];
+pub const PROFILE_FIELDS: &[&str] = &fields::<10>(&PERSON_FIELDS, &["department_id", "hire_date", "attributes"]);
+
+/// `first` then `then`, as one list of `N` field names (built at compile time).
+pub const fn fields<const N: usize>(first: &[&'static str], then: &[&'static str]) -> [&'static str; N] {
+    assert!(first.len() + then.len() == N, "N must be the length of both lists together");
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < first.len() {
+        out[i] = first[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < then.len() {
+        out[i + j] = then[j];
+        j += 1;
+    }
+    out
+}
 
 /// "Given Family", the display name used when none is given.
 pub fn derived_display_name(given: &str, family: &str) -> String {
@@ -150,4 +162,19 @@ pub struct UserFilter {
     pub query: Option<String>,
     /// Only users of these departments may be shown at all (the caller's visibility; None: all).
     pub visible_department_ids: Option<Vec<Uuid>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_field_lists_grow_from_the_person_fields() {
+        assert_eq!(&PROFILE_FIELDS[..7], &PERSON_FIELDS[..]);
+        assert_eq!(&PROFILE_FIELDS[7..], &["department_id", "hire_date", "attributes"]);
+        let personal = crate::domain::audit::PERSONAL_FIELDS;
+        assert!(PERSON_FIELDS.iter().all(|f| personal.contains(f)), "every person field is personal data");
+        assert!(!personal.contains(&"department_id"), "the department is not personal data");
+        assert_eq!(fields::<3>(&["a"], &["b", "c"]), ["a", "b", "c"]);
+    }
 }

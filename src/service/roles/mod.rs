@@ -308,12 +308,10 @@ impl Iam {
     /// Delegated (see `may_assign`).
     pub async fn assign_role(&self, call: &Call, cmd: Assignment) -> Result<User> {
         self.may_assign(call, &cmd, "assign a role").await?;
-        let Assignment { tenant_id, user_id, role_id } = cmd;
-        let tenant_id = tenant_id.as_str();
+        let (tenant_id, user_id, role_id) = (cmd.tenant_id.as_str(), cmd.user_id, cmd.role_id);
         self.db
             .write(&call.ctx, async |tx| {
-                tenants::lock(tx, tenant_id).await?;
-                let user = self.user_row(&**tx, tenant_id, user_id).await?;
+                let user = self.locked_user(tx, tenant_id, user_id).await?;
                 let state = users::state(&user)?;
                 if matches!(state, UserState::Deleted | UserState::Purged) {
                     return Err(Error::precondition(
@@ -339,12 +337,10 @@ impl Iam {
     /// As [`Iam::assign_role`].
     pub async fn unassign_role(&self, call: &Call, cmd: Assignment) -> Result<User> {
         self.may_assign(call, &cmd, "take a role away").await?;
-        let Assignment { tenant_id, user_id, role_id } = cmd;
-        let tenant_id = tenant_id.as_str();
+        let (tenant_id, user_id, role_id) = (cmd.tenant_id.as_str(), cmd.user_id, cmd.role_id);
         self.db
             .write(&call.ctx, async |tx| {
-                tenants::lock(tx, tenant_id).await?;
-                let user = self.user_row(&**tx, tenant_id, user_id).await?;
+                let user = self.locked_user(tx, tenant_id, user_id).await?;
                 let role = self.role_row(&**tx, tenant_id, role_id).await?;
                 if role_id == roles::builtin_role_id(tenant_id, Template::Administrator) {
                     self.ensure_not_last_admin(tx, tenant_id, &user).await?;

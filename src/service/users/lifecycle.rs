@@ -174,8 +174,7 @@ impl Iam {
         let user = self
             .db
             .write(ctx, async |tx| {
-                tenants::lock(tx, tenant_id).await?;
-                let row = self.user_row(&**tx, tenant_id, user_id).await?;
+                let row = self.locked_user(tx, tenant_id, user_id).await?;
                 check_etag(etag, row.version, "user")?;
                 let state = users::state(&row)?;
                 if state != UserState::Deleted {

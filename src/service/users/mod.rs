@@ -77,6 +77,13 @@ impl Iam {
         }
     }
 
+    /// A user to change, with the tenant locked (the lock every writer of a tenant's users and
+    /// roles takes first, so concurrent writers serialize instead of deadlocking).
+    pub(super) async fn locked_user(&self, tx: &Tx, tenant_id: &str, user_id: Uuid) -> Result<Row> {
+        tenants::lock(tx, tenant_id).await?;
+        self.user_row(&**tx, tenant_id, user_id).await
+    }
+
     /// The user with its roles.
     pub(super) async fn to_user_in(&self, conn: &impl crate::store::Conn, row: Row) -> Result<User> {
         let role_ids = roles::of_user(conn, row.user_id).await?;
@@ -259,8 +266,7 @@ impl Iam {
         }
         self.db
             .write(ctx, async |tx| {
-                tenants::lock(tx, tenant_id).await?;
-                let row = self.user_row(&**tx, tenant_id, user_id).await?;
+                let row = self.locked_user(tx, tenant_id, user_id).await?;
                 check_etag(etag, row.version, "user")?;
                 let state = users::state(&row)?;
                 if matches!(state, UserState::Deleted | UserState::Purged) {
