@@ -369,10 +369,7 @@ impl Iam {
         let (tenant_id, transfer_id) = (q.tenant_id.as_str(), q.transfer_id);
         self.authorize(caller, tenant_id, Right::USERS_VIEW, Target::Tenant).await?;
         let slot = self.audit.open_stream(caller, tenant_id)?;
-        let user = match caller {
-            Caller::User(u) => Some(u.clone()),
-            _ => None,
-        };
+        let user = caller.user().ok().cloned();
         let cursor = self.audit.head();
         let first = self.transfer(tenant_id, transfer_id).await?;
         let w = Watch {

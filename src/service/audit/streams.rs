@@ -37,10 +37,7 @@ impl Iam {
             EventScope::All => "",
         };
         let slot = self.audit.open_stream(caller, tenant)?;
-        let user = match caller {
-            Caller::User(u) => Some(u.clone()),
-            _ => None,
-        };
+        let user = caller.user().ok().cloned();
         let stop = self.stop.clone();
         if let EventScope::Tenant(t) = &scope {
             self.tenant_settings(t).await?;

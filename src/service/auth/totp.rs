@@ -14,8 +14,9 @@ use super::{
     sha256_hex,
 };
 use crate::{
-    domain::{Error, Kind, Reason, Result, audit::AuditRecord, lockout::Admission, user::User},
-    domain::{access::Right, caller::Caller},
+    domain::{
+        Error, Kind, Reason, Result, access::Right, audit::AuditRecord, caller::Caller, lockout::Admission, user::User,
+    },
     secrets::Slot,
     service::{Call, Iam},
     store::{
