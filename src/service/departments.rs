@@ -65,6 +65,14 @@ impl Iam {
         }
     }
 
+    /// The department under the tenant lock, its etag checked (every edit and deletion starts so).
+    async fn locked_department(&self, tx: &Tx, tenant_id: &str, id: Uuid, etag: &str) -> Result<departments::Row> {
+        tenants::lock(tx, tenant_id).await?;
+        let row = self.department_row(&**tx, tenant_id, id).await?;
+        check_etag(etag, row.version, "department")?;
+        Ok(row)
+    }
+
     /// Needs users.edit at TENANT scope.
     pub async fn create_department(&self, call: &Call, cmd: CreateDepartment) -> Result<Department> {
         let CreateDepartment { tenant_id, department: new } = cmd;
@@ -133,9 +141,7 @@ impl Iam {
         self.authorize(&call.caller, tenant_id, Right::USERS_EDIT, Target::Tenant).await?;
         self.db
             .write(ctx, async |tx| {
-                tenants::lock(tx, tenant_id).await?;
-                let row = self.department_row(&**tx, tenant_id, id).await?;
-                check_etag(etag, row.version, "department")?;
+                let row = self.locked_department(tx, tenant_id, id, etag).await?;
                 let before = departments::to_domain(row.clone());
                 let mut new = row.clone();
                 if let Some(name) = patch.name {
@@ -182,9 +188,7 @@ impl Iam {
         self.authorize(&call.caller, tenant_id, Right::USERS_EDIT, Target::Tenant).await?;
         self.db
             .write(ctx, async |tx| {
-                tenants::lock(tx, tenant_id).await?;
-                let row = self.department_row(&**tx, tenant_id, id).await?;
-                check_etag(etag, row.version, "department")?;
+                let row = self.locked_department(tx, tenant_id, id, etag).await?;
                 let members = users::count_in_department(&**tx, tenant_id, id).await?;
                 let children = departments::count_children(&**tx, tenant_id, id).await?;
                 if members > 0 || children > 0 {

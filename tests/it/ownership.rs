@@ -137,15 +137,10 @@ fn ended(t: &pb::Transfer) -> bool {
 
 /// Waits (up to `limit`) until the transfer ends and returns it.
 async fn wait_end(s: &TestServer, t: &str, id: &str, limit: Duration) -> pb::Transfer {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let tr = get_transfer(s, t, id).await;
-        if ended(&tr) {
-            return tr;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "transfer did not end: {tr:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_for(&format!("transfer {id} to end"), limit, || async {
+        Some(get_transfer(s, t, id).await).filter(ended)
+    })
+    .await
 }
 
 fn json_of(v: &prost_types::Value) -> serde_json::Value {
@@ -957,33 +952,19 @@ async fn a_killed_server_resumes_the_transfer(backend: Backend) {
 
     let (mut first, addr) = crate::server::spawn_server(&args, &env);
     let tr = start_at(addr, &t, &tm.from, vec![to_user("", &tm.target)]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let at_kill = loop {
-        let now = get_transfer_at(addr, &t, &tr.transfer_id).await;
-        if now.moved > 0 {
-            break now;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the transfer did not start: {now:?}\n{}", first.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let at_kill = common::wait_for("the transfer to start moving", Duration::from_secs(60), || async {
+        Some(get_transfer_at(addr, &t, &tr.transfer_id).await).filter(|now| now.moved > 0)
+    })
+    .await;
     first.child.kill().unwrap(); // SIGKILL
     first.child.wait().unwrap();
     assert!(!ended(&at_kill) && (at_kill.moved as usize) < N, "killed mid-transfer: {at_kill:?}");
 
     let (_second, addr) = crate::server::spawn_server(&args, &env);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    let end = loop {
-        let now = get_transfer_at(addr, &t, &tr.transfer_id).await;
-        if ended(&now) {
-            break now;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the transfer did not finish after the restart: {now:?}\n{}",
-            _second.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let end = common::wait_for("the transfer to finish after the restart", Duration::from_secs(240), || async {
+        Some(get_transfer_at(addr, &t, &tr.transfer_id).await).filter(ended)
+    })
+    .await;
     assert_eq!(state(&end), pb::TransferState::Succeeded, "{end:?}");
     assert_eq!(end.moved as usize, N);
 
