@@ -72,6 +72,12 @@ can_connect "$CRM_IAM_TEST_POSTGRES_URL" || { log "PostgreSQL at CRM_IAM_TEST_PO
 log "PostgreSQL: ${CRM_IAM_TEST_POSTGRES_URL%%@*}@${CRM_IAM_TEST_POSTGRES_URL#*@}"
 
 # The JWT test verifies tokens with an independent library (PyJWT, with its Ed25519 support).
+# The notification tests deliver to a real SMTP server (aiosmtpd, tests/smtp_sink.py).
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  log "installing aiosmtpd for the notification tests"
+  python3 -m pip install --quiet 'aiosmtpd>=1.4' || { log "cannot install aiosmtpd"; exit 1; }
+fi
+
 if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
   log "installing PyJWT for the token verification test"
   python3 -m pip install --quiet 'pyjwt[crypto]>=2.8' || { log "cannot install PyJWT"; exit 1; }

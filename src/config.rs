@@ -128,6 +128,35 @@ pub struct Config {
     pub access_cache_budget: bytesize::ByteSize,
     /// Streams (StreamEvents, WatchTransfer) one caller may hold open at once.
     pub max_streams_per_caller: usize,
+    /// The e-mail channel (`CRM_IAM_SMTP_URL`): `smtp://[user:pass@]host:port` (STARTTLS when
+    /// the server offers it), `smtps://…` (implicit TLS); add `?tls=required` to refuse a server
+    /// without STARTTLS. Unset = no e-mail: messages stay PENDING until it is set.
+    #[serde(skip_serializing)]
+    pub smtp_url: Option<SecretString>,
+    /// Sender address of e-mails (`CRM_IAM_SMTP_FROM`).
+    pub smtp_from: String,
+    /// How long one SMTP conversation may take.
+    #[serde(with = "humantime_serde")]
+    pub smtp_timeout: Duration,
+    /// Link base of tenants that set none; `{tenant}` becomes the tenant id.
+    pub notification_link_base: String,
+    /// The first retry of a failed delivery waits this long; each next one twice as long (with
+    /// jitter), at most `notification_retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub notification_retry_first: Duration,
+    #[serde(with = "humantime_serde")]
+    pub notification_retry_max: Duration,
+    /// A message not delivered within this time of being queued becomes FAILED (a message with
+    /// a token also when the token expires).
+    #[serde(with = "humantime_serde")]
+    pub notification_retry_period: Duration,
+    /// How often an idle replica looks for messages queued by others or left by a crash.
+    #[serde(with = "humantime_serde")]
+    pub notification_poll_interval: Duration,
+    /// RequestPasswordReset calls per minute from one network address (0 = no limit).
+    pub password_reset_requests_per_address: u32,
+    /// Reset messages one account receives per hour at most, however many are requested.
+    pub password_reset_messages_per_account: u32,
     /// Streams all callers of one tenant may hold open at once.
     pub max_streams_per_tenant: usize,
     /// Proxies (CIDR ranges, e.g. `10.0.0.0/8`) whose `x-forwarded-for` metadata names the client:
@@ -181,6 +210,16 @@ impl Default for Config {
             health_listen: None,
             trusted_proxies: Vec::new(),
             max_streams_per_caller: 8,
+            smtp_url: None,
+            smtp_from: "crm-iam@localhost".into(),
+            smtp_timeout: Duration::from_secs(15),
+            notification_link_base: "https://{tenant}.crm.example".into(),
+            notification_retry_first: Duration::from_secs(10),
+            notification_retry_max: Duration::from_secs(600),
+            notification_retry_period: Duration::from_secs(24 * 3600),
+            notification_poll_interval: Duration::from_secs(2),
+            password_reset_requests_per_address: 10,
+            password_reset_messages_per_account: 3,
             max_streams_per_tenant: 100,
             access_cache_budget: bytesize::ByteSize::b(crate::service::access::DEFAULT_BUDGET),
         }

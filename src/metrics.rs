@@ -74,6 +74,19 @@ const METRICS: &[(Kind, &str, metrics::Unit, &str)] = {
             Count,
             "gRPC calls refused at once because max_concurrent_requests were in flight",
         ),
+        (
+            Counter,
+            "crm_iam_notifications_sent_total",
+            Count,
+            "Delivery attempts of notifications, by channel and result (sent, retry, failed)",
+        ),
+        (
+            Histogram,
+            "crm_iam_notification_delivery_seconds",
+            Seconds,
+            "Time from queueing a notification to its delivery, by channel",
+        ),
+        (Gauge, "crm_iam_notifications_pending", Count, "Notifications queued and not yet delivered"),
         (Gauge, "crm_iam_db_pool_connections", Count, "Database pool connections, by state (open, idle, in_use)"),
         (Gauge, "crm_iam_password_hash_queue_depth", Count, "Password hashing jobs admitted and not yet finished"),
         (
@@ -193,6 +206,10 @@ pub async fn record_gauges(iam: &Iam) {
     }
     metrics::counter!("crm_iam_access_policy_loads_total").absolute(s.policy_loads.load(Ordering::Relaxed));
     metrics::counter!("crm_iam_access_cache_invalidations_total").absolute(s.invalidations.load(Ordering::Relaxed));
+    match iam.pending_notifications().await {
+        Ok(n) => metrics::gauge!("crm_iam_notifications_pending").set(n as f64),
+        Err(e) => tracing::debug!(error = %e, "notification queue depth unavailable"),
+    }
     match iam.transfer_counts().await {
         Ok(counts) => {
             for (state, n) in counts {

@@ -31,6 +31,8 @@ pub enum Slot<'a> {
     TotpPendingSecret(uuid::Uuid),
     /// `signing_keys.private_key` of a key id.
     SigningKey(&'a str),
+    /// `notifications.secret` of a message (the token it carries until delivered).
+    NotificationSecret(uuid::Uuid),
 }
 
 impl Slot<'_> {
@@ -39,6 +41,7 @@ impl Slot<'_> {
             Slot::TotpSecret(u) => format!("login_states.totp_secret:{u}"),
             Slot::TotpPendingSecret(u) => format!("login_states.totp_pending_secret:{u}"),
             Slot::SigningKey(kid) => format!("signing_keys.private_key:{kid}"),
+            Slot::NotificationSecret(id) => format!("notifications.secret:{id}"),
         }
     }
 }

@@ -12,6 +12,7 @@ mod m20261122_000003_audit;
 mod m20261122_000004_ownership;
 mod m20261130_000005_auth;
 mod m20261201_000006_email_skeleton;
+mod m20261206_000007_notifications;
 
 /// Applies the migrations in order (`crm-iam migrate`, or `crm-iam serve` unless `--no-migrate`).
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_ownership::Migration),
             Box::new(m20261130_000005_auth::Migration),
             Box::new(m20261201_000006_email_skeleton::Migration),
+            Box::new(m20261206_000007_notifications::Migration),
         ]
     }
 }

@@ -27,8 +27,14 @@ use crate::{
 };
 
 /// Methods that need no token (a token sent with them is ignored).
-pub const PUBLIC_METHODS: &[&str] =
-    &[auth::AUTHENTICATE, auth::REFRESH, auth::ACCEPT_INVITATION, auth::COMPLETE_PASSWORD_RESET, auth::GET_JWKS];
+pub const PUBLIC_METHODS: &[&str] = &[
+    auth::AUTHENTICATE,
+    auth::REFRESH,
+    auth::ACCEPT_INVITATION,
+    auth::COMPLETE_PASSWORD_RESET,
+    auth::REQUEST_PASSWORD_RESET,
+    auth::GET_JWKS,
+];
 
 /// Methods a restricted (must change password) token may call.
 const RESTRICTED_METHODS: &[&str] = &[auth::CHANGE_PASSWORD, auth::LOGOUT];

@@ -8,6 +8,7 @@ use crate::{
         access::{Module, Permission, Scope},
         department::Department,
         etag,
+        notification::{Notification, NotificationState},
         ownership::{RuleTarget, Transfer, TransferRule, TransferState},
         role::Role,
         tenant::{SettingsPatch, Tenant, TenantSettings},
@@ -90,6 +91,10 @@ pub fn settings_to_proto(s: &TenantSettings) -> pb::TenantSettings {
         invitation_ttl: Some(dur(s.invitation_ttl_secs)),
         require_mfa_for_admins: s.require_mfa_for_admins,
         audit_retention: Some(dur(s.audit_retention_secs)),
+        notification_policy: Some(pb::NotificationPolicy {
+            default_locale: s.default_locale.clone(),
+            link_base_url: s.link_base_url.clone(),
+        }),
     }
 }
 
@@ -103,6 +108,7 @@ pub const SETTINGS_PATHS: &[&str] = &[
     "settings.invitation_ttl",
     "settings.require_mfa_for_admins",
     "settings.audit_retention",
+    "settings.notification_policy",
 ];
 
 /// The settings changes named by `paths` (all of them when `paths` contains "settings"), taken
@@ -147,6 +153,12 @@ pub fn settings_patch(v: &mut Violations, s: Option<&pb::TenantSettings>, paths:
     if has("settings.audit_retention") {
         out.audit_retention_secs = Some(secs(v, &format!("{base}.audit_retention"), s.audit_retention.as_ref()));
     }
+    if has("settings.notification_policy") {
+        let p = s.notification_policy.clone().unwrap_or_default();
+        let field = format!("{base}.notification_policy");
+        out.default_locale = v.check(&format!("{field}.default_locale"), validate::locale(&p.default_locale));
+        out.link_base_url = v.check(&format!("{field}.link_base_url"), validate::link_base(&p.link_base_url));
+    }
     out
 }
 
@@ -160,6 +172,41 @@ pub fn tenant_to_proto(t: Tenant) -> pb::Tenant {
         create_time: Some(ts(t.create_time)),
         update_time: Some(ts(t.update_time)),
         etag: etag(t.version),
+    }
+}
+
+pub fn notification_state_to_proto(s: NotificationState) -> pb::NotificationState {
+    match s {
+        NotificationState::Pending => pb::NotificationState::Pending,
+        NotificationState::Sent => pb::NotificationState::Sent,
+        NotificationState::Failed => pb::NotificationState::Failed,
+    }
+}
+
+pub fn notification_state_from_proto(s: pb::NotificationState) -> Option<NotificationState> {
+    match s {
+        pb::NotificationState::Unspecified => None,
+        pb::NotificationState::Pending => Some(NotificationState::Pending),
+        pb::NotificationState::Sent => Some(NotificationState::Sent),
+        pb::NotificationState::Failed => Some(NotificationState::Failed),
+    }
+}
+
+pub fn notification_to_proto(n: Notification) -> pb::Notification {
+    pb::Notification {
+        notification_id: n.notification_id.to_string(),
+        tenant_id: n.tenant_id,
+        user_id: n.user_id.map(|u| u.to_string()).unwrap_or_default(),
+        kind: n.kind.as_str().to_owned(),
+        channel: n.channel,
+        state: notification_state_to_proto(n.state) as i32,
+        attempts: n.attempts,
+        last_error: n.last_error.unwrap_or_default(),
+        locale: n.locale,
+        create_time: Some(ts(n.create_time)),
+        update_time: Some(ts(n.update_time)),
+        sent_time: opt_ts(n.sent_time),
+        next_attempt_time: (n.state == NotificationState::Pending).then(|| ts(n.next_attempt_time)),
     }
 }
 
@@ -189,6 +236,8 @@ pub fn user_to_proto(u: User) -> pb::User {
         purge_after: opt_ts(u.purge_after),
         etag: etag(u.version),
         purge_time: opt_ts(u.purge_time),
+        locale: u.locale,
+        invitation_delivery: u.invitation_delivery.map_or(0, |s| notification_state_to_proto(s) as i32),
     }
 }
 

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod authn;
 pub mod convert;
 pub mod limits;
+pub mod notification_admin;
 pub mod ownership_transfer;
 pub mod role_admin;
 pub mod status;

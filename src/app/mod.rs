@@ -13,8 +13,9 @@ use crate::{
     api::auth::AuthApi,
     api::authn::{AuthLayer, Authenticator},
     api::{
-        access::AccessApi, audit_events::AuditEventsApi, ownership_transfer::OwnershipTransferApi,
-        role_admin::RoleAdminApi, tenant_admin::TenantAdminApi, user_admin::UserAdminApi,
+        access::AccessApi, audit_events::AuditEventsApi, notification_admin::NotificationAdminApi,
+        ownership_transfer::OwnershipTransferApi, role_admin::RoleAdminApi, tenant_admin::TenantAdminApi,
+        user_admin::UserAdminApi,
     },
     config::{Config, redact_url},
     jobs,
@@ -23,8 +24,9 @@ use crate::{
         self,
         v1::{
             access_server::AccessServer, audit_events_server::AuditEventsServer, auth_server::AuthServer,
-            ownership_transfer_server::OwnershipTransferServer, role_admin_server::RoleAdminServer,
-            tenant_admin_server::TenantAdminServer, user_admin_server::UserAdminServer,
+            notification_admin_server::NotificationAdminServer, ownership_transfer_server::OwnershipTransferServer,
+            role_admin_server::RoleAdminServer, tenant_admin_server::TenantAdminServer,
+            user_admin_server::UserAdminServer,
         },
     },
     service::{
@@ -72,6 +74,7 @@ pub fn service_names() -> Vec<&'static str> {
         <AuditEventsServer<AuditEventsApi> as NamedService>::NAME,
         <OwnershipTransferServer<OwnershipTransferApi> as NamedService>::NAME,
         <AuthServer<AuthApi> as NamedService>::NAME,
+        <NotificationAdminServer<NotificationAdminApi> as NamedService>::NAME,
     ]
 }
 
@@ -149,6 +152,7 @@ impl Application {
                 issuer: config.token_issuer.clone(),
                 audience: config.token_audience.clone(),
                 login_failures_per_address: config.login_failures_per_address,
+                password_resets_per_address: config.password_reset_requests_per_address,
                 trusted_proxies: config
                     .trusted_proxies
                     .iter()
@@ -156,12 +160,31 @@ impl Application {
                     .collect::<anyhow::Result<_>>()?,
             },
         );
-        let iam = Iam::new(
+        let mut iam = Iam::new(
             db,
             Passwords::new(threads, config.password_hash_queue),
             auth,
             config.access_cache_budget.as_u64(),
         );
+        iam.outbox = Arc::new(crate::service::notify::Outbox::new(crate::service::notify::OutboxSettings {
+            smtp_url: config.smtp_url.clone(),
+            smtp_from: config.smtp_from.clone(),
+            smtp_timeout: config.smtp_timeout,
+            link_base: config.notification_link_base.clone(),
+            retry: crate::domain::notification::RetrySchedule {
+                first: config.notification_retry_first,
+                max: config.notification_retry_max,
+            },
+            retry_period: config.notification_retry_period,
+            poll_interval: config.notification_poll_interval,
+            lease: config.transfer_lease,
+            resets_per_account_hour: config.password_reset_messages_per_account,
+        })?);
+        if !iam.outbox.enabled() {
+            tracing::info!(
+                "no notification channel (smtp_url unset): invitation and reset tokens go to the caller only"
+            );
+        }
         anyhow::ensure!(
             config.min_audit_retention <= Duration::from_secs(3650 * 24 * 3600),
             "min_audit_retention must be at most 3650 days (the longest retention a tenant may set)"
@@ -302,6 +325,7 @@ impl Application {
             tokio::spawn(jobs::idempotency_sweeper(iam.clone(), config.idempotency_retention, stop.clone())),
             tokio::spawn(replicas::follow(iam.clone(), config.policy_poll_interval, stop.clone())),
             tokio::spawn(audit::run_hub(iam.clone(), stop.clone())),
+            tokio::spawn(crate::service::notify::run_worker(iam.clone(), stop.clone())),
             tokio::spawn(transfers::run_worker(
                 iam.clone(),
                 TransferSettings {
@@ -355,6 +379,10 @@ impl Application {
             )
             .add_service(
                 OwnershipTransferServer::new(OwnershipTransferApi::new(iam.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                NotificationAdminServer::new(NotificationAdminApi::new(iam.clone()))
                     .max_decoding_message_size(max_message),
             );
         if let Some(extra) = extra {

@@ -55,6 +55,8 @@ pub enum Reason {
     Overloaded,
     Conflict,
     TooManyStreams,
+    NotificationNotFound,
+    NotificationNotRetryable,
 }
 
 impl Reason {

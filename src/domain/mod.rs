@@ -7,6 +7,7 @@ pub mod delegation;
 pub mod department;
 pub mod error;
 pub mod lockout;
+pub mod notification;
 pub mod ownership;
 pub mod role;
 pub mod tenant;

@@ -57,6 +57,10 @@ pub struct TenantSettings {
     pub invitation_ttl_secs: u64,
     pub require_mfa_for_admins: bool,
     pub audit_retention_secs: u64,
+    /// Language of messages to users without their own ("" = English).
+    pub default_locale: String,
+    /// Base of the links in messages ("" = the server's `notification_link_base`).
+    pub link_base_url: String,
 }
 
 impl Default for TenantSettings {
@@ -73,6 +77,8 @@ impl Default for TenantSettings {
             invitation_ttl_secs: 7 * DAY,
             require_mfa_for_admins: false,
             audit_retention_secs: 400 * DAY,
+            default_locale: String::new(),
+            link_base_url: String::new(),
         }
     }
 }
@@ -91,6 +97,10 @@ pub struct SettingsPatch {
     pub invitation_ttl_secs: Option<u64>,
     pub require_mfa_for_admins: Option<bool>,
     pub audit_retention_secs: Option<u64>,
+    /// Already validated and canonical.
+    pub default_locale: Option<String>,
+    /// Already validated.
+    pub link_base_url: Option<String>,
 }
 
 impl SettingsPatch {
@@ -123,6 +133,12 @@ impl TenantSettings {
         set!(audit_retention_secs);
         if let Some(v) = p.require_mfa_for_admins {
             s.require_mfa_for_admins = v;
+        }
+        if let Some(v) = &p.default_locale {
+            s.default_locale = v.clone();
+        }
+        if let Some(v) = &p.link_base_url {
+            s.link_base_url = v.clone();
         }
 
         let mut v = Violations::default();

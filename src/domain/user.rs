@@ -55,6 +55,8 @@ pub struct User {
     pub mfa_enrolled: bool,
     pub must_change_password: bool,
     pub attributes: BTreeMap<String, String>,
+    /// Language of the user's messages ("" = the tenant's default).
+    pub locale: String,
     pub last_login_time: Option<DateTime<Utc>>,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
@@ -63,6 +65,10 @@ pub struct User {
     pub purge_after: Option<DateTime<Utc>>,
     pub purge_time: Option<DateTime<Utc>>,
     pub version: i64,
+    /// Whether the latest invitation was delivered (INVITED users, filled in by GetUser only;
+    /// not part of the user's record or its audit diffs).
+    #[serde(skip)]
+    pub invitation_delivery: Option<super::notification::NotificationState>,
 }
 
 /// A validated profile of a new user.
@@ -79,6 +85,7 @@ pub struct Profile {
     pub department_id: Option<Uuid>,
     pub hire_date: Option<NaiveDate>,
     pub attributes: BTreeMap<String, String>,
+    pub locale: String,
 }
 
 /// Who the person is and how to reach them, in the order shown: the start of every list of user
@@ -88,7 +95,8 @@ pub const PERSON_FIELDS: [&str; 7] =
     ["email", "given_name", "family_name", "display_name", "phone", "position", "employee_number"];
 
 /// The fields of a user's profile (what UpdateUser edits, what a purge erases besides credentials).
-pub const PROFILE_FIELDS: &[&str] = &fields::<10>(&PERSON_FIELDS, &["department_id", "hire_date", "attributes"]);
+pub const PROFILE_FIELDS: &[&str] =
+    &fields::<11>(&PERSON_FIELDS, &["department_id", "hire_date", "attributes", "locale"]);
 
 /// `first` then `then`, as one list of `N` field names (built at compile time).
 pub const fn fields<const N: usize>(first: &[&'static str], then: &[&'static str]) -> [&'static str; N] {
@@ -131,6 +139,7 @@ pub struct UserPatch {
     pub department_id: Option<Option<Uuid>>,
     pub hire_date: Option<Option<NaiveDate>>,
     pub attributes: Option<BTreeMap<String, String>>,
+    pub locale: Option<String>,
 }
 
 /// A single-use token issued to a user (invitation or password reset). The token is returned

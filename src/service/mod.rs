@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 mod authz;
 mod departments;
+pub mod notify;
 pub mod ownership;
 pub mod replicas;
 pub mod roles;
@@ -50,6 +51,8 @@ pub struct Iam {
     pub foreground: Arc<std::sync::atomic::AtomicU64>,
     /// Token signing keys and the login limiter.
     pub auth: Arc<auth::AuthState>,
+    /// The notifications outbox (channels, templates, the delivery worker's wake-up).
+    pub outbox: Arc<notify::Outbox>,
 }
 
 impl Iam {
@@ -67,6 +70,7 @@ impl Iam {
             transfer_wake: Arc::new(tokio::sync::Notify::new()),
             foreground: Default::default(),
             auth: Arc::new(auth),
+            outbox: Default::default(),
         }
     }
 }

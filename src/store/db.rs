@@ -51,6 +51,8 @@ pub struct Db {
     pub(super) audit_seq: Arc<watch::Sender<i64>>,
     /// Called after commit with the access-policy changes of the transaction.
     pub(super) policy_hook: Arc<OnceLock<PolicyHook>>,
+    /// Notified after each commit that queued notifications (the outbox worker waits on it).
+    pub(super) outbox_commits: Arc<tokio::sync::Notify>,
     pub(super) commit_delay_max: Duration,
 }
 
@@ -96,6 +98,8 @@ pub struct Tx {
     pub(super) policy: std::sync::Mutex<HashSet<(String, ChangeScope)>>,
     /// Per tenant: the records whose owner changed (None once a change named no records).
     pub(super) owner_keys: std::sync::Mutex<Vec<(String, Option<Vec<OwnerKey>>)>>,
+    /// Set when the transaction queued a notification.
+    pub(super) outbox_queued: std::sync::atomic::AtomicBool,
 }
 
 /// A record of the ownership registry: (module, record id).
@@ -185,6 +189,7 @@ impl Db {
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
             audit_seq: Arc::new(watch::channel(0).0),
             policy_hook: Arc::new(OnceLock::new()),
+            outbox_commits: Arc::new(tokio::sync::Notify::new()),
             commit_delay_max: config.commit_delay_max,
         })
     }
@@ -209,6 +214,11 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Notified after every commit that queued notifications.
+    pub fn outbox_commits(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox_commits.clone()
     }
 
     /// Sets the receiver of policy changes (once).

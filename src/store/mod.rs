@@ -6,6 +6,7 @@ pub mod db;
 pub mod departments;
 pub mod entity;
 pub mod notifications;
+pub mod outbox;
 pub mod ownership;
 pub mod roles;
 pub mod sealed;

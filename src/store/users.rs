@@ -54,6 +54,7 @@ pub fn to_domain(m: Row, role_ids: Vec<Uuid>) -> Result<User> {
         mfa_enrolled: m.mfa_enrolled,
         must_change_password: m.must_change_password,
         attributes,
+        locale: m.locale,
         last_login_time: m.last_login_time,
         create_time: m.create_time,
         update_time: m.update_time,
@@ -62,6 +63,7 @@ pub fn to_domain(m: Row, role_ids: Vec<Uuid>) -> Result<User> {
         purge_after: m.purge_after,
         purge_time: m.purge_time,
         version: m.version,
+        invitation_delivery: None,
     })
 }
 

@@ -39,10 +39,14 @@ impl Db {
             audit: Default::default(),
             policy: Default::default(),
             owner_keys: Default::default(),
+            outbox_queued: Default::default(),
         };
         match self.run_in(&tx, ctx, f).await {
             Ok(Outcome::Done(value, last_seq, changes)) => {
                 tx.txn.commit().await?;
+                if tx.outbox_queued.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.outbox_commits.notify_one();
+                }
                 if !changes.is_empty()
                     && let Some(hook) = self.policy_hook.get()
                 {

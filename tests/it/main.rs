@@ -11,6 +11,7 @@ mod common;
 mod delegation_attacks;
 mod departments;
 mod login_attacks;
+mod notifications;
 mod operations;
 mod ownership;
 mod privacy;

@@ -31,7 +31,7 @@ async fn create_get_list_update_tenants(backend: Backend) {
         .tenant
         .unwrap();
     assert_eq!(created.seat_limit, 10);
-    let settings = created.settings.unwrap();
+    let settings = created.settings.clone().unwrap();
     assert_eq!(settings.restore_window.unwrap().seconds, 7 * 86400, "given value kept");
     assert_eq!(settings.invitation_ttl.unwrap().seconds, 7 * 86400, "default invitation ttl");
     assert_eq!(settings.password_policy.unwrap().min_length, 12, "default policy");

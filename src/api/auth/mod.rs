@@ -165,6 +165,15 @@ impl Auth for AuthApi {
         Ok(Response::new(pb::AcceptInvitationResponse { user: Some(convert::user_to_proto(user)) }))
     }
 
+    async fn request_password_reset(
+        &self,
+        req: Request<pb::RequestPasswordResetRequest>,
+    ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
+        let (call, cmd) = self.anonymous(req)?;
+        self.iam.request_password_reset(&call, cmd).await?;
+        Ok(Response::new(pb::RequestPasswordResetResponse {}))
+    }
+
     async fn complete_password_reset(
         &self,
         req: Request<pb::CompletePasswordResetRequest>,

@@ -9,7 +9,7 @@ use crate::{
     proto::v1 as pb,
     service::auth::commands::{
         Authenticate, ChangePassword, ConfirmTotp, DisableTotp, EnrollTotp, IntrospectToken, ListSessions, Logout,
-        Refresh, RevokeSessions, RotateSigningKey, SetPasswordByToken,
+        Refresh, RequestPasswordReset, RevokeSessions, RotateSigningKey, SetPasswordByToken,
     },
 };
 
@@ -87,6 +87,18 @@ converts! {
         SetPasswordByToken::checked("reset_token", msg.reset_token, &msg.new_password);
     pb::LogoutRequest => Logout, |_m| Ok(Logout);
     pb::RotateSigningKeyRequest => RotateSigningKey, |_m| Ok(RotateSigningKey);
+}
+
+impl TryFrom<pb::RequestPasswordResetRequest> for RequestPasswordReset {
+    type Error = Error;
+
+    fn try_from(msg: pb::RequestPasswordResetRequest) -> Result<Self, Error> {
+        let mut v = Violations::default();
+        let tenant_id = tenant(&mut v, &msg.tenant_id);
+        let email = v.check("email", validate::email(&msg.email)).map(|(_, key)| key).unwrap_or_default();
+        v.finish()?;
+        Ok(RequestPasswordReset { tenant_id, email })
+    }
 }
 
 impl TryFrom<pb::ListSessionsRequest> for ListSessions {

@@ -22,6 +22,7 @@ pub(super) fn profile(v: &mut Violations, u: &pb::User) -> Option<Profile> {
     let department_id = v.check("user.department_id", validate::optional_uuid(&u.department_id));
     let hire_date = v.check("user.hire_date", validate::date(&u.hire_date));
     let attributes = v.check("user.attributes", validate::attributes(&u.attributes));
+    let locale = v.check("user.locale", validate::locale(&u.locale));
     let (email, email_key) = email?;
     let (given_name, family_name) = (given_name?, family_name?);
     let display_name =
@@ -38,6 +39,7 @@ pub(super) fn profile(v: &mut Violations, u: &pb::User) -> Option<Profile> {
         department_id: department_id?,
         hire_date: hire_date?,
         attributes: attributes?,
+        locale: locale?,
     })
 }
 
@@ -76,6 +78,9 @@ pub(super) fn user_patch(v: &mut Violations, u: &pb::User, paths: &[String]) -> 
     }
     if has("attributes") {
         p.attributes = v.check("user.attributes", validate::attributes(&u.attributes));
+    }
+    if has("locale") {
+        p.locale = v.check("user.locale", validate::locale(&u.locale));
     }
     p
 }

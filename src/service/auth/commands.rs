@@ -16,6 +16,12 @@ pub struct Anonymous {
     pub ip: Option<IpAddr>,
 }
 
+/// A self-service password reset request (RequestPasswordReset).
+pub struct RequestPasswordReset {
+    pub tenant_id: String,
+    pub email: String,
+}
+
 /// A login with e-mail and password (and a TOTP or recovery code when enrolled).
 pub struct Authenticate {
     pub tenant_id: String,

@@ -9,6 +9,7 @@ use crate::{
         Error, Kind, Reason, Result,
         audit::{AuditRecord, RequestContext},
         lockout::{self, Admission, Counters},
+        notification::NotificationKind,
         now,
         tenant::Tenant,
     },
@@ -16,6 +17,7 @@ use crate::{
     store::{
         Tx,
         sessions::{self, LoginState},
+        users,
     },
 };
 
@@ -116,6 +118,10 @@ impl Iam {
                                     .with_detail("failed_attempts", n)
                                     .with_detail("lockouts_in_a_row", c.lockouts),
                             );
+                            if let Some(row) = users::find(&**tx, tenant_id, user_id).await? {
+                                self.queue_notification(tx, tenant, &row, NotificationKind::AccountLocked, None)
+                                    .await?;
+                            }
                         }
                     }
                 }

@@ -45,7 +45,7 @@ enum Login {
 
 impl Iam {
     /// Records a login attempt that changes nothing else (its own transaction).
-    fn login_email_pseudonym(&self, tenant_id: &str, email_key: &str) -> String {
+    pub(super) fn login_email_pseudonym(&self, tenant_id: &str, email_key: &str) -> String {
         self.auth.secrets.pseudonym(&crate::domain::audit::login_email_purpose(tenant_id), email_key)
     }
 

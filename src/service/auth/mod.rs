@@ -16,6 +16,7 @@ pub mod hashing;
 pub mod keys;
 mod login;
 mod passwords;
+mod reset;
 mod sessions;
 mod totp;
 
@@ -50,6 +51,8 @@ pub struct AuthSettings {
     /// Failed logins per minute from one network address before further attempts from it are
     /// refused for a while (0 = no limit).
     pub login_failures_per_address: u32,
+    /// RequestPasswordReset calls per minute from one address (0 = no limit).
+    pub password_resets_per_address: u32,
     /// Proxies whose `x-forwarded-for` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -60,6 +63,7 @@ impl Default for AuthSettings {
             issuer: "crm-iam".into(),
             audience: "crm".into(),
             login_failures_per_address: 30,
+            password_resets_per_address: 10,
             trusted_proxies: Vec::new(),
         }
     }
@@ -98,12 +102,15 @@ pub struct AuthState {
     /// Seals TOTP secrets (and, through the key ring, signing keys) at rest.
     pub secrets: Arc<MasterKeys>,
     limiter: AddressLimiter,
+    /// Self-service reset requests per address.
+    reset_limiter: AddressLimiter,
 }
 
 impl AuthState {
     pub fn new(keys: KeyRing, secrets: Arc<MasterKeys>, settings: AuthSettings) -> AuthState {
         let limiter = AddressLimiter::new(settings.login_failures_per_address);
-        AuthState { keys, settings, secrets, limiter }
+        let reset_limiter = AddressLimiter::new(settings.password_resets_per_address);
+        AuthState { keys, settings, secrets, limiter, reset_limiter }
     }
 }
 

@@ -15,7 +15,8 @@ use super::{
 };
 use crate::{
     domain::{
-        Error, Kind, Reason, Result, access::Right, audit::AuditRecord, caller::Caller, lockout::Admission, user::User,
+        Error, Kind, Reason, Result, access::Right, audit::AuditRecord, caller::Caller, lockout::Admission,
+        notification::NotificationKind, user::User,
     },
     secrets::Slot,
     service::{Call, Iam},
@@ -239,7 +240,11 @@ impl Iam {
         let version = row.version;
         let mut new_row = row;
         new_row.mfa_enrolled = on;
-        let user = self.to_user_in(&**tx, users::update(tx, new_row, version).await?).await?;
+        let row = users::update(tx, new_row, version).await?;
+        let tenant = self.tenant_settings(tenant_id).await?;
+        let notice = if on { NotificationKind::MfaEnabled } else { NotificationKind::MfaDisabled };
+        self.queue_notification(tx, &tenant, &row, notice, None).await?;
+        let user = self.to_user_in(&**tx, row).await?;
         tx.policy_changed(tenant_id, Some(user_id));
         tx.audit(AuditRecord::new(Some(tenant_id), action, "user", user_id));
         Ok(user)

@@ -10,10 +10,11 @@ use crate::{
         audit::{AuditRecord, RequestContext},
         check_etag,
         error::QuotaViolation,
+        notification::NotificationKind,
         now,
         ownership::{RuleTarget, Transfer, TransferRule},
         tenant::Tenant,
-        user::{Credential, User, UserState, UserWithToken, derived_display_name},
+        user::{Credential, IssuedToken, User, UserState, UserWithToken, derived_display_name},
         validate,
     },
     store::{
@@ -175,6 +176,7 @@ impl Iam {
                     department_id: profile.department_id,
                     hire_date: users::date_text(profile.hire_date),
                     state: state.as_str().to_owned(),
+                    locale: profile.locale,
                     mfa_enrolled: false,
                     must_change_password: password_hash.is_some() && !permanent,
                     attributes: users::attributes_json(&profile.attributes),
@@ -205,6 +207,9 @@ impl Iam {
                 } else {
                     None
                 };
+                if let Some(token) = &token {
+                    self.queue_notification(tx, &tenant, &row, NotificationKind::Invitation, Some(token)).await?;
+                }
                 let user = self.to_user_in(&**tx, row).await?;
                 tx.audit(
                     AuditRecord::new(Some(tenant_id), "user.created", "user", user.user_id)
@@ -212,15 +217,25 @@ impl Iam {
                         .with_detail("credential", if invited { "invitation" } else { "password" }),
                 );
                 let token_expire_time = token.as_ref().map(|t| t.expire_time);
-                Ok(UserWithToken { user, token, token_expire_time })
+                Ok(UserWithToken { user, token: self.token_for_caller(token), token_expire_time })
             })
             .await
+    }
+
+    /// A token goes to exactly one place: by message when a channel is configured (it was
+    /// queued), else back to the caller, who passes it on.
+    fn token_for_caller(&self, token: Option<IssuedToken>) -> Option<IssuedToken> {
+        token.filter(|_| !self.outbox.enabled())
     }
 
     /// Needs users.view over the user (anyone sees themselves).
     pub async fn get_user(&self, call: &Call, cmd: UserRef) -> Result<User> {
         self.authorize(&call.caller, &cmd.tenant_id, Right::USERS_VIEW, Target::User(cmd.user_id)).await?;
-        Ok(User::clone(&*self.user_profile(&cmd.tenant_id, cmd.user_id).await?))
+        let mut user = User::clone(&*self.user_profile(&cmd.tenant_id, cmd.user_id).await?);
+        if user.state == UserState::Invited {
+            user.invitation_delivery = self.invitation_delivery(user.user_id).await?;
+        }
+        Ok(user)
     }
 
     /// The users the caller may see (users.view: its scope decides which departments).
@@ -303,6 +318,9 @@ impl Iam {
                     self.check_department_ref(tx, tenant_id, v, "user.department_id").await?;
                     new.department_id = v;
                 }
+                if let Some(v) = patch.locale {
+                    new.locale = v;
+                }
                 if let Some(v) = patch.hire_date {
                     new.hire_date = users::date_text(v);
                 }
@@ -358,13 +376,17 @@ impl Iam {
                 } else {
                     None
                 };
-                let user = self.to_user_in(&**tx, users::update(tx, new, version).await?).await?;
+                let row = users::update(tx, new, version).await?;
+                if let Some(token) = &token {
+                    self.queue_notification(tx, &tenant, &row, NotificationKind::PasswordReset, Some(token)).await?;
+                }
+                let user = self.to_user_in(&**tx, row).await?;
                 tx.audit(
                     AuditRecord::new(Some(tenant_id), "user.password_reset", "user", user_id)
                         .with_detail("method", method),
                 );
                 let token_expire_time = token.as_ref().map(|t| t.expire_time);
-                Ok(UserWithToken { user, token, token_expire_time })
+                Ok(UserWithToken { user, token: self.token_for_caller(token), token_expire_time })
             })
             .await
     }
@@ -389,9 +411,10 @@ impl Iam {
                 }
                 let expire = now() + chrono::Duration::seconds(tenant.settings.invitation_ttl_secs as i64);
                 let token = tokens::issue(tx, tenant_id, user_id, TokenKind::Invitation, expire).await?;
+                self.queue_notification(tx, &tenant, &row, NotificationKind::InvitationReminder, Some(&token)).await?;
                 tx.audit(AuditRecord::new(Some(tenant_id), "user.invitation_resent", "user", user_id));
                 let user = self.to_user_in(&**tx, row).await?;
-                Ok(UserWithToken { user, token: Some(token), token_expire_time: Some(expire) })
+                Ok(UserWithToken { user, token: self.token_for_caller(Some(token)), token_expire_time: Some(expire) })
             })
             .await
     }

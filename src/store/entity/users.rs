@@ -20,6 +20,8 @@ pub struct Model {
     pub department_id: Option<Uuid>,
     pub hire_date: Option<String>,
     pub state: String,
+    /// BCP 47 tag of the user's messages; "" = the tenant's default.
+    pub locale: String,
     pub mfa_enrolled: bool,
     pub must_change_password: bool,
     #[sea_orm(column_type = "Text")]

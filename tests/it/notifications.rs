@@ -1,0 +1,567 @@
+//! Notifications: invitations, resets and security notices delivered to a real SMTP server
+//! (aiosmtpd, `tests/smtp_sink.py`), from the transactional outbox, on both databases.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use prost_types::FieldMask;
+use sea_orm::{ConnectionTrait, Statement};
+use tonic::Code;
+
+use crate::{
+    both_backends,
+    common::{self, ADMIN_TOKEN, Backend, TestServer, expect_code, invite, pb, reason, wait_for},
+};
+
+both_backends!(
+    an_invitation_arrives_in_the_users_language_and_its_token_works,
+    a_forgotten_password_is_reset_by_email_and_unknown_addresses_look_the_same,
+    reset_requests_are_limited_per_account_and_per_address,
+    messages_wait_while_the_smtp_server_is_down,
+    undeliverable_messages_fail_with_an_audit_event_and_can_be_retried,
+    a_failed_or_retried_create_sends_one_invitation_or_none,
+    a_message_committed_before_a_crash_is_delivered_after_restart,
+);
+
+const PASSWORD: &str = "correct horse battery staple 42";
+
+/// A real SMTP server on 127.0.0.1: each message it receives, as JSON.
+struct Sink {
+    child: Child,
+    port: u16,
+    rx: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+}
+
+impl Sink {
+    /// On a free port (`0`) or a given one.
+    fn start(port: u16) -> Sink {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_sink.py");
+        let mut child = Command::new("python3")
+            .args([script, &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 with aiosmtpd is needed: run the tests with scripts/test.sh, which installs it");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines.next().expect("the SMTP sink says READY").expect("read");
+        let port: u16 = ready.strip_prefix("READY ").expect("READY <port>").parse().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = tx.send(serde_json::from_str(&line).expect("a JSON line"));
+            }
+        });
+        Sink { child, port, rx }
+    }
+
+    fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// The next message received (waits for it, at most 30 s).
+    async fn next(&mut self) -> serde_json::Value {
+        tokio::time::timeout(Duration::from_secs(30), self.rx.recv())
+            .await
+            .expect("a message within 30 s")
+            .expect("the sink is running")
+    }
+
+    /// Messages received so far and not yet taken.
+    fn drain(&mut self) -> Vec<serde_json::Value> {
+        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on (bound and released; an SMTP server may start there later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn quick_retries(c: &mut crm_iam::config::Config, smtp: String) {
+    c.smtp_url = Some(smtp.into());
+    c.smtp_from = "CRM <no-reply@crm.example>".into();
+    c.notification_retry_first = Duration::from_millis(100);
+    c.notification_retry_max = Duration::from_millis(400);
+    c.notification_poll_interval = Duration::from_millis(100);
+    c.notification_link_base = "https://{tenant}.crm.example".into();
+}
+
+/// The token in a message's link.
+fn token_in(body: &str) -> String {
+    let start = body.find("token=").expect("a link with a token") + "token=".len();
+    body[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect()
+}
+
+async fn notifications(s: &TestServer, t: &str) -> Vec<pb::Notification> {
+    let mut c = pb::notification_admin_client::NotificationAdminClient::with_interceptor(
+        s.channel().await,
+        common::Bearer::admin(),
+    );
+    c.list_notifications(pb::ListNotificationsRequest { tenant_id: t.into(), page_size: 1000, ..Default::default() })
+        .await
+        .expect("list notifications")
+        .into_inner()
+        .notifications
+}
+
+async fn retry(s: &TestServer, t: &str, id: &str) -> Result<pb::Notification, tonic::Status> {
+    let mut c = pb::notification_admin_client::NotificationAdminClient::with_interceptor(
+        s.channel().await,
+        common::Bearer::admin(),
+    );
+    c.retry_notification(pb::RetryNotificationRequest { tenant_id: t.into(), notification_id: id.into() })
+        .await
+        .map(|r| r.into_inner().notification.unwrap())
+}
+
+fn state(n: &pb::Notification) -> pb::NotificationState {
+    pb::NotificationState::try_from(n.state).unwrap()
+}
+
+/// Waits until every notification of the tenant is in `wanted` and there are `n` of them.
+async fn all_in(s: &TestServer, t: &str, n: usize, wanted: pb::NotificationState) -> Vec<pb::Notification> {
+    wait_for(&format!("{n} notifications {wanted:?}"), Duration::from_secs(30), || async {
+        let all = notifications(s, t).await;
+        (all.len() == n && all.iter().all(|x| state(x) == wanted)).then_some(all)
+    })
+    .await
+}
+
+/// Every text value of every row of `table`, as one string (to search for secrets).
+async fn dump(s: &TestServer, table: &str) -> String {
+    let db = s.db.connect().await;
+    let rows = db
+        .query_all_raw(Statement::from_string(db.get_database_backend(), format!("SELECT * FROM {table}")))
+        .await
+        .unwrap();
+    let mut out = String::new();
+    for row in rows {
+        for col in row.column_names() {
+            if let Ok(Some(v)) = row.try_get::<Option<String>>("", &col) {
+                out.push_str(&v);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+async fn set_policy(s: &TestServer, t: &str, default_locale: &str) {
+    s.tenants()
+        .await
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant: Some(pb::Tenant {
+                tenant_id: t.into(),
+                settings: Some(pb::TenantSettings {
+                    notification_policy: Some(pb::NotificationPolicy {
+                        default_locale: default_locale.into(),
+                        link_base_url: "https://crm.acme.example/app/".into(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask { paths: vec!["settings.notification_policy".into()] }),
+            ..Default::default()
+        })
+        .await
+        .expect("set the notification policy");
+}
+
+async fn an_invitation_arrives_in_the_users_language_and_its_token_works(backend: Backend) {
+    let mut sink = Sink::start(0);
+    let url = sink.url();
+    let s = TestServer::start_with(backend, |c| quick_retries(c, url)).await;
+    let t = s.tenant("acme", 0).await;
+    let mut users = s.users().await;
+
+    let mut req = invite(&t, "olga@acme.example");
+    req.user.as_mut().unwrap().given_name = "Ольга".into();
+    req.user.as_mut().unwrap().locale = "ru-RU".into();
+    let created = users.create_user(req).await.unwrap().into_inner();
+    let user = created.user.unwrap();
+    assert_eq!(user.locale, "ru", "stored in canonical form");
+    assert!(created.invitation_token.is_empty(), "with a channel the token goes only to the user");
+
+    let mail = sink.next().await;
+    assert_eq!(mail["to"], serde_json::json!(["olga@acme.example"]));
+    assert_eq!(mail["from"], "no-reply@crm.example");
+    assert!(mail["subject"].as_str().unwrap().starts_with("Приглашение"), "{mail}");
+    let body = mail["body"].as_str().unwrap();
+    assert!(
+        body.contains("Здравствуйте") && body.contains("https://acme.crm.example/accept-invitation?token="),
+        "{body}"
+    );
+    let token = token_in(body);
+    assert_eq!(
+        mail["message_id"].as_str().unwrap(),
+        format!("<{}@crm-iam>", notifications(&s, &t).await[0].notification_id)
+    );
+
+    // Delivered: the outbox says so, and GetUser shows it.
+    let sent = all_in(&s, &t, 1, pb::NotificationState::Sent).await;
+    assert_eq!((sent[0].kind.as_str(), sent[0].attempts, sent[0].locale.as_str()), ("invitation", 1, "ru"));
+    let got = users
+        .get_user(pb::GetUserRequest { tenant_id: t.clone(), user_id: user.user_id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(got.invitation_delivery, pb::NotificationState::Sent as i32);
+
+    // No stored row, audit event or log holds the token once it is delivered.
+    for table in ["notifications", "audit_events", "user_tokens"] {
+        assert!(!dump(&s, table).await.contains(&token), "{table} holds the token");
+    }
+
+    // The token from the e-mail is the invitation.
+    let accepted = s
+        .auth()
+        .await
+        .accept_invitation(pb::AcceptInvitationRequest {
+            invitation_token: token.clone(),
+            new_password: PASSWORD.into(),
+        })
+        .await
+        .expect("the e-mailed token works")
+        .into_inner();
+    assert_eq!(accepted.user.unwrap().state, pb::UserState::Active as i32);
+    s.login(&t, "olga@acme.example", PASSWORD).await;
+
+    // A user without a locale gets the tenant's default language.
+    set_policy(&s, &t, "zh-CN").await;
+    users.create_user(invite(&t, "li@acme.example")).await.unwrap();
+    let mail = sink.next().await;
+    assert!(mail["subject"].as_str().unwrap().starts_with("邀请您加入"), "{mail}");
+    assert!(
+        mail["body"].as_str().unwrap().contains("https://crm.acme.example/app/accept-invitation?token="),
+        "the tenant's link base: {mail}"
+    );
+
+    // Bad input is refused field by field, and changes nothing.
+    let mut bad = invite(&t, "x@acme.example");
+    bad.user.as_mut().unwrap().locale = "de".into();
+    let e = expect_code(users.create_user(bad).await, Code::InvalidArgument);
+    assert_eq!(common::bad_fields(&e), ["user.locale"]);
+    let e = expect_code(
+        s.tenants()
+            .await
+            .update_tenant(pb::UpdateTenantRequest {
+                tenant: Some(pb::Tenant {
+                    tenant_id: t.clone(),
+                    settings: Some(pb::TenantSettings {
+                        notification_policy: Some(pb::NotificationPolicy {
+                            default_locale: "xx".into(),
+                            link_base_url: "http://evil.example/?a=b".into(),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask { paths: vec!["settings.notification_policy".into()] }),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(
+        common::bad_fields(&e),
+        ["tenant.settings.notification_policy.default_locale", "tenant.settings.notification_policy.link_base_url"]
+    );
+    drop(sink);
+    s.stop().await;
+}
+
+async fn request_reset(
+    s: &TestServer,
+    t: &str,
+    email: &str,
+) -> Result<pb::RequestPasswordResetResponse, tonic::Status> {
+    s.auth()
+        .await
+        .request_password_reset(pb::RequestPasswordResetRequest { tenant_id: t.into(), email: email.into() })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The outcomes recorded for RequestPasswordReset, in order.
+async fn reset_outcomes(s: &TestServer, n: usize) -> Vec<String> {
+    let db = s.db.connect().await;
+    wait_for(&format!("{n} reset requests audited"), Duration::from_secs(30), || async {
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT details FROM audit_events WHERE action = 'auth.password_reset_requested' ORDER BY seq",
+            ))
+            .await
+            .unwrap();
+        let outcomes: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                let d: String = r.try_get("", "details").unwrap();
+                serde_json::from_str::<serde_json::Value>(&d).unwrap()["outcome"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        (outcomes.len() >= n).then_some(outcomes)
+    })
+    .await
+}
+
+async fn a_forgotten_password_is_reset_by_email_and_unknown_addresses_look_the_same(backend: Backend) {
+    let mut sink = Sink::start(0);
+    let url = sink.url();
+    let s = TestServer::start_with(backend, |c| quick_retries(c, url)).await;
+    let t = s.tenant("acme", 0).await;
+    set_policy(&s, &t, "zh-CN").await;
+    s.password_user(&t, "wang@acme.example", PASSWORD, &[]).await;
+    let old_session = s.login(&t, "wang@acme.example", PASSWORD).await;
+
+    // Known and unknown addresses (and an unknown tenant) get the same empty answer.
+    let unknown = request_reset(&s, &t, "nobody@acme.example").await.unwrap();
+    let no_tenant = request_reset(&s, "no-such-tenant", "wang@acme.example").await.unwrap();
+    let known = request_reset(&s, &t, "WANG@acme.example").await.unwrap();
+    assert_eq!((unknown.clone(), no_tenant), (known.clone(), known));
+    let mut outcomes = reset_outcomes(&s, 2).await;
+    outcomes.sort();
+    assert_eq!(outcomes, ["sent", "unknown_email"]);
+
+    let mail = sink.next().await;
+    assert_eq!(mail["to"], serde_json::json!(["wang@acme.example"]));
+    assert!(mail["subject"].as_str().unwrap().starts_with("重置您的"), "{mail}");
+    let body = mail["body"].as_str().unwrap();
+    assert!(body.contains("https://crm.acme.example/app/reset-password?token="), "{body}");
+    let token = token_in(body);
+
+    let new_password = "a brand new passphrase 77";
+    s.auth()
+        .await
+        .complete_password_reset(pb::CompletePasswordResetRequest {
+            reset_token: token.clone(),
+            new_password: new_password.into(),
+        })
+        .await
+        .expect("the e-mailed reset token works");
+    assert!(!s.token_active(&old_session.access_token).await, "the reset ended every session");
+    s.login(&t, "wang@acme.example", new_password).await;
+    let again = s
+        .auth()
+        .await
+        .complete_password_reset(pb::CompletePasswordResetRequest {
+            reset_token: token.clone(),
+            new_password: "x".repeat(20),
+        })
+        .await;
+    assert_eq!(reason(&expect_code(again, Code::Unauthenticated)), "TOKEN_INVALID", "single use");
+
+    // The "password changed" notice follows, in the same language.
+    let notice = sink.next().await;
+    assert!(notice["subject"].as_str().unwrap().contains("密码已更改"), "{notice}");
+    let all = all_in(&s, &t, 2, pb::NotificationState::Sent).await;
+    let mut kinds: Vec<&str> = all.iter().map(|n| n.kind.as_str()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["password_changed", "password_reset"]);
+    assert!(sink.drain().is_empty(), "nothing went to the unknown address");
+    for table in ["notifications", "audit_events", "user_tokens"] {
+        assert!(!dump(&s, table).await.contains(&token), "{table} holds the token");
+    }
+    drop(sink);
+    s.stop().await;
+}
+
+async fn reset_requests_are_limited_per_account_and_per_address(backend: Backend) {
+    let mut sink = Sink::start(0);
+    let url = sink.url();
+    let s = TestServer::start_with(backend, |c| {
+        quick_retries(c, url);
+        c.password_reset_messages_per_account = 2;
+        c.password_reset_requests_per_address = 6;
+    })
+    .await;
+    let t = s.tenant("acme", 0).await;
+    s.password_user(&t, "ann@acme.example", PASSWORD, &[]).await;
+    for _ in 0..5 {
+        request_reset(&s, &t, "ann@acme.example").await.unwrap();
+    }
+    // The address's budget: one more, then refused whatever the e-mail.
+    request_reset(&s, &t, "someone@acme.example").await.unwrap();
+    let refused = request_reset(&s, &t, "ann@acme.example").await;
+    assert_eq!(reason(&expect_code(refused, Code::ResourceExhausted)), "TOO_MANY_ATTEMPTS");
+
+    let outcomes = reset_outcomes(&s, 6).await;
+    let sent = outcomes.iter().filter(|o| *o == "sent").count();
+    let throttled = outcomes.iter().filter(|o| *o == "throttled").count();
+    assert_eq!((sent, throttled), (2, 3), "{outcomes:?}");
+    // Two messages were queued; the first was superseded by the second (its token was revoked)
+    // unless it had been delivered already; the account received at most two.
+    let first = sink.next().await;
+    assert!(first["body"].as_str().unwrap().contains("reset-password?token="));
+    let all = wait_for("both reset messages settled", Duration::from_secs(30), || async {
+        let all = notifications(&s, &t).await;
+        (all.len() == 2 && all.iter().all(|n| state(n) != pb::NotificationState::Pending)).then_some(all)
+    })
+    .await;
+    let delivered = all.iter().filter(|n| state(n) == pb::NotificationState::Sent).count();
+    assert!(delivered >= 1, "{all:?}");
+    for _ in 1..delivered {
+        sink.next().await;
+    }
+    // (A message superseded while it was being sent may still arrive: its token no longer works.)
+    assert!(delivered + sink.drain().len() <= 2, "the account received at most two messages");
+    drop(sink);
+    s.stop().await;
+}
+
+async fn messages_wait_while_the_smtp_server_is_down(backend: Backend) {
+    let port = free_port();
+    let s = TestServer::start_with(backend, |c| quick_retries(c, format!("smtp://127.0.0.1:{port}"))).await;
+    let t = s.tenant("acme", 0).await;
+    let mut users = s.users().await;
+    for i in 0..3 {
+        users.create_user(invite(&t, &format!("u{i}@acme.example"))).await.unwrap();
+    }
+    // Every message tried at least twice, and waiting.
+    wait_for("failed attempts recorded", Duration::from_secs(30), || async {
+        let all = notifications(&s, &t).await;
+        all.iter()
+            .all(|n| state(n) == pb::NotificationState::Pending && n.attempts >= 2 && n.last_error.contains("SMTP"))
+            .then_some(())
+    })
+    .await;
+
+    // The server comes back: each message arrives, once.
+    let mut sink = Sink::start(port);
+    let mut ids = std::collections::BTreeSet::new();
+    let mut to = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let m = sink.next().await;
+        assert!(ids.insert(m["message_id"].as_str().unwrap().to_owned()), "a message came twice: {m}");
+        to.insert(m["to"][0].as_str().unwrap().to_owned());
+    }
+    assert_eq!(to.len(), 3);
+    all_in(&s, &t, 3, pb::NotificationState::Sent).await;
+    assert!(sink.drain().is_empty(), "no repeats");
+    drop(sink);
+    s.stop().await;
+}
+
+async fn undeliverable_messages_fail_with_an_audit_event_and_can_be_retried(backend: Backend) {
+    let port = free_port();
+    let s = TestServer::start_with(backend, |c| {
+        quick_retries(c, format!("smtp://127.0.0.1:{port}"));
+        c.notification_retry_period = Duration::from_secs(1);
+    })
+    .await;
+    let t = s.tenant("acme", 0).await;
+    s.users().await.create_user(invite(&t, "inv@acme.example")).await.unwrap();
+    s.password_user(&t, "pat@acme.example", PASSWORD, &[]).await;
+    let session = s.login(&t, "pat@acme.example", PASSWORD).await;
+    s.auth_as(&session.access_token)
+        .await
+        .change_password(pb::ChangePasswordRequest {
+            old_password: PASSWORD.into(),
+            new_password: "another good passphrase 9".into(),
+        })
+        .await
+        .unwrap();
+    let failed = all_in(&s, &t, 2, pb::NotificationState::Failed).await;
+    assert!(failed.iter().all(|n| n.attempts >= 1 && !n.last_error.is_empty()), "{failed:?}");
+    let db = s.db.connect().await;
+    let audited = common::count(&db, "SELECT COUNT(*) FROM audit_events WHERE action = 'notification.failed'").await;
+    assert_eq!(audited, 2);
+    let secrets = common::count(&db, "SELECT COUNT(*) FROM notifications WHERE secret IS NOT NULL").await;
+    assert_eq!(secrets, 0, "a failed message keeps no token");
+
+    // The invitation cannot be retried (its token is gone); the notice can.
+    let invitation = failed.iter().find(|n| n.kind == "invitation").unwrap();
+    let e = expect_code(retry(&s, &t, &invitation.notification_id).await, Code::FailedPrecondition);
+    assert_eq!(reason(&e), "NOTIFICATION_NOT_RETRYABLE");
+    let e = expect_code(retry(&s, &t, &uuid::Uuid::now_v7().to_string()).await, Code::NotFound);
+    assert_eq!(reason(&e), "NOTIFICATION_NOT_FOUND");
+    let mut sink = Sink::start(port);
+    let notice = failed.iter().find(|n| n.kind == "password_changed").unwrap();
+    let queued = retry(&s, &t, &notice.notification_id).await.unwrap();
+    assert_eq!(state(&queued), pb::NotificationState::Pending);
+    let mail = sink.next().await;
+    assert_eq!(mail["to"][0], "pat@acme.example");
+    assert!(mail["subject"].as_str().unwrap().contains("password was changed"));
+    wait_for("the retried notice SENT", Duration::from_secs(30), || async {
+        let all = notifications(&s, &t).await;
+        all.iter()
+            .any(|n| n.notification_id == notice.notification_id && state(n) == pb::NotificationState::Sent)
+            .then_some(())
+    })
+    .await;
+    // Another tenant's administrator sees none of it.
+    let other = s.tenant("other", 0).await;
+    assert!(notifications(&s, &other).await.is_empty());
+    drop(sink);
+    s.stop().await;
+}
+
+async fn a_failed_or_retried_create_sends_one_invitation_or_none(backend: Backend) {
+    let mut sink = Sink::start(0);
+    let url = sink.url();
+    let s = TestServer::start_with(backend, |c| quick_retries(c, url)).await;
+    let t = s.tenant("acme", 1).await;
+    let mut users = s.users().await;
+    // Refused (a role of no tenant): rolled back, nothing queued.
+    let mut bad = invite(&t, "ghost@acme.example");
+    bad.role_ids = vec![uuid::Uuid::now_v7().to_string()];
+    expect_code(users.create_user(bad).await, Code::InvalidArgument);
+    // Retried with the same request_id: one user, one invitation.
+    let mut req = invite(&t, "once@acme.example");
+    req.request_id = "create-once-1".into();
+    let a = users.create_user(req.clone()).await.unwrap().into_inner();
+    let b = users.create_user(req).await.unwrap().into_inner();
+    assert_eq!(a.user.unwrap().user_id, b.user.unwrap().user_id);
+    // Refused (the seat limit of 1 is used): nothing queued.
+    expect_code(users.create_user(invite(&t, "over@acme.example")).await, Code::ResourceExhausted);
+
+    let mail = sink.next().await;
+    assert_eq!(mail["to"][0], "once@acme.example");
+    all_in(&s, &t, 1, pb::NotificationState::Sent).await;
+    assert!(sink.drain().is_empty(), "{:?}", sink.drain());
+    drop(sink);
+    s.stop().await;
+}
+
+async fn a_message_committed_before_a_crash_is_delivered_after_restart(backend: Backend) {
+    let setup = TestServer::start(backend).await;
+    let t = setup.tenant("acme", 0).await;
+    let db = setup.stop().await;
+    let port = free_port();
+    let smtp = format!("smtp://127.0.0.1:{port}");
+    let env = [
+        ("CRM_IAM_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("CRM_IAM_SMTP_URL", smtp.as_str()),
+        ("CRM_IAM_TRANSFER_LEASE", "1s"),
+        ("CRM_IAM_NOTIFICATION_RETRY_FIRST", "100ms"),
+        ("CRM_IAM_NOTIFICATION_RETRY_MAX", "300ms"),
+        ("CRM_IAM_NOTIFICATION_POLL_INTERVAL", "100ms"),
+    ];
+    let args = ["--listen", "127.0.0.1:0", "--database-url", db.url.as_str()];
+    let (mut first, addr) = crate::server::spawn_server(&args, &env);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut users = pb::user_admin_client::UserAdminClient::with_interceptor(channel, common::Bearer::admin());
+    users.create_user(invite(&t, "crash@acme.example")).await.expect("committed");
+    first.child.kill().unwrap(); // SIGKILL: the message was committed, never delivered
+    first.child.wait().unwrap();
+
+    let mut sink = Sink::start(port);
+    let (_second, _addr) = crate::server::spawn_server(&args, &env);
+    let mail = sink.next().await;
+    assert_eq!(mail["to"][0], "crash@acme.example");
+    assert!(mail["body"].as_str().unwrap().contains("accept-invitation?token="));
+    drop(sink);
+}
