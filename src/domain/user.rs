@@ -180,7 +180,7 @@ mod tests {
     #[test]
     fn the_field_lists_grow_from_the_person_fields() {
         assert_eq!(&PROFILE_FIELDS[..7], &PERSON_FIELDS[..]);
-        assert_eq!(&PROFILE_FIELDS[7..], &["department_id", "hire_date", "attributes"]);
+        assert_eq!(&PROFILE_FIELDS[7..], &["department_id", "hire_date", "attributes", "locale"]);
         let personal = crate::domain::audit::PERSONAL_FIELDS;
         assert!(PERSON_FIELDS.iter().all(|f| personal.contains(f)), "every person field is personal data");
         assert!(!personal.contains(&"department_id"), "the department is not personal data");

@@ -103,6 +103,27 @@ pub async fn supersede(tx: &Tx, user_id: Uuid, kinds: &[NotificationKind]) -> Re
     Ok(r.rows_affected)
 }
 
+/// A purge: the user's messages lose the address, the name and any token; pending ones fail.
+pub async fn erase_user(tx: &Tx, user_id: Uuid) -> Result<()> {
+    let t = now();
+    notifications::Entity::update_many()
+        .col_expr(notifications::Column::State, Expr::value(NotificationState::Failed.as_str()))
+        .col_expr(notifications::Column::LastError, Expr::value("the user was purged"))
+        .filter(notifications::Column::UserId.eq(user_id))
+        .filter(notifications::Column::State.eq(NotificationState::Pending.as_str()))
+        .exec(&**tx)
+        .await?;
+    notifications::Entity::update_many()
+        .col_expr(notifications::Column::Recipient, Expr::value("[redacted]"))
+        .col_expr(notifications::Column::Variables, Expr::value("{}"))
+        .col_expr(notifications::Column::Secret, Expr::value(Option::<String>::None))
+        .col_expr(notifications::Column::UpdateTime, Expr::value(t))
+        .filter(notifications::Column::UserId.eq(user_id))
+        .exec(&**tx)
+        .await?;
+    Ok(())
+}
+
 /// Due messages nobody holds (or whose holder's lease ran out), oldest first.
 pub async fn due(conn: &impl ConnectionTrait, at: DateTime<Utc>, limit: u64) -> Result<Vec<Uuid>> {
     Ok(notifications::Entity::find()

@@ -24,6 +24,7 @@ both_backends!(
     undeliverable_messages_fail_with_an_audit_event_and_can_be_retried,
     a_failed_or_retried_create_sends_one_invitation_or_none,
     a_message_committed_before_a_crash_is_delivered_after_restart,
+    a_purge_erases_the_outbox_copies_of_the_address,
 );
 
 const PASSWORD: &str = "correct horse battery staple 42";
@@ -564,4 +565,55 @@ async fn a_message_committed_before_a_crash_is_delivered_after_restart(backend: 
     assert_eq!(mail["to"][0], "crash@acme.example");
     assert!(mail["body"].as_str().unwrap().contains("accept-invitation?token="));
     drop(sink);
+}
+
+/// Two replicas on one PostgreSQL database, both delivering: every message is sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_send_each_message_once() {
+    let mut sink = Sink::start(0);
+    let url = sink.url();
+    let a = TestServer::start_with(Backend::Postgres, |c| quick_retries(c, url.clone())).await;
+    let mut config = common::test_config(&a.db);
+    quick_retries(&mut config, url);
+    let b = TestServer::start_on(common::TestDb::attach(&a.db), config).await;
+    let t = a.tenant("acme", 0).await;
+    const N: usize = 12;
+    let (mut ua, mut ub) = (a.users().await, b.users().await);
+    for i in 0..N {
+        let users = if i % 2 == 0 { &mut ua } else { &mut ub };
+        users.create_user(invite(&t, &format!("r{i}@acme.example"))).await.unwrap();
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..N {
+        let m = sink.next().await;
+        assert!(ids.insert(m["message_id"].as_str().unwrap().to_owned()), "sent twice: {m}");
+    }
+    all_in(&a, &t, N, pb::NotificationState::Sent).await;
+    assert!(sink.drain().is_empty(), "no message was sent twice");
+    drop(sink);
+    b.stop().await;
+    a.stop().await;
+}
+
+async fn a_purge_erases_the_outbox_copies_of_the_address(backend: Backend) {
+    let mut sink = Sink::start(0);
+    let url = sink.url();
+    let s = TestServer::start_with(backend, |c| quick_retries(c, url)).await;
+    let t = s.tenant("acme", 0).await;
+    let mut users = s.users().await;
+    let mut req = invite(&t, "leaver@acme.example");
+    req.user.as_mut().unwrap().given_name = "Zebulon".into();
+    let id = users.create_user(req).await.unwrap().into_inner().user.unwrap().user_id;
+    sink.next().await;
+    all_in(&s, &t, 1, pb::NotificationState::Sent).await;
+    assert!(dump(&s, "notifications").await.contains("leaver@acme.example"));
+    users
+        .delete_user(pb::DeleteUserRequest { tenant_id: t.clone(), user_id: id.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    users.purge_user(pb::PurgeUserRequest { tenant_id: t.clone(), user_id: id, ..Default::default() }).await.unwrap();
+    let stored = dump(&s, "notifications").await;
+    assert!(!stored.contains("leaver@acme.example") && !stored.contains("Zebulon"), "{stored}");
+    drop(sink);
+    s.stop().await;
 }

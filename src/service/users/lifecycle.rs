@@ -242,6 +242,8 @@ impl Iam {
         new.purge_after = None;
         new.purge_time = Some(now());
         let row = users::update(tx, new, version).await?;
+        // The outbox's copies of the address and name go too (undelivered messages fail).
+        crate::store::outbox::erase_user(tx, row.user_id).await?;
         let user = self.to_user_in(&**tx, row).await?;
         let erased: Vec<&str> = crate::domain::user::PROFILE_FIELDS.iter().copied().chain(["credentials"]).collect();
         tx.audit(
