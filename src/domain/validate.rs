@@ -211,6 +211,45 @@ pub fn page_size(n: i32) -> Check<u64> {
     }
 }
 
+/// A language for messages (BCP 47): empty, or one the built-in templates speak; stored in its
+/// canonical form (`en`, `ru`, `zh-CN`).
+pub fn locale(s: &str) -> Check<String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    super::notification::Locale::parse(s)
+        .map(|l| l.tag().to_owned())
+        .ok_or_else(|| "must be a BCP 47 language tag of a supported language: en, ru or zh-CN".to_string())
+}
+
+/// The base of the links in messages: empty, or an absolute `https://` URL (`http://` only for
+/// `localhost` and loopback addresses) without credentials, query or fragment; stored without a
+/// trailing `/`.
+pub fn link_base(s: &str) -> Check<String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    if s.len() > 500 {
+        return Err("must be at most 500 characters".into());
+    }
+    let u = url::Url::parse(s).map_err(|e| format!("must be an absolute URL ({e})"))?;
+    let loopback = matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match u.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => return Err("must be an https:// URL (http:// only for localhost)".into()),
+    }
+    if u.host_str().is_none_or(str::is_empty) || !u.username().is_empty() || u.password().is_some() {
+        return Err("must name a host and no credentials".into());
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    Ok(u.as_str().trim_end_matches('/').to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,43 +314,4 @@ mod tests {
         assert!(employee_number("E-001/7").unwrap().is_some());
         assert!(employee_number("E 001").is_err());
     }
-}
-
-/// A language for messages (BCP 47): empty, or one the built-in templates speak; stored in its
-/// canonical form (`en`, `ru`, `zh-CN`).
-pub fn locale(s: &str) -> Check<String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Ok(String::new());
-    }
-    super::notification::Locale::parse(s)
-        .map(|l| l.tag().to_owned())
-        .ok_or_else(|| "must be a BCP 47 language tag of a supported language: en, ru or zh-CN".to_string())
-}
-
-/// The base of the links in messages: empty, or an absolute `https://` URL (`http://` only for
-/// `localhost` and loopback addresses) without credentials, query or fragment; stored without a
-/// trailing `/`.
-pub fn link_base(s: &str) -> Check<String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Ok(String::new());
-    }
-    if s.len() > 500 {
-        return Err("must be at most 500 characters".into());
-    }
-    let u = url::Url::parse(s).map_err(|e| format!("must be an absolute URL ({e})"))?;
-    let loopback = matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
-    match u.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        _ => return Err("must be an https:// URL (http:// only for localhost)".into()),
-    }
-    if u.host_str().is_none_or(str::is_empty) || !u.username().is_empty() || u.password().is_some() {
-        return Err("must name a host and no credentials".into());
-    }
-    if u.query().is_some() || u.fragment().is_some() {
-        return Err("must not have a query or fragment".into());
-    }
-    Ok(u.as_str().trim_end_matches('/').to_owned())
 }

@@ -332,7 +332,7 @@ async fn a_forgotten_password_is_reset_by_email_and_unknown_addresses_look_the_s
     let unknown = request_reset(&s, &t, "nobody@acme.example").await.unwrap();
     let no_tenant = request_reset(&s, "no-such-tenant", "wang@acme.example").await.unwrap();
     let known = request_reset(&s, &t, "WANG@acme.example").await.unwrap();
-    assert_eq!((unknown.clone(), no_tenant), (known.clone(), known));
+    assert_eq!((unknown, no_tenant), (known, known));
     let mut outcomes = reset_outcomes(&s, 2).await;
     outcomes.sort();
     assert_eq!(outcomes, ["sent", "unknown_email"]);
