@@ -78,6 +78,12 @@ if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
   python3 -m pip install --quiet 'aiosmtpd>=1.4' || { log "cannot install aiosmtpd"; exit 1; }
 fi
 
+# ... and to a webhook receiver that verifies signatures with the Standard Webhooks reference library.
+if ! python3 -c 'import standardwebhooks' >/dev/null 2>&1; then
+  log "installing standardwebhooks for the webhook tests"
+  python3 -m pip install --quiet 'standardwebhooks>=1.0' || { log "cannot install standardwebhooks"; exit 1; }
+fi
+
 if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
   log "installing PyJWT for the token verification test"
   python3 -m pip install --quiet 'pyjwt[crypto]>=2.8' || { log "cannot install PyJWT"; exit 1; }

@@ -130,7 +130,8 @@ pub struct Config {
     pub max_streams_per_caller: usize,
     /// The e-mail channel (`CRM_IAM_SMTP_URL`): `smtp://[user:pass@]host:port` (STARTTLS when
     /// the server offers it), `smtps://…` (implicit TLS); add `?tls=required` to refuse a server
-    /// without STARTTLS. Unset = no e-mail: messages stay PENDING until it is set.
+    /// without STARTTLS. Unset = no e-mail channel (with no channel at all, nothing is queued and
+    /// tokens go back to the caller).
     #[serde(skip_serializing)]
     pub smtp_url: Option<SecretString>,
     /// Sender address of e-mails (`CRM_IAM_SMTP_FROM`).
@@ -138,6 +139,19 @@ pub struct Config {
     /// How long one SMTP conversation may take.
     #[serde(with = "humantime_serde")]
     pub smtp_timeout: Duration,
+    /// The webhook channel (`CRM_IAM_NOTIFICATION_WEBHOOK_URL`): the platform's notification
+    /// service, `http(s)://…`, which receives every message of the tenants that choose the webhook
+    /// channel as a JSON POST signed per the Standard Webhooks specification. Set by the operator
+    /// only (tenants choose the channel, never the address). Unset = no webhook channel.
+    #[serde(skip_serializing)]
+    pub notification_webhook_url: Option<SecretString>,
+    /// The signing secret of webhooks (`CRM_IAM_NOTIFICATION_WEBHOOK_SECRET`): `whsec_` and the
+    /// base64 of 24 to 64 random bytes, as the receiver's Standard Webhooks library expects it.
+    #[serde(skip_serializing)]
+    pub notification_webhook_secret: Option<SecretString>,
+    /// How long one webhook delivery (connect, send, answer) may take.
+    #[serde(with = "humantime_serde")]
+    pub notification_webhook_timeout: Duration,
     /// Link base of tenants that set none; `{tenant}` becomes the tenant id.
     pub notification_link_base: String,
     /// The first retry of a failed delivery waits this long; each next one twice as long (with
@@ -213,6 +227,9 @@ impl Default for Config {
             smtp_url: None,
             smtp_from: "crm-iam@localhost".into(),
             smtp_timeout: Duration::from_secs(15),
+            notification_webhook_url: None,
+            notification_webhook_secret: None,
+            notification_webhook_timeout: Duration::from_secs(10),
             notification_link_base: "https://{tenant}.crm.example".into(),
             notification_retry_first: Duration::from_secs(10),
             notification_retry_max: Duration::from_secs(600),

@@ -1,6 +1,7 @@
 //! The notifications outbox: a change that needs a message (an invitation, a password reset, a
 //! security notice) inserts its row in the same transaction; a delivery worker on any replica
-//! claims due rows by lease and sends them. Users gain the language of their messages.
+//! claims due rows by lease and sends them. Users gain the language of their messages; tenants
+//! may word messages their own way.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -64,6 +65,20 @@ impl MigrationTrait for Migration {
         .await?;
         m.create_index(
             Index::create().name("ix_notifications_user").table("notifications").col("user_id").col("kind").to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table("notification_templates")
+                .col(string("tenant_id"))
+                .col(string("kind"))
+                .col(string("locale"))
+                .col(text("subject"))
+                .col(text("body"))
+                .col(big_integer("version"))
+                .col(timestamp_with_time_zone("update_time"))
+                .primary_key(Index::create().col("tenant_id").col("kind").col("locale"))
+                .to_owned(),
         )
         .await
     }

@@ -8,7 +8,7 @@ use crate::{
         access::{Module, Permission, Scope},
         department::Department,
         etag,
-        notification::{Notification, NotificationState},
+        notification::{Channel, Notification, NotificationState, NotificationTemplate},
         ownership::{RuleTarget, Transfer, TransferRule, TransferState},
         role::Role,
         tenant::{SettingsPatch, Tenant, TenantSettings},
@@ -94,6 +94,11 @@ pub fn settings_to_proto(s: &TenantSettings) -> pb::TenantSettings {
         notification_policy: Some(pb::NotificationPolicy {
             default_locale: s.default_locale.clone(),
             link_base_url: s.link_base_url.clone(),
+            channel: match s.channel {
+                None => pb::NotificationChannel::Unspecified,
+                Some(Channel::Email) => pb::NotificationChannel::Email,
+                Some(Channel::Webhook) => pb::NotificationChannel::Webhook,
+            } as i32,
         }),
     }
 }
@@ -158,6 +163,15 @@ pub fn settings_patch(v: &mut Violations, s: Option<&pb::TenantSettings>, paths:
         let field = format!("{base}.notification_policy");
         out.default_locale = v.check(&format!("{field}.default_locale"), validate::locale(&p.default_locale));
         out.link_base_url = v.check(&format!("{field}.link_base_url"), validate::link_base(&p.link_base_url));
+        out.channel = match pb::NotificationChannel::try_from(p.channel) {
+            Ok(pb::NotificationChannel::Unspecified) => Some(None),
+            Ok(pb::NotificationChannel::Email) => Some(Some(Channel::Email)),
+            Ok(pb::NotificationChannel::Webhook) => Some(Some(Channel::Webhook)),
+            Err(_) => {
+                v.add(format!("{field}.channel"), "must be a NotificationChannel");
+                None
+            }
+        };
     }
     out
 }
@@ -417,4 +431,16 @@ pub fn precondition_to_proto(v: crate::domain::error::PreconditionViolation) -> 
 pub fn counts_to_proto(counts: Vec<(String, i64)>) -> (Vec<pb::ModuleCount>, i64) {
     let total = counts.iter().map(|(_, n)| n).sum();
     (counts.into_iter().map(|(module, count)| pb::ModuleCount { module, count }).collect(), total)
+}
+
+pub fn template_to_proto(t: NotificationTemplate) -> pb::NotificationTemplate {
+    pb::NotificationTemplate {
+        kind: t.kind.as_str().to_owned(),
+        locale: t.locale.tag().to_owned(),
+        subject: t.subject,
+        body: t.body,
+        custom: t.custom,
+        update_time: t.update_time.map(ts),
+        etag: t.version.map(etag).unwrap_or_default(),
+    }
 }

@@ -170,6 +170,9 @@ impl Application {
             smtp_url: config.smtp_url.clone(),
             smtp_from: config.smtp_from.clone(),
             smtp_timeout: config.smtp_timeout,
+            webhook_url: config.notification_webhook_url.clone(),
+            webhook_secret: config.notification_webhook_secret.clone(),
+            webhook_timeout: config.notification_webhook_timeout,
             link_base: config.notification_link_base.clone(),
             retry: crate::domain::notification::RetrySchedule {
                 first: config.notification_retry_first,
@@ -182,7 +185,7 @@ impl Application {
         })?);
         if !iam.outbox.enabled() {
             tracing::info!(
-                "no notification channel (smtp_url unset): invitation and reset tokens go to the caller only"
+                "no notification channel (neither smtp_url nor notification_webhook_url): invitation and reset tokens go to the caller only"
             );
         }
         anyhow::ensure!(

@@ -57,6 +57,7 @@ pub enum Reason {
     TooManyStreams,
     NotificationNotFound,
     NotificationNotRetryable,
+    NotificationTemplateNotFound,
 }
 
 impl Reason {

@@ -40,6 +40,8 @@ pub enum NotificationKind {
     MfaEnabled,
     /// The second factor was removed.
     MfaDisabled,
+    /// To the tenant's administrators: someone was given the administrator role.
+    NewAdministrator,
 }
 
 impl NotificationKind {
@@ -53,11 +55,16 @@ impl NotificationKind {
     }
 }
 
-/// Where a message goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+/// Where a message goes: an e-mail to the user (SMTP), or a signed HTTP POST to the platform's
+/// notification service (Standard Webhooks), which may send it as an SMS or in-app message.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString, strum::EnumIter,
+)]
 #[strum(serialize_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Channel {
     Email,
+    Webhook,
 }
 
 impl Channel {
@@ -83,7 +90,7 @@ impl NotificationState {
 }
 
 /// The languages of the built-in templates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::EnumIter)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, strum::EnumIter)]
 pub enum Locale {
     #[default]
     En,
@@ -123,6 +130,19 @@ impl Locale {
     pub fn pick(user: &str, tenant: &str) -> Locale {
         Locale::parse(user).or_else(|| Locale::parse(tenant)).unwrap_or_default()
     }
+}
+
+/// The wording of one kind of message in one language: a tenant's own (`custom`, with its
+/// version) or the built-in one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationTemplate {
+    pub kind: NotificationKind,
+    pub locale: Locale,
+    pub subject: String,
+    pub body: String,
+    pub custom: bool,
+    pub update_time: Option<DateTime<Utc>>,
+    pub version: Option<i64>,
 }
 
 /// A message in the outbox, as administrators see it (never its token).

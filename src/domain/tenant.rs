@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::error::Violations;
+use super::{error::Violations, notification::Channel};
 
 /// A customer account.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +61,8 @@ pub struct TenantSettings {
     pub default_locale: String,
     /// Base of the links in messages ("" = the server's `notification_link_base`).
     pub link_base_url: String,
+    /// How messages reach users (None = the server's default).
+    pub channel: Option<Channel>,
 }
 
 impl Default for TenantSettings {
@@ -79,6 +81,7 @@ impl Default for TenantSettings {
             audit_retention_secs: 400 * DAY,
             default_locale: String::new(),
             link_base_url: String::new(),
+            channel: None,
         }
     }
 }
@@ -101,6 +104,8 @@ pub struct SettingsPatch {
     pub default_locale: Option<String>,
     /// Already validated.
     pub link_base_url: Option<String>,
+    /// `Some(None)` = the server's default.
+    pub channel: Option<Option<Channel>>,
 }
 
 impl SettingsPatch {
@@ -139,6 +144,9 @@ impl TenantSettings {
         }
         if let Some(v) = &p.link_base_url {
             s.link_base_url = v.clone();
+        }
+        if let Some(v) = p.channel {
+            s.channel = v;
         }
 
         let mut v = Violations::default();

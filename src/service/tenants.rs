@@ -48,6 +48,7 @@ impl Iam {
             "tenant.settings.",
             &mut v,
         );
+        self.outbox.check_channel(&cmd.settings, &mut v);
         v.finish()?;
         self.db
             .write(&call.ctx, async |tx| {
@@ -103,6 +104,7 @@ impl Iam {
                     "tenant.settings.",
                     &mut v,
                 );
+                self.outbox.check_channel(&patch.settings, &mut v);
                 v.finish()?;
                 let after = tenants::update(tx, &after, before.version).await?;
                 // Settings (sessions, lockout, password policy) are cached with the tenant's

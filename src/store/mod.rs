@@ -5,6 +5,7 @@ pub mod backup;
 pub mod db;
 pub mod departments;
 pub mod entity;
+pub mod notification_templates;
 pub mod notifications;
 pub mod outbox;
 pub mod ownership;

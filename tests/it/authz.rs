@@ -105,6 +105,9 @@ macro_rules! client {
     (auth, $c:expr, $b:expr) => {
         pb::auth_client::AuthClient::with_interceptor($c, $b)
     };
+    (notifications, $c:expr, $b:expr) => {
+        pb::notification_admin_client::NotificationAdminClient::with_interceptor($c, $b)
+    };
 }
 
 /// One row: `r!(METHOD, expect, client, method, |i, ids| request)`.
@@ -402,6 +405,41 @@ fn table() -> Vec<Row> {
             pb::CompletePasswordResetRequest {
                 reset_token: "bogus".into(),
                 new_password: "copper lantern beside a quiet harbor".into(),
+            }
+        }),
+        r!("Auth/RequestPasswordReset", public(OK), auth, request_password_reset, |i, ids| {
+            pb::RequestPasswordResetRequest { tenant_id: t(), email: format!("nobody-{i}@example.com") }
+        }),
+        r!("NotificationAdmin/ListNotifications", admin(OK), notifications, list_notifications, |i, ids| {
+            pb::ListNotificationsRequest { tenant_id: t(), ..Default::default() }
+        }),
+        r!("NotificationAdmin/RetryNotification", admin(NF), notifications, retry_notification, |i, ids| {
+            pb::RetryNotificationRequest { tenant_id: t(), notification_id: random() }
+        }),
+        r!("NotificationAdmin/ListTemplates", admin(OK), notifications, list_templates, |i, ids| {
+            pb::ListTemplatesRequest { tenant_id: t() }
+        }),
+        r!("NotificationAdmin/SetTemplate", admin(OK), notifications, set_template, |i, ids| {
+            pb::SetTemplateRequest {
+                tenant_id: t(),
+                template: Some(pb::NotificationTemplate {
+                    kind: "password_changed".into(),
+                    locale: "en".into(),
+                    subject: format!("Password changed ({i})"),
+                    body: "Hello {{ name }}, your password was changed.".into(),
+                    ..Default::default()
+                }),
+            }
+        }),
+        r!("NotificationAdmin/DeleteTemplate", admin(NF), notifications, delete_template, |i, ids| {
+            pb::DeleteTemplateRequest { tenant_id: t(), kind: "account_locked".into(), locale: "ru".into() }
+        }),
+        r!("NotificationAdmin/PreviewTemplate", admin(OK), notifications, preview_template, |i, ids| {
+            pb::PreviewTemplateRequest {
+                tenant_id: t(),
+                kind: "invitation".into(),
+                locale: "zh-CN".into(),
+                ..Default::default()
             }
         }),
         r!("Auth/EnrollTotp", own(OK), auth, enroll_totp, |i, ids| pb::EnrollTotpRequest {

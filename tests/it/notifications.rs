@@ -1,5 +1,7 @@
 //! Notifications: invitations, resets and security notices delivered to a real SMTP server
-//! (aiosmtpd, `tests/smtp_sink.py`), from the transactional outbox, on both databases.
+//! (aiosmtpd, `tests/smtp_sink.py`) and to a real webhook receiver that checks signatures with
+//! the Standard Webhooks reference library (`tests/webhook_sink.py`), from the transactional
+//! outbox, on both databases; tenants' own templates.
 
 use std::{
     io::{BufRead, BufReader},
@@ -25,6 +27,10 @@ both_backends!(
     a_failed_or_retried_create_sends_one_invitation_or_none,
     a_message_committed_before_a_crash_is_delivered_after_restart,
     a_purge_erases_the_outbox_copies_of_the_address,
+    webhooks_are_signed_per_the_standard_and_retried_until_accepted,
+    each_tenant_chooses_its_channel,
+    a_tenants_own_templates_are_checked_previewed_and_used,
+    the_other_administrators_hear_of_a_new_one,
 );
 
 const PASSWORD: &str = "correct horse battery staple 42";
@@ -167,6 +173,7 @@ async fn set_policy(s: &TestServer, t: &str, default_locale: &str) {
                     notification_policy: Some(pb::NotificationPolicy {
                         default_locale: default_locale.into(),
                         link_base_url: "https://crm.acme.example/app/".into(),
+                        ..Default::default()
                     }),
                     ..Default::default()
                 }),
@@ -265,6 +272,7 @@ async fn an_invitation_arrives_in_the_users_language_and_its_token_works(backend
                         notification_policy: Some(pb::NotificationPolicy {
                             default_locale: "xx".into(),
                             link_base_url: "http://evil.example/?a=b".into(),
+                            ..Default::default()
                         }),
                         ..Default::default()
                     }),
@@ -280,6 +288,9 @@ async fn an_invitation_arrives_in_the_users_language_and_its_token_works(backend
         common::bad_fields(&e),
         ["tenant.settings.notification_policy.default_locale", "tenant.settings.notification_policy.link_base_url"]
     );
+    // A channel this server has not (no webhook) cannot be chosen.
+    let e = expect_code(set_channel(&s, &t, pb::NotificationChannel::Webhook).await, Code::InvalidArgument);
+    assert_eq!(common::bad_fields(&e), ["tenant.settings.notification_policy.channel"]);
     drop(sink);
     s.stop().await;
 }
@@ -614,6 +625,319 @@ async fn a_purge_erases_the_outbox_copies_of_the_address(backend: Backend) {
     users.purge_user(pb::PurgeUserRequest { tenant_id: t.clone(), user_id: id, ..Default::default() }).await.unwrap();
     let stored = dump(&s, "notifications").await;
     assert!(!stored.contains("leaver@acme.example") && !stored.contains("Zebulon"), "{stored}");
+    drop(sink);
+    s.stop().await;
+}
+
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A webhook receiver on 127.0.0.1 that verifies each request with the Standard Webhooks
+/// reference library: each request, as JSON (`verified`, `id`, `payload`).
+struct Hooks {
+    child: Child,
+    port: u16,
+    rx: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+}
+
+impl Hooks {
+    /// Verifying with `secret`; the first `fail_first` requests are answered 503.
+    fn start(secret: &str, fail_first: u32) -> Hooks {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhook_sink.py");
+        let mut child = Command::new("python3")
+            .args([script, secret, "0", &fail_first.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 with standardwebhooks is needed: run the tests with scripts/test.sh, which installs it");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines.next().expect("the webhook sink says READY").expect("read");
+        let port: u16 = ready.strip_prefix("READY ").expect("READY <port>").parse().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = tx.send(serde_json::from_str(&line).expect("a JSON line"));
+            }
+        });
+        Hooks { child, port, rx }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/crm-iam/notifications", self.port)
+    }
+
+    async fn next(&mut self) -> serde_json::Value {
+        tokio::time::timeout(Duration::from_secs(30), self.rx.recv())
+            .await
+            .expect("a webhook within 30 s")
+            .expect("the receiver is running")
+    }
+
+    fn drain(&mut self) -> Vec<serde_json::Value> {
+        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+    }
+}
+
+impl Drop for Hooks {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn webhook(c: &mut crm_iam::config::Config, url: String, secret: &str) {
+    c.notification_webhook_url = Some(url.into());
+    c.notification_webhook_secret = Some(secret.to_owned().into());
+    c.notification_retry_first = Duration::from_millis(100);
+    c.notification_retry_max = Duration::from_millis(400);
+    c.notification_poll_interval = Duration::from_millis(100);
+}
+
+async fn set_channel(s: &TestServer, t: &str, channel: pb::NotificationChannel) -> Result<(), tonic::Status> {
+    s.tenants()
+        .await
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant: Some(pb::Tenant {
+                tenant_id: t.into(),
+                settings: Some(pb::TenantSettings {
+                    notification_policy: Some(pb::NotificationPolicy { channel: channel as i32, ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask { paths: vec!["settings.notification_policy".into()] }),
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+}
+
+async fn webhooks_are_signed_per_the_standard_and_retried_until_accepted(backend: Backend) {
+    let mut hooks = Hooks::start(WEBHOOK_SECRET, 2);
+    let url = hooks.url();
+    let s = TestServer::start_with(backend, |c| webhook(c, url, WEBHOOK_SECRET)).await;
+    let t = s.tenant("acme", 0).await;
+    let mut req = invite(&t, "dmitry@acme.example");
+    let u = req.user.as_mut().unwrap();
+    (u.given_name, u.locale, u.phone) = ("Дмитрий".into(), "ru".into(), "+7 495 123-45-67".into());
+    let created = s.users().await.create_user(req).await.unwrap().into_inner();
+    assert!(created.invitation_token.is_empty(), "the token goes by the channel only");
+
+    // Two 503s, then accepted: the receiver's library verified the signature of what it took.
+    let hook = hooks.next().await;
+    assert_eq!(hook["verified"], true, "{hook}");
+    let sent = all_in(&s, &t, 1, pb::NotificationState::Sent).await;
+    assert_eq!((sent[0].channel.as_str(), sent[0].attempts), ("webhook", 3), "{sent:?}");
+    assert_eq!(hook["id"], sent[0].notification_id.as_str(), "webhook-id is the notification id");
+    assert_eq!(hook["content_type"], "application/json");
+    let p = &hook["payload"];
+    assert_eq!(p["type"], "notification.invitation");
+    let d = &p["data"];
+    assert_eq!(
+        (d["tenant_id"].as_str(), d["kind"].as_str(), d["locale"].as_str()),
+        (Some("acme"), Some("invitation"), Some("ru"))
+    );
+    assert_eq!(d["user_id"], created.user.unwrap().user_id.as_str());
+    assert_eq!(d["recipient"]["email"], "dmitry@acme.example");
+    assert_eq!(d["recipient"]["phone"], "+74951234567", "for an SMS");
+    assert!(d["subject"].as_str().unwrap().starts_with("Приглашение"), "{d}");
+    let link = d["link"].as_str().unwrap();
+    assert!(d["body"].as_str().unwrap().contains(link), "the rendered body carries the link");
+    let token = token_in(link);
+    for table in ["notifications", "audit_events"] {
+        assert!(!dump(&s, table).await.contains(&token), "{table} holds the token");
+    }
+    s.auth()
+        .await
+        .accept_invitation(pb::AcceptInvitationRequest { invitation_token: token, new_password: PASSWORD.into() })
+        .await
+        .expect("the token from the webhook works");
+    // The notice that the invitation was accepted is not a message; a password change is.
+    s.login(&t, "dmitry@acme.example", PASSWORD).await;
+    assert!(hooks.drain().is_empty());
+    drop(hooks);
+    s.stop().await;
+
+    // Signed with another secret: the receiver refuses it (401), so it is never SENT.
+    let mut strict = Hooks::start("whsec_c2VjcmV0LW9mLWFub3RoZXItcmVjZWl2ZXItMTIzNA==", 0);
+    let url = strict.url();
+    let s = TestServer::start_with(Backend::Sqlite, |c| webhook(c, url, WEBHOOK_SECRET)).await;
+    let t = s.tenant("acme", 0).await;
+    s.users().await.create_user(invite(&t, "eve@acme.example")).await.unwrap();
+    let refused = strict.next().await;
+    assert_eq!(refused["verified"], false, "{refused}");
+    let pending = wait_for("the refusal recorded", Duration::from_secs(30), || async {
+        let all = notifications(&s, &t).await;
+        (all[0].attempts >= 1).then_some(all)
+    })
+    .await;
+    assert_eq!(state(&pending[0]), pb::NotificationState::Pending, "retried, not SENT");
+    assert_eq!(pending[0].last_error, "webhook: the receiver answered HTTP 401");
+    drop(strict);
+    s.stop().await;
+}
+
+async fn each_tenant_chooses_its_channel(backend: Backend) {
+    let mut sink = Sink::start(0);
+    let mut hooks = Hooks::start(WEBHOOK_SECRET, 0);
+    let (smtp, url) = (sink.url(), hooks.url());
+    let s = TestServer::start_with(backend, |c| {
+        quick_retries(c, smtp);
+        webhook(c, url, WEBHOOK_SECRET);
+    })
+    .await;
+    let (acme, beta) = (s.tenant("acme", 0).await, s.tenant("beta", 0).await);
+    set_channel(&s, &beta, pb::NotificationChannel::Webhook).await.unwrap();
+    s.users().await.create_user(invite(&acme, "a@acme.example")).await.unwrap();
+    s.users().await.create_user(invite(&beta, "b@beta.example")).await.unwrap();
+    assert_eq!(sink.next().await["to"][0], "a@acme.example", "the default is e-mail");
+    let hook = hooks.next().await;
+    assert_eq!(
+        (hook["verified"].as_bool(), hook["payload"]["data"]["recipient"]["email"].as_str()),
+        (Some(true), Some("b@beta.example"))
+    );
+    all_in(&s, &acme, 1, pb::NotificationState::Sent).await;
+    all_in(&s, &beta, 1, pb::NotificationState::Sent).await;
+    assert!(sink.drain().is_empty() && hooks.drain().is_empty(), "each message went one way only");
+    let got =
+        s.tenants().await.get_tenant(pb::GetTenantRequest { tenant_id: beta.clone() }).await.unwrap().into_inner();
+    let policy = got.tenant.unwrap().settings.unwrap().notification_policy.unwrap();
+    assert_eq!(policy.channel, pb::NotificationChannel::Webhook as i32);
+    drop((sink, hooks));
+    s.stop().await;
+}
+
+fn template(kind: &str, locale: &str, subject: &str, body: &str) -> pb::NotificationTemplate {
+    pb::NotificationTemplate {
+        kind: kind.into(),
+        locale: locale.into(),
+        subject: subject.into(),
+        body: body.into(),
+        ..Default::default()
+    }
+}
+
+async fn a_tenants_own_templates_are_checked_previewed_and_used(backend: Backend) {
+    let mut sink = Sink::start(0);
+    let url = sink.url();
+    let s = TestServer::start_with(backend, |c| quick_retries(c, url)).await;
+    let t = s.tenant("acme", 0).await;
+    let mut admin = pb::notification_admin_client::NotificationAdminClient::with_interceptor(
+        s.channel().await,
+        common::Bearer::admin(),
+    );
+    let set = |tpl: pb::NotificationTemplate| pb::SetTemplateRequest { tenant_id: t.clone(), template: Some(tpl) };
+
+    // Refused, field by field, and nothing saved: a syntax error, an unknown variable, no link.
+    let e = expect_code(
+        admin.set_template(set(template("invitation", "ru", "Добро пожаловать {{ tenant", "{{ password }}"))).await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(common::bad_fields(&e), ["template.body", "template.subject"]);
+    let e = expect_code(
+        admin.set_template(set(template("invitation", "ru", "Привет", "Без ссылки"))).await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(common::bad_fields(&e), ["template.body"]);
+    let e = expect_code(admin.set_template(set(template("welcome", "de", "x", "y"))).await, Code::InvalidArgument);
+    assert_eq!(common::bad_fields(&e), ["template.kind", "template.locale"]);
+    let listed = admin.list_templates(pb::ListTemplatesRequest { tenant_id: t.clone() }).await.unwrap().into_inner();
+    assert_eq!(listed.templates.len(), 8 * 3, "every kind in every language");
+    assert!(listed.templates.iter().all(|x| !x.custom));
+
+    // A draft is previewed with sample data before it is saved.
+    let body = "{{ name }}, добро пожаловать в {{ tenant }}!\nВход: {{ link }}\nДо {{ expires }}.";
+    let preview = admin
+        .preview_template(pb::PreviewTemplateRequest {
+            tenant_id: t.clone(),
+            kind: "invitation".into(),
+            locale: "ru".into(),
+            subject: "Ждём вас в {{ tenant }}".into(),
+            body: body.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(preview.subject, "Ждём вас в Tenant acme", "the tenant's display name");
+    assert!(preview.body.contains("https://acme.crm.example/accept-invitation?token=SAMPLE-TOKEN"), "{}", preview.body);
+    let saved = admin
+        .set_template(set(template("invitation", "ru", "Ждём вас в {{ tenant }}", body)))
+        .await
+        .unwrap()
+        .into_inner()
+        .template
+        .unwrap();
+    assert!(saved.custom && !saved.etag.is_empty());
+
+    // Used for the next invitation in that language; others keep the built-in wording.
+    let mut req = invite(&t, "ivan@acme.example");
+    req.user.as_mut().unwrap().locale = "ru".into();
+    s.users().await.create_user(req).await.unwrap();
+    let mail = sink.next().await;
+    assert_eq!(mail["subject"], "Ждём вас в Tenant acme");
+    let token = token_in(mail["body"].as_str().unwrap());
+    assert!(mail["body"].as_str().unwrap().contains(&format!("accept-invitation?token={token}")));
+    s.users().await.create_user(invite(&t, "john@acme.example")).await.unwrap();
+    assert!(sink.next().await["subject"].as_str().unwrap().starts_with("You are invited"));
+
+    // A stale etag loses; delete goes back to the built-in wording, once.
+    let mut stale = template("invitation", "ru", "Другое {{ tenant }}", body);
+    stale.etag = "\"v-stale\"".into();
+    let e = expect_code(admin.set_template(set(stale)).await, Code::Aborted);
+    assert_eq!(reason(&e), "ETAG_MISMATCH");
+    let del = || pb::DeleteTemplateRequest { tenant_id: t.clone(), kind: "invitation".into(), locale: "ru".into() };
+    let back = admin.delete_template(del()).await.unwrap().into_inner().template.unwrap();
+    assert!(!back.custom && back.subject.starts_with("Приглашение"));
+    let e = expect_code(admin.delete_template(del()).await, Code::NotFound);
+    assert_eq!(reason(&e), "NOTIFICATION_TEMPLATE_NOT_FOUND");
+    let db = s.db.connect().await;
+    let audited = common::count(
+        &db,
+        "SELECT COUNT(*) FROM audit_events WHERE action IN ('notification.template_set', 'notification.template_deleted')",
+    )
+    .await;
+    assert_eq!(audited, 2);
+
+    // Another tenant's administrator can do none of it here.
+    let other = s.tenant("other", 0).await;
+    let outsider = s.builtin_role(&other, "administrator").await;
+    s.password_user(&other, "boss@other.example", PASSWORD, &[outsider]).await;
+    let session = s.login(&other, "boss@other.example", PASSWORD).await;
+    let mut theirs = pb::notification_admin_client::NotificationAdminClient::with_interceptor(
+        s.channel().await,
+        common::Bearer::token(&session.access_token),
+    );
+    expect_code(
+        theirs.set_template(set(template("invitation", "en", "Hi", "{{ link }}"))).await,
+        Code::PermissionDenied,
+    );
+    expect_code(theirs.list_templates(pb::ListTemplatesRequest { tenant_id: t.clone() }).await, Code::PermissionDenied);
+    drop(sink);
+    s.stop().await;
+}
+
+async fn the_other_administrators_hear_of_a_new_one(backend: Backend) {
+    let mut sink = Sink::start(0);
+    let url = sink.url();
+    let s = TestServer::start_with(backend, |c| quick_retries(c, url)).await;
+    let t = s.tenant("acme", 0).await;
+    let admin_role = s.builtin_role(&t, "administrator").await;
+    s.password_user(&t, "first@acme.example", PASSWORD, std::slice::from_ref(&admin_role)).await;
+    let second = s.password_user(&t, "second@acme.example", PASSWORD, &[]).await;
+    s.roles()
+        .await
+        .assign_role(pb::AssignRoleRequest {
+            tenant_id: t.clone(),
+            user_id: second,
+            role_id: admin_role,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mail = sink.next().await;
+    assert_eq!(mail["to"][0], "first@acme.example", "{mail}");
+    assert!(mail["subject"].as_str().unwrap().contains("is now an administrator"), "{mail}");
+    all_in(&s, &t, 1, pb::NotificationState::Sent).await;
+    assert!(sink.drain().is_empty(), "the new administrator is not told of themselves");
     drop(sink);
     s.stop().await;
 }

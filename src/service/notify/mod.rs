@@ -6,73 +6,59 @@
 //! master key, bound to the row, and erased when the message is sent, fails or expires.
 //!
 //! The worker ([`run_worker`], one per replica) claims due rows by lease (one UPDATE: exactly one
-//! replica wins each), renders the built-in template of the user's language
-//! (`templates.rs`), sends it and records the outcome. A crash between commit and delivery
+//! replica wins each), renders the template of the user's language (the tenant's own, or the
+//! built-in one: `templates.rs`), sends it by the row's channel (`channels.rs`: e-mail, or a
+//! Standard Webhooks POST to the platform's notification service) and records the outcome. A crash between commit and delivery
 //! leaves the row PENDING, and it is sent after the lease runs out, by any replica. The message
-//! id is stable (`Message-ID: <notification_id@crm-iam>`), so a receiver can drop the rare
+//! id is stable (`Message-ID: <notification_id@crm-iam>`, `webhook-id`), so a receiver can drop the rare
 //! repeat (a replica that crashed after the SMTP server accepted the message and before the row
 //! was marked). Failed attempts retry with exponential backoff and jitter until
 //! `notification_retry_period` (or the token's expiry); then the message becomes FAILED, with a
 //! `notification.failed` audit event and a metric.
 
+mod admin;
+pub mod channels;
 pub mod templates;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lettre::{
-    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-    message::{Mailbox, header::ContentType},
-};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Call, Iam, Page, Target};
+pub use admin::{ListNotifications, ListTemplates, RetryNotification, TemplateRef};
+use channels::{Mailer, Webhook};
+
+use super::Iam;
 use crate::{
     domain::{
-        Error, Reason, Result,
-        access::Right,
+        Result, Violations,
         audit::{AuditRecord, RequestContext},
-        caller::Caller,
-        notification::{
-            Channel, Locale, Notification, NotificationFilter, NotificationKind, NotificationState, RetrySchedule,
-        },
+        notification::{Channel, Locale, NotificationKind, RetrySchedule},
         now,
-        tenant::Tenant,
+        tenant::{SettingsPatch, Tenant},
         user::IssuedToken,
     },
     secrets::Slot,
     store::{
-        Tx,
+        Tx, notification_templates,
         outbox::{self, Attempt, NewNotification},
         users,
     },
 };
 
-/// A page of a tenant's notifications, newest first.
-pub struct ListNotifications {
-    pub tenant_id: String,
-    pub filter: NotificationFilter,
-    pub before: Option<Uuid>,
-    pub limit: u64,
-    /// The query's filters, as its page tokens are bound to them.
-    pub filters: String,
-}
-
-/// A FAILED notification to queue again.
-pub struct RetryNotification {
-    pub tenant_id: String,
-    pub notification_id: Uuid,
-}
-
 /// How messages are delivered (from the configuration).
 #[derive(Clone)]
 pub struct OutboxSettings {
-    /// `smtp://…` / `smtps://…`; None = no e-mail channel (nothing is queued).
-    pub smtp_url: Option<secrecy::SecretString>,
+    /// `smtp://…` / `smtps://…`; None = no e-mail channel.
+    pub smtp_url: Option<SecretString>,
     pub smtp_from: String,
     pub smtp_timeout: Duration,
+    /// The platform's notification service; None = no webhook channel.
+    pub webhook_url: Option<SecretString>,
+    pub webhook_secret: Option<SecretString>,
+    pub webhook_timeout: Duration,
     /// `{tenant}` is replaced by the tenant id.
     pub link_base: String,
     pub retry: RetrySchedule,
@@ -90,6 +76,9 @@ impl Default for OutboxSettings {
             smtp_url: None,
             smtp_from: "crm-iam@localhost".into(),
             smtp_timeout: Duration::from_secs(15),
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_timeout: Duration::from_secs(10),
             link_base: "https://{tenant}.crm.example".into(),
             retry: RetrySchedule { first: Duration::from_secs(10), max: Duration::from_secs(600) },
             retry_period: Duration::from_secs(24 * 3600),
@@ -100,39 +89,32 @@ impl Default for OutboxSettings {
     }
 }
 
-/// The outbox of this replica: its settings and the SMTP transport (a pool).
+/// The outbox of this replica: its settings and channels (the SMTP transport is a pool).
 #[derive(Default)]
 pub struct Outbox {
     settings: OutboxSettings,
-    mailer: Option<(AsyncSmtpTransport<Tokio1Executor>, Mailbox)>,
+    mailer: Option<Mailer>,
+    webhook: Option<Webhook>,
 }
 
 impl Outbox {
     pub fn new(settings: OutboxSettings) -> anyhow::Result<Outbox> {
         let mailer = match &settings.smtp_url {
             None => None,
-            Some(url) => {
-                let mut url =
-                    url::Url::parse(url.expose_secret()).map_err(|e| anyhow::anyhow!("smtp_url is not a URL: {e}"))?;
+            Some(url) => Some(Mailer::new(url, &settings.smtp_from, settings.smtp_timeout)?),
+        };
+        let webhook = match &settings.webhook_url {
+            None => {
                 anyhow::ensure!(
-                    matches!(url.scheme(), "smtp" | "smtps"),
-                    "smtp_url must start with smtp:// (STARTTLS when offered) or smtps:// (implicit TLS)"
+                    settings.webhook_secret.is_none(),
+                    "notification_webhook_secret is set without notification_webhook_url"
                 );
-                if url.scheme() == "smtp" && !url.query_pairs().any(|(k, _)| k == "tls") {
-                    // STARTTLS whenever the server offers it (lettre's default for smtp:// is none).
-                    url.query_pairs_mut().append_pair("tls", "opportunistic");
-                }
-                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.as_str())
-                    .map_err(|e| anyhow::anyhow!("smtp_url: {e}"))?
-                    .timeout(Some(settings.smtp_timeout))
-                    .build();
-                let from: Mailbox =
-                    settings.smtp_from.parse().map_err(|e| anyhow::anyhow!("smtp_from is not an address: {e}"))?;
-                Some((transport, from))
+                None
             }
+            Some(url) => Some(Webhook::new(url, settings.webhook_secret.as_ref(), settings.webhook_timeout)?),
         };
         anyhow::ensure!(templates::complete(), "a built-in template is missing");
-        Ok(Outbox { settings, mailer })
+        Ok(Outbox { settings, mailer, webhook })
     }
 
     pub fn settings(&self) -> &OutboxSettings {
@@ -141,7 +123,39 @@ impl Outbox {
 
     /// Whether messages are queued at all (a channel is configured).
     pub fn enabled(&self) -> bool {
-        self.mailer.is_some()
+        self.mailer.is_some() || self.webhook.is_some()
+    }
+
+    fn has(&self, channel: Channel) -> bool {
+        match channel {
+            Channel::Email => self.mailer.is_some(),
+            Channel::Webhook => self.webhook.is_some(),
+        }
+    }
+
+    /// The tenant's channel: its choice when this server has it, otherwise whichever it has
+    /// (e-mail first); None when it has none.
+    pub fn channel_for(&self, tenant: &Tenant) -> Option<Channel> {
+        [tenant.settings.channel, Some(Channel::Email), Some(Channel::Webhook)]
+            .into_iter()
+            .flatten()
+            .find(|c| self.has(*c))
+    }
+
+    /// A tenant may choose only a channel this server has.
+    pub fn check_channel(&self, patch: &SettingsPatch, v: &mut Violations) {
+        if let Some(Some(channel)) = patch.channel
+            && !self.has(channel)
+        {
+            let setting = match channel {
+                Channel::Email => "smtp_url",
+                Channel::Webhook => "notification_webhook_url",
+            };
+            v.add(
+                "tenant.settings.notification_policy.channel",
+                format!("this server has no {} channel (its operator sets `{setting}`)", channel.as_str()),
+            );
+        }
     }
 
     fn link_base(&self, tenant: &Tenant) -> String {
@@ -177,7 +191,20 @@ impl Iam {
         kind: NotificationKind,
         token: Option<&IssuedToken>,
     ) -> Result<Option<Uuid>> {
-        let Some(email) = user.email.clone().filter(|_| self.outbox.enabled()) else {
+        self.queue_message(tx, tenant, user, kind, token, None).await
+    }
+
+    /// As [`Iam::queue_notification`], with variables of the kind's own (`admin`).
+    pub(super) async fn queue_message(
+        &self,
+        tx: &Tx,
+        tenant: &Tenant,
+        user: &users::Row,
+        kind: NotificationKind,
+        token: Option<&IssuedToken>,
+        extra: Option<&[(&str, String)]>,
+    ) -> Result<Option<Uuid>> {
+        let (Some(channel), Some(email)) = (self.outbox.channel_for(tenant), user.email.clone()) else {
             return Ok(None);
         };
         if kind.carries_token() {
@@ -196,6 +223,17 @@ impl Iam {
             "time": fmt_time(t),
             "link_base": self.outbox.link_base(tenant),
         });
+        if let Some(extra) = extra {
+            for (k, v) in extra {
+                variables[*k] = v.as_str().into();
+            }
+        }
+        if channel == Channel::Webhook
+            && let Some(phone) = &user.phone
+        {
+            // The platform's service may text the user instead (erased with the user's data).
+            variables["phone"] = phone.clone().into();
+        }
         let secret = match token {
             Some(token) => {
                 give_up = give_up.min(token.expire_time);
@@ -212,7 +250,7 @@ impl Iam {
                 tenant_id: tenant.tenant_id.clone(),
                 user_id: Some(user.user_id),
                 kind,
-                channel: Channel::Email.as_str(),
+                channel: channel.as_str(),
                 recipient: email,
                 locale: locale.tag().to_owned(),
                 variables,
@@ -227,58 +265,6 @@ impl Iam {
     /// Messages waiting to be sent, on all tenants (the queue-depth gauge).
     pub async fn pending_notifications(&self) -> Result<u64> {
         outbox::pending_count(self.db.conn()).await
-    }
-
-    /// ListNotifications (needs users.view at TENANT scope; the token is never shown).
-    pub async fn list_notifications(&self, caller: &Caller, q: &ListNotifications) -> Result<Page<Notification>> {
-        let tenant_id = q.tenant_id.as_str();
-        self.authorize(caller, tenant_id, Right::USERS_VIEW, Target::Tenant).await?;
-        self.tenant_settings(tenant_id).await?;
-        let rows = outbox::list(self.db.conn(), tenant_id, &q.filter, q.before, q.limit + 1).await?;
-        Ok(Page::from_rows(rows, q.limit))
-    }
-
-    /// RetryNotification (needs users.edit at TENANT scope): a FAILED message without a token
-    /// is queued again for a fresh retry period. One that carried a token cannot be (the token
-    /// was erased when it failed): send a new invitation or reset instead.
-    pub async fn retry_notification(&self, call: &Call, cmd: RetryNotification) -> Result<Notification> {
-        let (tenant_id, id) = (cmd.tenant_id.as_str(), cmd.notification_id);
-        self.authorize(&call.caller, tenant_id, Right::USERS_EDIT, Target::Tenant).await?;
-        let give_up = now() + chrono::Duration::from_std(self.outbox.settings.retry_period).unwrap_or_default();
-        let out = self
-            .db
-            .write(&call.ctx, async |tx| {
-                crate::store::tenants::lock(tx, tenant_id).await?;
-                let row = outbox::find(&**tx, tenant_id, id).await?.ok_or_else(|| outbox::not_found(id))?;
-                let n = outbox::to_domain(row)?;
-                let not_retryable = |why: &str| {
-                    Error::precondition(
-                        Reason::NotificationNotRetryable,
-                        "NOTIFICATION_STATE",
-                        format!("notifications/{id}"),
-                        why.to_owned(),
-                    )
-                };
-                if n.state != NotificationState::Failed {
-                    return Err(not_retryable("only a FAILED notification can be retried"));
-                }
-                if n.kind.carries_token() {
-                    return Err(not_retryable(
-                        "its token was erased when it failed: resend the invitation or reset the password instead",
-                    ));
-                }
-                outbox::requeue(tx, id, give_up).await?;
-                tx.audit(AuditRecord::new(Some(tenant_id), "notification.retried", "notification", id));
-                let row = outbox::find(&**tx, tenant_id, id).await?.ok_or_else(|| outbox::not_found(id))?;
-                outbox::to_domain(row)
-            })
-            .await?;
-        Ok(out)
-    }
-
-    /// The delivery state of the user's latest invitation (GetUser).
-    pub async fn invitation_delivery(&self, user_id: Uuid) -> Result<Option<NotificationState>> {
-        outbox::invitation_state(self.db.conn(), user_id).await
     }
 }
 
@@ -332,11 +318,11 @@ impl Iam {
                 for r in &rows {
                     tx.audit(failed_event(r, r.last_error.as_deref().unwrap_or("expired before it could be sent")));
                 }
-                Ok(rows.len())
+                Ok(rows.into_iter().map(|r| r.channel).collect::<Vec<_>>())
             })
             .await?;
-        for _ in 0..expired {
-            metrics::counter!("crm_iam_notifications_sent_total", "channel" => "email", "result" => "failed")
+        for channel in expired {
+            metrics::counter!("crm_iam_notifications_sent_total", "channel" => channel, "result" => "failed")
                 .increment(1);
         }
         let ids = outbox::due(self.db.conn(), at, BATCH).await?;
@@ -354,9 +340,10 @@ impl Iam {
         Ok(attempted)
     }
 
-    /// Renders and sends one message.
+    /// Renders and sends one message by its channel.
     async fn send(&self, row: &outbox::Row) -> std::result::Result<(), String> {
         let kind: NotificationKind = row.kind.parse().map_err(|_| format!("unknown kind {:?}", row.kind))?;
+        let channel: Channel = row.channel.parse().map_err(|_| format!("unknown channel {:?}", row.channel))?;
         let mut vars: serde_json::Value =
             serde_json::from_str(&row.variables).map_err(|e| format!("stored variables: {e}"))?;
         if let Some(sealed) = &row.secret {
@@ -371,23 +358,24 @@ impl Iam {
             return Err("the message's token is gone".into());
         }
         let locale = Locale::parse(&row.locale).unwrap_or_default();
-        let rendered = templates::render(kind, locale, &vars)?;
-        let (transport, from) = self.outbox.mailer.as_ref().ok_or("no e-mail channel is configured")?;
-        let to: Mailbox = row.recipient.parse().map_err(|e| format!("the recipient is not an address: {e}"))?;
-        let message = Message::builder()
-            .from(from.clone())
-            .to(to)
-            .subject(rendered.subject)
-            .message_id(Some(format!("<{}@crm-iam>", row.notification_id)))
-            .header(ContentType::TEXT_PLAIN)
-            .body(rendered.body)
-            .map_err(|e| format!("building the message: {e}"))?;
-        // The transport's own timeout bounds each command; this bounds the whole conversation.
-        match tokio::time::timeout(self.outbox.settings.smtp_timeout * 2, transport.send(message)).await {
-            Ok(Ok(_)) => Ok(()),
-            // lettre's errors name the server's reply, never the message's content.
-            Ok(Err(e)) => Err(format!("SMTP: {e}")),
-            Err(_) => Err("SMTP: timed out".into()),
+        let custom = notification_templates::get(self.db.conn(), &row.tenant_id, kind, locale)
+            .await
+            .map_err(|e| format!("reading the tenant's template: {e}"))?;
+        let (subject, body) = match &custom {
+            Some(t) => (t.subject.as_str(), t.body.as_str()),
+            None => templates::builtin(kind, locale),
+        };
+        let rendered = templates::render(subject, body, &vars)?;
+        let id = row.notification_id.to_string();
+        match channel {
+            Channel::Email => {
+                let mailer = self.outbox.mailer.as_ref().ok_or("this server has no e-mail channel")?;
+                mailer.send(&id, &row.recipient, rendered).await
+            }
+            Channel::Webhook => {
+                let webhook = self.outbox.webhook.as_ref().ok_or("this server has no webhook channel")?;
+                webhook.send(&id, &webhook_payload(row, kind, &vars, rendered)).await
+            }
         }
     }
 
@@ -433,17 +421,49 @@ impl Iam {
             tracing::warn!(notification_id = %row.notification_id, "the notification's claim was lost while sending");
             return Ok(());
         }
-        metrics::counter!("crm_iam_notifications_sent_total", "channel" => "email", "result" => result_label)
+        metrics::counter!("crm_iam_notifications_sent_total", "channel" => row.channel.clone(), "result" => result_label)
             .increment(1);
         if result_label == "sent" {
             let latency = (now() - row.create_time).to_std().unwrap_or_default();
-            metrics::histogram!("crm_iam_notification_delivery_seconds", "channel" => "email")
+            metrics::histogram!("crm_iam_notification_delivery_seconds", "channel" => row.channel.clone())
                 .record(latency.as_secs_f64());
         } else if result_label == "failed" {
             tracing::warn!(notification_id = %row.notification_id, attempts, "notification FAILED: retries ran out");
         }
         Ok(())
     }
+}
+
+/// The JSON a webhook carries: the message as rendered for the user (so the receiver can send it
+/// as it is) and what it needs to send it its own way (an SMS with the link, an in-app notice).
+/// `type` is `notification.<kind>`.
+fn webhook_payload(
+    row: &outbox::Row,
+    kind: NotificationKind,
+    vars: &serde_json::Value,
+    message: templates::Rendered,
+) -> serde_json::Value {
+    let text = |k: &str| vars.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    let mut data = serde_json::json!({
+        "notification_id": row.notification_id,
+        "tenant_id": row.tenant_id,
+        "user_id": row.user_id,
+        "kind": kind.as_str(),
+        "locale": row.locale,
+        "recipient": { "email": row.recipient, "name": text("name"), "phone": text("phone") },
+        "subject": message.subject,
+        "body": message.body,
+    });
+    for k in ["link", "expires", "admin"] {
+        if vars.get(k).is_some() {
+            data[k] = text(k).into();
+        }
+    }
+    serde_json::json!({
+        "type": format!("notification.{}", kind.as_str()),
+        "timestamp": now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": data,
+    })
 }
 
 /// The audit event of a message that will not be delivered (no token, no address in it).

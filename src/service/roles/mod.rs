@@ -328,6 +328,9 @@ impl Iam {
                 if roles::assign(tx, tenant_id, user_id, role_id).await? {
                     tx.policy_changed(tenant_id, Some(user_id));
                     tx.audit(assignment_record("role.assigned", tenant_id, user_id, role_id, role.name));
+                    if role_id == roles::builtin_role_id(tenant_id, Template::Administrator) {
+                        self.notify_new_administrator(tx, tenant_id, role_id, &user).await?;
+                    }
                 }
                 self.to_user_in(&**tx, user).await
             })

@@ -199,6 +199,9 @@ impl Iam {
                         ));
                     }
                     roles::assign(tx, tenant_id, row.user_id, *role_id).await?;
+                    if *role_id == roles::builtin_role_id(tenant_id, crate::domain::access::Template::Administrator) {
+                        self.notify_new_administrator(tx, tenant_id, *role_id, &row).await?;
+                    }
                 }
                 tx.policy_changed(tenant_id, Some(row.user_id));
                 let token = if invited {

@@ -6,6 +6,7 @@ pub mod departments;
 pub mod idempotency_keys;
 pub mod login_states;
 pub mod modules;
+pub mod notification_templates;
 pub mod notifications;
 pub mod ownerships;
 pub mod recovery_codes;
