@@ -18,6 +18,7 @@ mod audit;
 mod auth;
 mod floods;
 mod harness;
+mod outbox;
 mod startup;
 mod transfer;
 
@@ -58,6 +59,8 @@ enum Cmd {
     Auth(Opts),
     /// Ownership: RecordOwnership ingest and a 1,000,000-record transfer against raw SQL floors.
     Transfer(Opts),
+    /// Notifications: invitations committed and delivered per second to local SMTP and webhook sinks.
+    Outbox(Opts),
     /// Start-up time to SERVING on a fresh database, and idle RSS.
     Startup(Opts),
     /// Memory under id floods: 1,000,000 record ids and 100,000 unknown tenants within the cache budget.
@@ -252,6 +255,7 @@ async fn async_main() -> anyhow::Result<()> {
         Cmd::Audit(o) => (o, "audit"),
         Cmd::Auth(o) => (o, "auth"),
         Cmd::Startup(o) => (o, "startup"),
+        Cmd::Outbox(o) => (o, "outbox"),
         Cmd::Floods(o) => (o, "floods"),
         Cmd::Transfer(o) => (o, "transfer"),
         Cmd::All(o) => (o, "all"),
@@ -266,6 +270,20 @@ async fn async_main() -> anyhow::Result<()> {
         let label = backend.label();
         if matches!(which, "startup" | "all") {
             rows.extend(startup::run(label, async || backend.fresh().await).await?);
+        }
+        if matches!(which, "outbox" | "all") {
+            // Eight writers: invitations are written one transaction each.
+            let load = harness::Load { concurrency: opts.concurrency.min(8), ..opts.load() };
+            match outbox::run(async || backend.fresh().await, label, load).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => {
+                    eprintln!("[{label}] outbox failed: {e:#}");
+                    let mut r = harness::Row::new("outbox benchmark", label);
+                    r.value = format!("failed: {e}");
+                    r.met = Some(false);
+                    rows.push(r);
+                }
+            }
         }
         // Every benchmark gets a database of its own.
         for name in ["access", "audit", "auth", "transfer", "floods"] {

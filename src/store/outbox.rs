@@ -124,6 +124,13 @@ pub async fn erase_user(tx: &Tx, user_id: Uuid) -> Result<()> {
     Ok(())
 }
 
+/// Nobody holds it at `at` (never claimed, or its holder's lease ran out).
+fn unclaimed(at: DateTime<Utc>) -> Condition {
+    Condition::any()
+        .add(notifications::Column::LeaseExpireTime.is_null())
+        .add(notifications::Column::LeaseExpireTime.lt(at))
+}
+
 /// Due messages nobody holds (or whose holder's lease ran out), oldest first.
 pub async fn due(conn: &impl ConnectionTrait, at: DateTime<Utc>, limit: u64) -> Result<Vec<Uuid>> {
     Ok(notifications::Entity::find()
@@ -131,11 +138,7 @@ pub async fn due(conn: &impl ConnectionTrait, at: DateTime<Utc>, limit: u64) -> 
         .column(notifications::Column::NotificationId)
         .filter(notifications::Column::State.eq(NotificationState::Pending.as_str()))
         .filter(notifications::Column::NextAttemptTime.lte(at))
-        .filter(
-            Condition::any()
-                .add(notifications::Column::LeaseExpireTime.is_null())
-                .add(notifications::Column::LeaseExpireTime.lt(at)),
-        )
+        .filter(unclaimed(at))
         .order_by_asc(notifications::Column::NextAttemptTime)
         .limit(limit)
         .into_tuple()
@@ -156,31 +159,43 @@ pub async fn next_due(conn: &impl ConnectionTrait) -> Result<Option<DateTime<Utc
         .await?)
 }
 
-/// Claims a due message for `owner` until `until`; false when another replica was first (one
-/// statement: exactly one claimant wins).
-pub async fn claim(tx: &Tx, id: Uuid, owner: &str, at: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool> {
-    let r = notifications::Entity::update_many()
+/// Claims those of `ids` still due and free for `owner` until `until`, and returns their ids (one
+/// UPDATE: each row goes to exactly one claimant, whoever else tries at the same time).
+pub async fn claim(tx: &Tx, ids: &[Uuid], owner: &str, at: DateTime<Utc>, until: DateTime<Utc>) -> Result<Vec<Uuid>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    notifications::Entity::update_many()
         .col_expr(notifications::Column::LeaseOwner, Expr::value(owner))
         .col_expr(notifications::Column::LeaseExpireTime, Expr::value(until))
-        .filter(notifications::Column::NotificationId.eq(id))
+        .filter(notifications::Column::NotificationId.is_in(ids.iter().copied()))
         .filter(notifications::Column::State.eq(NotificationState::Pending.as_str()))
         .filter(notifications::Column::NextAttemptTime.lte(at))
-        .filter(
-            Condition::any()
-                .add(notifications::Column::LeaseExpireTime.is_null())
-                .add(notifications::Column::LeaseExpireTime.lt(at)),
-        )
+        .filter(unclaimed(at))
         .exec(&**tx)
         .await?;
-    Ok(r.rows_affected == 1)
+    Ok(notifications::Entity::find()
+        .select_only()
+        .column(notifications::Column::NotificationId)
+        .filter(notifications::Column::NotificationId.is_in(ids.iter().copied()))
+        .filter(notifications::Column::LeaseOwner.eq(owner))
+        .filter(notifications::Column::LeaseExpireTime.eq(until))
+        .into_tuple()
+        .all(&**tx)
+        .await?)
 }
 
-/// A message by id (the worker reads the one it claimed).
-pub async fn get(conn: &impl ConnectionTrait, id: Uuid) -> Result<Option<Row>> {
-    Ok(notifications::Entity::find_by_id(id).one(conn).await?)
+/// Messages by id (the worker reads those it claimed).
+pub async fn rows(conn: &impl ConnectionTrait, ids: &[Uuid]) -> Result<Vec<Row>> {
+    Ok(notifications::Entity::find()
+        .filter(notifications::Column::NotificationId.is_in(ids.iter().copied()))
+        .order_by_asc(notifications::Column::NextAttemptTime)
+        .all(conn)
+        .await?)
 }
 
 /// What became of a claimed delivery attempt.
+#[derive(Clone)]
 pub enum Attempt {
     Sent,
     /// Try again at this time.
@@ -314,15 +329,21 @@ pub async fn pending_count(conn: &impl ConnectionTrait) -> Result<u64> {
 
 /// Erases the tokens of messages whose token has expired (they can no longer be useful), and
 /// fails those still pending: run by the worker.
+/// Whether any message is due to expire (a read, so an idle worker writes nothing).
+pub async fn any_expired(conn: &impl ConnectionTrait, at: DateTime<Utc>) -> Result<bool> {
+    let n = notifications::Entity::find()
+        .filter(notifications::Column::State.eq(NotificationState::Pending.as_str()))
+        .filter(notifications::Column::GiveUpTime.lt(at))
+        .count(conn)
+        .await?;
+    Ok(n > 0)
+}
+
 pub async fn expire(tx: &Tx, at: DateTime<Utc>) -> Result<Vec<Row>> {
     let rows = notifications::Entity::find()
         .filter(notifications::Column::State.eq(NotificationState::Pending.as_str()))
         .filter(notifications::Column::GiveUpTime.lt(at))
-        .filter(
-            Condition::any()
-                .add(notifications::Column::LeaseExpireTime.is_null())
-                .add(notifications::Column::LeaseExpireTime.lt(at)),
-        )
+        .filter(unclaimed(at))
         .limit(100)
         .all(&**tx)
         .await?;

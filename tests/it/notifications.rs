@@ -45,15 +45,21 @@ struct Sink {
 impl Sink {
     /// On a free port (`0`) or a given one.
     fn start(port: u16) -> Sink {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_sink.py");
+        Sink::script("smtp_sink.py", &[&port.to_string()], "aiosmtpd")
+    }
+
+    /// One of the tests' Python receivers: it prints `READY <port>`, then a JSON line per message.
+    fn script(script: &str, args: &[&str], needs: &str) -> Sink {
+        let script = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
         let mut child = Command::new("python3")
-            .args([script, &port.to_string()])
+            .arg(&script)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("python3 with aiosmtpd is needed: run the tests with scripts/test.sh, which installs it");
+            .unwrap_or_else(|e| panic!("python3 with {needs} is needed (scripts/test.sh installs it): {e}"));
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = lines.next().expect("the SMTP sink says READY").expect("read");
+        let ready = lines.next().expect("the receiver says READY").expect("read");
         let port: u16 = ready.strip_prefix("READY ").expect("READY <port>").parse().unwrap();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         std::thread::spawn(move || {
@@ -632,55 +638,25 @@ async fn a_purge_erases_the_outbox_copies_of_the_address(backend: Backend) {
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A webhook receiver on 127.0.0.1 that verifies each request with the Standard Webhooks
-/// reference library: each request, as JSON (`verified`, `id`, `payload`).
-struct Hooks {
-    child: Child,
-    port: u16,
-    rx: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
-}
+/// reference library (`tests/webhook_sink.py`): each request, as JSON (`verified`, `id`, `payload`).
+struct Hooks(Sink);
 
 impl Hooks {
     /// Verifying with `secret`; the first `fail_first` requests are answered 503.
     fn start(secret: &str, fail_first: u32) -> Hooks {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhook_sink.py");
-        let mut child = Command::new("python3")
-            .args([script, secret, "0", &fail_first.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 with standardwebhooks is needed: run the tests with scripts/test.sh, which installs it");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = lines.next().expect("the webhook sink says READY").expect("read");
-        let port: u16 = ready.strip_prefix("READY ").expect("READY <port>").parse().unwrap();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                let _ = tx.send(serde_json::from_str(&line).expect("a JSON line"));
-            }
-        });
-        Hooks { child, port, rx }
+        Hooks(Sink::script("webhook_sink.py", &[secret, "0", &fail_first.to_string()], "standardwebhooks"))
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/crm-iam/notifications", self.port)
+        format!("http://127.0.0.1:{}/crm-iam/notifications", self.0.port)
     }
 
     async fn next(&mut self) -> serde_json::Value {
-        tokio::time::timeout(Duration::from_secs(30), self.rx.recv())
-            .await
-            .expect("a webhook within 30 s")
-            .expect("the receiver is running")
+        self.0.next().await
     }
 
     fn drain(&mut self) -> Vec<serde_json::Value> {
-        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
-    }
-}
-
-impl Drop for Hooks {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.drain()
     }
 }
 

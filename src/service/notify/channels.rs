@@ -41,6 +41,8 @@ impl Mailer {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.as_str())
             .map_err(|e| anyhow::anyhow!("smtp_url: {e}"))?
             .timeout(Some(timeout))
+            // As many connections as messages a replica sends at once (a batch).
+            .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(super::BATCH as u32))
             .build();
         let from: Mailbox = from.parse().map_err(|e| anyhow::anyhow!("smtp_from is not an address: {e}"))?;
         Ok(Mailer { transport, from, timeout })

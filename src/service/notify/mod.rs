@@ -303,40 +303,44 @@ pub async fn run_worker(iam: Iam, stop: CancellationToken) {
     }
 }
 
-/// Messages one replica sends at once.
-const BATCH: u64 = 16;
+/// Messages one replica claims and sends at once.
+pub(crate) const BATCH: u64 = 32;
 
 impl Iam {
     /// Fails expired messages, then claims and sends due ones; returns how many were attempted.
     async fn deliver_due(&self, me: &str) -> Result<usize> {
         let ctx = RequestContext::system("notifications");
         let at = now();
-        let expired = self
-            .db
-            .write(&ctx, async |tx| {
-                let rows = outbox::expire(tx, at).await?;
-                for r in &rows {
-                    tx.audit(failed_event(r, r.last_error.as_deref().unwrap_or("expired before it could be sent")));
-                }
-                Ok(rows.into_iter().map(|r| r.channel).collect::<Vec<_>>())
-            })
-            .await?;
+        let expired = if !outbox::any_expired(self.db.conn(), at).await? {
+            Vec::new()
+        } else {
+            self.db
+                .write(&ctx, async |tx| {
+                    let rows = outbox::expire(tx, at).await?;
+                    for r in &rows {
+                        tx.audit(failed_event(r, r.last_error.as_deref().unwrap_or("expired before it could be sent")));
+                    }
+                    Ok(rows.into_iter().map(|r| r.channel).collect::<Vec<_>>())
+                })
+                .await?
+        };
         for channel in expired {
             metrics::counter!("crm_iam_notifications_sent_total", "channel" => channel, "result" => "failed")
                 .increment(1);
         }
         let ids = outbox::due(self.db.conn(), at, BATCH).await?;
-        let lease = chrono::Duration::from_std(self.outbox.settings.lease).unwrap_or(chrono::Duration::seconds(60));
-        let mut attempted = 0;
-        for id in ids {
-            if !self.db.write(&ctx, async |tx| outbox::claim(tx, id, me, now(), now() + lease).await).await? {
-                continue; // another replica was first
-            }
-            let Some(row) = outbox::get(self.db.conn(), id).await? else { continue };
-            attempted += 1;
-            let result = self.send(&row).await;
-            self.record_delivery(&ctx, me, &row, result).await?;
+        if ids.is_empty() {
+            return Ok(0);
         }
+        let lease = chrono::Duration::from_std(self.outbox.settings.lease).unwrap_or(chrono::Duration::seconds(60));
+        let until = now() + lease;
+        // Those another replica took first are left out.
+        let claimed = self.db.write(&ctx, async |tx| outbox::claim(tx, &ids, me, now(), until).await).await?;
+        let claimed = outbox::rows(self.db.conn(), &claimed).await?;
+        let attempted = claimed.len();
+        // Sent side by side (the SMTP pool and the HTTP client keep connections for each).
+        let results = futures::future::join_all(claimed.iter().map(|row| self.send(row))).await;
+        self.record_deliveries(&ctx, me, claimed.into_iter().zip(results).collect()).await?;
         Ok(attempted)
     }
 
@@ -379,56 +383,61 @@ impl Iam {
         }
     }
 
-    async fn record_delivery(
+    /// Records the outcome of a batch of attempts in one transaction (each kept only if this
+    /// replica still holds the message), then counts them.
+    async fn record_deliveries(
         &self,
         ctx: &RequestContext,
         me: &str,
-        row: &outbox::Row,
-        result: std::result::Result<(), String>,
+        outcomes: Vec<(outbox::Row, std::result::Result<(), String>)>,
     ) -> Result<()> {
-        let attempts = row.attempts as u32 + 1;
-        let (attempt, result_label) = match result {
-            Ok(()) => (Attempt::Sent, "sent"),
-            Err(error) => {
-                let error: String = error.chars().take(500).collect();
-                let at =
-                    now() + chrono::Duration::from_std(self.outbox.settings.retry.delay(attempts)).unwrap_or_default();
-                if at > row.give_up_time {
-                    (Attempt::Failed { error }, "failed")
-                } else {
-                    (Attempt::Retry { error, at }, "retry")
+        let mut recorded = Vec::with_capacity(outcomes.len());
+        for (row, result) in outcomes {
+            let attempts = row.attempts as u32 + 1;
+            let (attempt, label) = match result {
+                Ok(()) => (Attempt::Sent, "sent"),
+                Err(error) => {
+                    let error: String = error.chars().take(500).collect();
+                    let delay = self.outbox.settings.retry.delay(attempts);
+                    let at = now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                    if at > row.give_up_time {
+                        (Attempt::Failed { error }, "failed")
+                    } else {
+                        tracing::info!(notification_id = %row.notification_id, attempts, error = %error, "notification not delivered; will retry");
+                        (Attempt::Retry { error, at }, "retry")
+                    }
                 }
-            }
-        };
-        let failed_error = match &attempt {
-            Attempt::Failed { error } => Some(error.clone()),
-            _ => None,
-        };
-        if let Attempt::Retry { error, .. } = &attempt {
-            tracing::info!(notification_id = %row.notification_id, attempts, error = %error, "notification not delivered; will retry");
+            };
+            recorded.push((row, attempt, label));
         }
         let kept = self
             .db
             .write(ctx, async |tx| {
-                let kept = outbox::finish(tx, row.notification_id, me, attempt).await?;
-                if kept && let Some(error) = &failed_error {
-                    tx.audit(failed_event(row, error));
+                let mut kept = Vec::with_capacity(recorded.len());
+                for (row, attempt, _) in &recorded {
+                    let k = outbox::finish(tx, row.notification_id, me, attempt.clone()).await?;
+                    if k && let Attempt::Failed { error } = attempt {
+                        tx.audit(failed_event(row, error));
+                    }
+                    kept.push(k);
                 }
                 Ok(kept)
             })
             .await?;
-        if !kept {
-            tracing::warn!(notification_id = %row.notification_id, "the notification's claim was lost while sending");
-            return Ok(());
-        }
-        metrics::counter!("crm_iam_notifications_sent_total", "channel" => row.channel.clone(), "result" => result_label)
-            .increment(1);
-        if result_label == "sent" {
-            let latency = (now() - row.create_time).to_std().unwrap_or_default();
-            metrics::histogram!("crm_iam_notification_delivery_seconds", "channel" => row.channel.clone())
-                .record(latency.as_secs_f64());
-        } else if result_label == "failed" {
-            tracing::warn!(notification_id = %row.notification_id, attempts, "notification FAILED: retries ran out");
+        for ((row, _, label), kept) in recorded.iter().zip(kept) {
+            if !kept {
+                tracing::warn!(notification_id = %row.notification_id, "the notification's claim was lost while sending");
+                continue;
+            }
+            metrics::counter!("crm_iam_notifications_sent_total", "channel" => row.channel.clone(), "result" => *label)
+                .increment(1);
+            if *label == "sent" {
+                let latency = (now() - row.create_time).to_std().unwrap_or_default();
+                metrics::histogram!("crm_iam_notification_delivery_seconds", "channel" => row.channel.clone())
+                    .record(latency.as_secs_f64());
+            } else if *label == "failed" {
+                tracing::warn!(notification_id = %row.notification_id, attempts = row.attempts + 1, "notification FAILED: retries ran out");
+            }
         }
         Ok(())
     }
