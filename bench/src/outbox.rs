@@ -233,6 +233,43 @@ async fn settle(creates: &Creates, arrivals: &Arrivals, limit: Duration) {
     }
 }
 
+/// The request path alone: a webhook channel whose receiver accepts connections and never
+/// answers (the worker's first batch waits out a long timeout), so the server queues every
+/// message and delivers almost none while CreateUser runs.
+async fn queue_only(
+    db_for: &impl AsyncFn() -> anyhow::Result<Database>,
+    label: &str,
+    load: Load,
+    baseline: f64,
+) -> anyhow::Result<Row> {
+    let silent = TcpListener::bind("127.0.0.1:0").await?;
+    let port = silent.local_addr()?.port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let db = db_for().await?;
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let env = [
+        ("CRM_IAM_NOTIFICATION_WEBHOOK_URL", url.as_str()),
+        ("CRM_IAM_NOTIFICATION_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ("CRM_IAM_NOTIFICATION_WEBHOOK_TIMEOUT", "10m"),
+    ];
+    let server = Server::start(&db.url, &env)?;
+    let creates = create_invitations(&server, load, "queued").await?;
+    server.stop();
+    db.drop_now().await;
+    held.abort();
+    let mut r = Row::new("CreateUser with an invitation queued, nothing delivered meanwhile", label);
+    r.value = harness::fmt_stats(&creates.stats);
+    r.baseline = format!("{baseline:.0}/s without a channel (same run)");
+    r.ratio = format!("{:.0}%", creates.stats.rate * 100.0 / baseline);
+    r.target = "the outbox row's own cost".into();
+    Ok(r)
+}
+
 pub async fn run(
     db_for: impl AsyncFn() -> anyhow::Result<Database>,
     label: &str,
@@ -244,7 +281,7 @@ pub async fn run(
     let baseline = create_invitations(&server, load, "plain").await?;
     server.stop();
     db.drop_now().await;
-    let mut rows = Vec::new();
+    let mut rows = vec![queue_only(&db_for, label, load, baseline.stats.rate).await?];
     for channel in ["SMTP", "webhook"] {
         let db = db_for().await?;
         let arrivals: Arrivals = Arc::default();

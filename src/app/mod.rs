@@ -40,6 +40,7 @@ use crate::{
 };
 
 mod files;
+mod outbox;
 
 use files::admin_token;
 pub use files::master_keys;
@@ -166,23 +167,7 @@ impl Application {
             auth,
             config.access_cache_budget.as_u64(),
         );
-        iam.outbox = Arc::new(crate::service::notify::Outbox::new(crate::service::notify::OutboxSettings {
-            smtp_url: config.smtp_url.clone(),
-            smtp_from: config.smtp_from.clone(),
-            smtp_timeout: config.smtp_timeout,
-            webhook_url: config.notification_webhook_url.clone(),
-            webhook_secret: config.notification_webhook_secret.clone(),
-            webhook_timeout: config.notification_webhook_timeout,
-            link_base: config.notification_link_base.clone(),
-            retry: crate::domain::notification::RetrySchedule {
-                first: config.notification_retry_first,
-                max: config.notification_retry_max,
-            },
-            retry_period: config.notification_retry_period,
-            poll_interval: config.notification_poll_interval,
-            lease: config.transfer_lease,
-            resets_per_account_hour: config.password_reset_messages_per_account,
-        })?);
+        iam.outbox = Arc::new(outbox::build(&config)?);
         if !iam.outbox.enabled() {
             tracing::info!(
                 "no notification channel (neither smtp_url nor notification_webhook_url): invitation and reset tokens go to the caller only"

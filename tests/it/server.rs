@@ -123,7 +123,7 @@ async fn restart_keeps_data(backend: Backend) {
 /// A spawned `crm-iam` process; killed if the test fails.
 pub struct Proc {
     pub child: Child,
-    stderr: Arc<std::sync::Mutex<String>>,
+    pub stderr: Arc<std::sync::Mutex<String>>,
 }
 
 impl Proc {

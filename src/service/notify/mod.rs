@@ -280,7 +280,13 @@ pub async fn run_worker(iam: Iam, stop: CancellationToken) {
         if stop.is_cancelled() {
             return;
         }
-        let sent = match iam.deliver_due(&me).await {
+        // A shutdown does not wait for a slow receiver: what was claimed and not recorded is
+        // sent again after the lease (the stable id lets the receiver drop the repeat).
+        let delivered = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = iam.deliver_due(&me) => r,
+        };
+        let sent = match delivered {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "delivering notifications failed; will retry");
