@@ -119,7 +119,7 @@ impl Iam {
                                     .with_detail("lockouts_in_a_row", c.lockouts),
                             );
                             if let Some(row) = users::find(&**tx, tenant_id, user_id).await? {
-                                self.queue_notification(tx, tenant, &row, NotificationKind::AccountLocked, None)
+                                self.queue_notification(tx, tenant, &row, NotificationKind::AccountLocked, None, None)
                                     .await?;
                             }
                         }

@@ -79,7 +79,7 @@ impl Iam {
                 sessions::end_all_of_user(tx, user_id, "password_changed").await?;
                 tx.policy_changed(tenant_id, Some(user_id));
                 tx.audit(AuditRecord::new(Some(tenant_id), "user.password_changed", "user", user_id));
-                self.queue_notification(tx, &tenant, &row, NotificationKind::PasswordChanged, None).await?;
+                self.queue_notification(tx, &tenant, &row, NotificationKind::PasswordChanged, None, None).await?;
                 let amr: Vec<&str> = amr.iter().map(String::as_str).collect();
                 self.open_session(tx, ctx, &tenant, &row, false, &amr).await
             })
@@ -134,7 +134,7 @@ impl Iam {
                 sessions::end_all_of_user(tx, user_id, "password_reset").await?;
                 tx.policy_changed(&tenant_id, Some(user_id));
                 if kind == TokenKind::PasswordReset {
-                    self.queue_notification(tx, &tenant, &row, NotificationKind::PasswordChanged, None).await?;
+                    self.queue_notification(tx, &tenant, &row, NotificationKind::PasswordChanged, None, None).await?;
                 }
                 let user = self.to_user_in(&**tx, row).await?;
                 let action = match kind {

@@ -87,7 +87,8 @@ impl Iam {
                 } else {
                     let ttl = RESET_TTL.min(chrono::Duration::seconds(tenant.settings.invitation_ttl_secs as i64));
                     let token = tokens::issue(tx, tenant_id, user_id, TokenKind::PasswordReset, now() + ttl).await?;
-                    self.queue_notification(tx, &tenant, &row, NotificationKind::PasswordReset, Some(&token)).await?;
+                    self.queue_notification(tx, &tenant, &row, NotificationKind::PasswordReset, Some(&token), None)
+                        .await?;
                     "sent"
                 };
                 tx.audit(record.with_detail("outcome", outcome));

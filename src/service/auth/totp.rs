@@ -243,7 +243,7 @@ impl Iam {
         let row = users::update(tx, new_row, version).await?;
         let tenant = self.tenant_settings(tenant_id).await?;
         let notice = if on { NotificationKind::MfaEnabled } else { NotificationKind::MfaDisabled };
-        self.queue_notification(tx, &tenant, &row, notice, None).await?;
+        self.queue_notification(tx, &tenant, &row, notice, None, None).await?;
         let user = self.to_user_in(&**tx, row).await?;
         tx.policy_changed(tenant_id, Some(user_id));
         tx.audit(AuditRecord::new(Some(tenant_id), action, "user", user_id));

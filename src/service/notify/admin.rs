@@ -264,7 +264,7 @@ impl Iam {
             }
             let extra = [("admin", admin.display_name.clone())];
             if self
-                .queue_message(tx, &tenant, &row, NotificationKind::NewAdministrator, None, Some(&extra))
+                .queue_notification(tx, &tenant, &row, NotificationKind::NewAdministrator, None, Some(&extra))
                 .await?
                 .is_some()
             {

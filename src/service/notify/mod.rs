@@ -182,20 +182,9 @@ fn fmt_time(t: DateTime<Utc>) -> String {
 impl Iam {
     /// Queues a message to the user in the caller's transaction (nothing when no channel is
     /// configured or the user has no address). Earlier undelivered messages carrying a token of
-    /// the same purpose are superseded: their tokens no longer work anyway.
+    /// the same purpose are superseded: their tokens no longer work anyway. `extra`: variables of
+    /// the kind's own (`admin`).
     pub(super) async fn queue_notification(
-        &self,
-        tx: &Tx,
-        tenant: &Tenant,
-        user: &users::Row,
-        kind: NotificationKind,
-        token: Option<&IssuedToken>,
-    ) -> Result<Option<Uuid>> {
-        self.queue_message(tx, tenant, user, kind, token, None).await
-    }
-
-    /// As [`Iam::queue_notification`], with variables of the kind's own (`admin`).
-    pub(super) async fn queue_message(
         &self,
         tx: &Tx,
         tenant: &Tenant,

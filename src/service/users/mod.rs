@@ -211,7 +211,7 @@ impl Iam {
                     None
                 };
                 if let Some(token) = &token {
-                    self.queue_notification(tx, &tenant, &row, NotificationKind::Invitation, Some(token)).await?;
+                    self.queue_notification(tx, &tenant, &row, NotificationKind::Invitation, Some(token), None).await?;
                 }
                 let user = self.to_user_in(&**tx, row).await?;
                 tx.audit(
@@ -381,7 +381,8 @@ impl Iam {
                 };
                 let row = users::update(tx, new, version).await?;
                 if let Some(token) = &token {
-                    self.queue_notification(tx, &tenant, &row, NotificationKind::PasswordReset, Some(token)).await?;
+                    self.queue_notification(tx, &tenant, &row, NotificationKind::PasswordReset, Some(token), None)
+                        .await?;
                 }
                 let user = self.to_user_in(&**tx, row).await?;
                 tx.audit(
@@ -414,7 +415,8 @@ impl Iam {
                 }
                 let expire = now() + chrono::Duration::seconds(tenant.settings.invitation_ttl_secs as i64);
                 let token = tokens::issue(tx, tenant_id, user_id, TokenKind::Invitation, expire).await?;
-                self.queue_notification(tx, &tenant, &row, NotificationKind::InvitationReminder, Some(&token)).await?;
+                self.queue_notification(tx, &tenant, &row, NotificationKind::InvitationReminder, Some(&token), None)
+                    .await?;
                 tx.audit(AuditRecord::new(Some(tenant_id), "user.invitation_resent", "user", user_id));
                 let user = self.to_user_in(&**tx, row).await?;
                 Ok(UserWithToken { user, token: self.token_for_caller(Some(token)), token_expire_time: Some(expire) })
