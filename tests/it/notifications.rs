@@ -735,7 +735,8 @@ async fn webhooks_are_signed_per_the_standard_and_retried_until_accepted(backend
         .accept_invitation(pb::AcceptInvitationRequest { invitation_token: token, new_password: PASSWORD.into() })
         .await
         .expect("the token from the webhook works");
-    // The notice that the invitation was accepted is not a message; a password change is.
+    // Accepting the invitation and signing in queue no further message (nothing else has come).
+    assert_eq!(notifications(&s, &t).await.len(), 1, "one message in the outbox");
     s.login(&t, "dmitry@acme.example", PASSWORD).await;
     assert!(hooks.drain().is_empty());
     drop(hooks);
@@ -744,7 +745,7 @@ async fn webhooks_are_signed_per_the_standard_and_retried_until_accepted(backend
     // Signed with another secret: the receiver refuses it (401), so it is never SENT.
     let mut strict = Hooks::start("whsec_c2VjcmV0LW9mLWFub3RoZXItcmVjZWl2ZXItMTIzNA==", 0);
     let url = strict.url();
-    let s = TestServer::start_with(Backend::Sqlite, |c| webhook(c, url, WEBHOOK_SECRET)).await;
+    let s = TestServer::start_with(backend, |c| webhook(c, url, WEBHOOK_SECRET)).await;
     let t = s.tenant("acme", 0).await;
     s.users().await.create_user(invite(&t, "eve@acme.example")).await.unwrap();
     let refused = strict.next().await;
