@@ -41,6 +41,17 @@ pub async fn list(conn: &impl ConnectionTrait, tenant_id: &str) -> Result<Vec<Ro
         .await?)
 }
 
+/// The own templates of several tenants (the notification worker reads those of a batch at once).
+pub async fn of_tenants(conn: &impl ConnectionTrait, tenant_ids: &[&str]) -> Result<Vec<Row>> {
+    if tenant_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(notification_templates::Entity::find()
+        .filter(notification_templates::Column::TenantId.is_in(tenant_ids.iter().copied()))
+        .all(conn)
+        .await?)
+}
+
 /// Inserts or replaces (the caller holds the tenant's lock and checked the version).
 pub async fn put(
     tx: &Tx,

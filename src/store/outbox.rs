@@ -159,39 +159,23 @@ pub async fn next_due(conn: &impl ConnectionTrait) -> Result<Option<DateTime<Utc
         .await?)
 }
 
-/// Claims those of `ids` still due and free for `owner` until `until`, and returns their ids (one
-/// UPDATE: each row goes to exactly one claimant, whoever else tries at the same time).
-pub async fn claim(tx: &Tx, ids: &[Uuid], owner: &str, at: DateTime<Utc>, until: DateTime<Utc>) -> Result<Vec<Uuid>> {
+/// Claims those of `ids` still due and free for `owner` until `until`, and returns them, oldest
+/// first (one UPDATE: each row goes to exactly one claimant, whoever else tries at the same time).
+pub async fn claim(tx: &Tx, ids: &[Uuid], owner: &str, at: DateTime<Utc>, until: DateTime<Utc>) -> Result<Vec<Row>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    notifications::Entity::update_many()
+    let mut rows = notifications::Entity::update_many()
         .col_expr(notifications::Column::LeaseOwner, Expr::value(owner))
         .col_expr(notifications::Column::LeaseExpireTime, Expr::value(until))
         .filter(notifications::Column::NotificationId.is_in(ids.iter().copied()))
         .filter(notifications::Column::State.eq(NotificationState::Pending.as_str()))
         .filter(notifications::Column::NextAttemptTime.lte(at))
         .filter(unclaimed(at))
-        .exec(&**tx)
+        .exec_with_returning(&**tx)
         .await?;
-    Ok(notifications::Entity::find()
-        .select_only()
-        .column(notifications::Column::NotificationId)
-        .filter(notifications::Column::NotificationId.is_in(ids.iter().copied()))
-        .filter(notifications::Column::LeaseOwner.eq(owner))
-        .filter(notifications::Column::LeaseExpireTime.eq(until))
-        .into_tuple()
-        .all(&**tx)
-        .await?)
-}
-
-/// Messages by id (the worker reads those it claimed).
-pub async fn rows(conn: &impl ConnectionTrait, ids: &[Uuid]) -> Result<Vec<Row>> {
-    Ok(notifications::Entity::find()
-        .filter(notifications::Column::NotificationId.is_in(ids.iter().copied()))
-        .order_by_asc(notifications::Column::NextAttemptTime)
-        .all(conn)
-        .await?)
+    rows.sort_by_key(|r| (r.next_attempt_time, r.notification_id));
+    Ok(rows)
 }
 
 /// What became of a claimed delivery attempt.
@@ -207,6 +191,30 @@ pub enum Attempt {
     Failed {
         error: String,
     },
+}
+
+/// Records messages `owner` holds as sent, in one statement (their tokens erased); returns the
+/// ids it still held.
+pub async fn finish_sent(tx: &Tx, ids: &[Uuid], owner: &str) -> Result<Vec<Uuid>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let t = now();
+    let rows = notifications::Entity::update_many()
+        .col_expr(notifications::Column::Attempts, Expr::col(notifications::Column::Attempts).add(1))
+        .col_expr(notifications::Column::UpdateTime, Expr::value(t))
+        .col_expr(notifications::Column::LeaseOwner, Expr::value(Option::<String>::None))
+        .col_expr(notifications::Column::LeaseExpireTime, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(notifications::Column::State, Expr::value(NotificationState::Sent.as_str()))
+        .col_expr(notifications::Column::SentTime, Expr::value(t))
+        .col_expr(notifications::Column::LastError, Expr::value(Option::<String>::None))
+        .col_expr(notifications::Column::Secret, Expr::value(Option::<String>::None))
+        .filter(notifications::Column::NotificationId.is_in(ids.iter().copied()))
+        .filter(notifications::Column::LeaseOwner.eq(owner))
+        .filter(notifications::Column::State.eq(NotificationState::Pending.as_str()))
+        .exec_with_returning(&**tx)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.notification_id).collect())
 }
 
 /// Records an attempt of a message `owner` holds; the token is erased unless it retries. False

@@ -196,7 +196,8 @@ impl Iam {
         let (Some(channel), Some(email)) = (self.outbox.channel_for(tenant), user.email.clone()) else {
             return Ok(None);
         };
-        if kind.carries_token() {
+        // The first invitation goes to a user created in this transaction: nothing to supersede.
+        if kind.carries_token() && kind != NotificationKind::Invitation {
             let same_purpose: &[NotificationKind] = match kind {
                 NotificationKind::PasswordReset => &[NotificationKind::PasswordReset],
                 _ => &[NotificationKind::Invitation, NotificationKind::InvitationReminder],
@@ -282,8 +283,16 @@ pub async fn run_worker(iam: Iam, stop: CancellationToken) {
                 0
             }
         };
-        if sent > 0 {
+        if sent as u64 >= BATCH {
             continue; // more may be due
+        }
+        if sent > 0 {
+            // A part batch: more may be due, and more are being committed.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(LINGER) => {}
+            }
+            continue;
         }
         let poll = iam.outbox.settings.poll_interval;
         let wait = match outbox::next_due(iam.db.conn()).await {
@@ -292,14 +301,28 @@ pub async fn run_worker(iam: Iam, stop: CancellationToken) {
         };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = wake.notified() => {}
+            _ = wake.notified() => {
+                // Let a burst of commits gather into one batch: a claim and a record per message
+                // would double the database work of every change that queues one.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(LINGER) => {}
+                }
+            }
             _ = tokio::time::sleep(wait.max(Duration::from_millis(20))) => {}
         }
     }
 }
 
-/// Messages one replica claims and sends at once.
-pub(crate) const BATCH: u64 = 32;
+/// Messages one replica claims and sends at once: on SQLite each batch's claim and record wait
+/// their turn behind the writers of the request path, so a batch amortizes them over many sends.
+pub(crate) const BATCH: u64 = 128;
+
+/// How long a woken worker waits for more commits before it claims (bounded added latency).
+const LINGER: Duration = Duration::from_millis(25);
+
+/// Connections the SMTP transport keeps open (a batch's messages share them).
+pub(crate) const SMTP_CONNECTIONS: u32 = 32;
 
 impl Iam {
     /// Fails expired messages, then claims and sends due ones; returns how many were attempted.
@@ -331,16 +354,26 @@ impl Iam {
         let until = now() + lease;
         // Those another replica took first are left out.
         let claimed = self.db.write(&ctx, async |tx| outbox::claim(tx, &ids, me, now(), until).await).await?;
-        let claimed = outbox::rows(self.db.conn(), &claimed).await?;
         let attempted = claimed.len();
-        // Sent side by side (the SMTP pool and the HTTP client keep connections for each).
-        let results = futures::future::join_all(claimed.iter().map(|row| self.send(row))).await;
+        // The tenants' own templates, read once for the batch.
+        let mut tenants: Vec<&str> = claimed.iter().map(|r| r.tenant_id.as_str()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        let custom = notification_templates::of_tenants(self.db.conn(), &tenants).await?;
+        // Sent side by side, at most SMTP_CONNECTIONS at a time (the SMTP pool and the HTTP client
+        // keep that many connections; a receiver never sees more at once from one replica).
+        let sends: Vec<_> = claimed.iter().map(|row| self.send(row, &custom)).collect();
+        let results: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffered(
+            futures::stream::iter(sends),
+            SMTP_CONNECTIONS as usize,
+        ))
+        .await;
         self.record_deliveries(&ctx, me, claimed.into_iter().zip(results).collect()).await?;
         Ok(attempted)
     }
 
     /// Renders and sends one message by its channel.
-    async fn send(&self, row: &outbox::Row) -> std::result::Result<(), String> {
+    async fn send(&self, row: &outbox::Row, custom: &[notification_templates::Row]) -> std::result::Result<(), String> {
         let kind: NotificationKind = row.kind.parse().map_err(|_| format!("unknown kind {:?}", row.kind))?;
         let channel: Channel = row.channel.parse().map_err(|_| format!("unknown channel {:?}", row.channel))?;
         let mut vars: serde_json::Value =
@@ -357,10 +390,9 @@ impl Iam {
             return Err("the message's token is gone".into());
         }
         let locale = Locale::parse(&row.locale).unwrap_or_default();
-        let custom = notification_templates::get(self.db.conn(), &row.tenant_id, kind, locale)
-            .await
-            .map_err(|e| format!("reading the tenant's template: {e}"))?;
-        let (subject, body) = match &custom {
+        let custom =
+            custom.iter().find(|t| t.tenant_id == row.tenant_id && t.kind == kind.as_str() && t.locale == locale.tag());
+        let (subject, body) = match custom {
             Some(t) => (t.subject.as_str(), t.body.as_str()),
             None => templates::builtin(kind, locale),
         };
@@ -408,9 +440,18 @@ impl Iam {
         let kept = self
             .db
             .write(ctx, async |tx| {
+                let sent: Vec<Uuid> = recorded
+                    .iter()
+                    .filter(|(_, a, _)| matches!(a, Attempt::Sent))
+                    .map(|(r, _, _)| r.notification_id)
+                    .collect();
+                let sent = outbox::finish_sent(tx, &sent, me).await?;
                 let mut kept = Vec::with_capacity(recorded.len());
                 for (row, attempt, _) in &recorded {
-                    let k = outbox::finish(tx, row.notification_id, me, attempt.clone()).await?;
+                    let k = match attempt {
+                        Attempt::Sent => sent.contains(&row.notification_id),
+                        _ => outbox::finish(tx, row.notification_id, me, attempt.clone()).await?,
+                    };
                     if k && let Attempt::Failed { error } = attempt {
                         tx.audit(failed_event(row, error));
                     }
