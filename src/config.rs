@@ -28,6 +28,9 @@ pub struct Config {
     pub database_url: String,
     /// HTTP address serving Prometheus `/metrics` (`CRM_IAM_METRICS_LISTEN`, `--metrics-listen`).
     pub metrics_listen: Option<SocketAddr>,
+    /// The HTTP listener (`CRM_IAM_HTTP_LISTEN`, `--http-listen`): SCIM under `/scim/v2`; TLS
+    /// with the gRPC listener's certificate when one is configured. Unset: off.
+    pub http_listen: Option<SocketAddr>,
     /// The platform admin token (`CRM_IAM_ADMIN_TOKEN`). Unset: generated on first start and kept
     /// in `admin_token_file`.
     #[serde(skip_serializing)]
@@ -188,6 +191,7 @@ impl Default for Config {
             listen: "127.0.0.1:50051".parse().expect("valid default address"),
             database_url: "sqlite://crm-iam.db".into(),
             metrics_listen: None,
+            http_listen: None,
             admin_token: None,
             admin_token_file: None,
             tls_cert: None,
@@ -263,6 +267,7 @@ impl fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("database_url", &redact_url(&self.database_url))
             .field("metrics_listen", &self.metrics_listen)
+            .field("http_listen", &self.http_listen)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("admin_token_file", &self.admin_token_file)
             .field("master_key", &self.master_key.as_ref().map(|_| "<set>"))
@@ -284,6 +289,8 @@ pub struct Overrides {
     pub database_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migrate: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]

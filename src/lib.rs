@@ -15,6 +15,7 @@ pub mod middleware;
 pub mod overload;
 pub mod periodic;
 pub mod proto;
+pub mod scim;
 pub mod secrets;
 pub mod service;
 pub mod store;

@@ -197,6 +197,10 @@ struct ServeArgs {
     /// Serve Prometheus metrics over HTTP at ADDR/metrics. Env: CRM_IAM_METRICS_LISTEN.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve HTTP at ADDR: SCIM provisioning under /scim/v2 (TLS with the gRPC certificate when
+    /// one is set). Env: CRM_IAM_HTTP_LISTEN.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
     /// Do not apply pending migrations on start.
     #[arg(long)]
     no_migrate: bool,
@@ -226,6 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let overrides = Overrides {
                 listen: args.listen,
                 metrics_listen: args.metrics_listen,
+                http_listen: args.http_listen,
                 migrate: args.no_migrate.then_some(false),
                 tls_cert: args.tls_cert,
                 tls_key: args.tls_key,

@@ -19,6 +19,7 @@ mod auth;
 mod floods;
 mod harness;
 mod outbox;
+mod scim;
 mod startup;
 mod transfer;
 
@@ -61,6 +62,8 @@ enum Cmd {
     Transfer(Opts),
     /// Notifications: invitations committed and delivered per second to local SMTP and webhook sinks.
     Outbox(Opts),
+    /// SCIM: user lookups and state changes against the equivalent gRPC calls; a 10,000-user first push against users import.
+    Scim(Opts),
     /// Start-up time to SERVING on a fresh database, and idle RSS.
     Startup(Opts),
     /// Memory under id floods: 1,000,000 record ids and 100,000 unknown tenants within the cache budget.
@@ -256,6 +259,7 @@ async fn async_main() -> anyhow::Result<()> {
         Cmd::Auth(o) => (o, "auth"),
         Cmd::Startup(o) => (o, "startup"),
         Cmd::Outbox(o) => (o, "outbox"),
+        Cmd::Scim(o) => (o, "scim"),
         Cmd::Floods(o) => (o, "floods"),
         Cmd::Transfer(o) => (o, "transfer"),
         Cmd::All(o) => (o, "all"),
@@ -286,7 +290,7 @@ async fn async_main() -> anyhow::Result<()> {
             }
         }
         // Every benchmark gets a database of its own.
-        for name in ["access", "audit", "auth", "transfer", "floods"] {
+        for name in ["access", "audit", "auth", "transfer", "floods", "scim"] {
             if which != name && which != "all" {
                 continue;
             }
@@ -296,6 +300,7 @@ async fn async_main() -> anyhow::Result<()> {
                 "audit" => audit::run(&db, opts.load()).await,
                 "auth" => auth::run(&db, opts.load()).await,
                 "floods" => floods::run(&db).await,
+                "scim" => scim::run(&db, opts.load()).await,
                 _ => transfer::run(&db, opts.load()).await,
             };
             db.drop_now().await;

@@ -13,6 +13,7 @@ mod m20261122_000004_ownership;
 mod m20261130_000005_auth;
 mod m20261201_000006_email_skeleton;
 mod m20261206_000007_notifications;
+mod m20261207_000008_scim;
 
 /// Applies the migrations in order (`crm-iam migrate`, or `crm-iam serve` unless `--no-migrate`).
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000005_auth::Migration),
             Box::new(m20261201_000006_email_skeleton::Migration),
             Box::new(m20261206_000007_notifications::Migration),
+            Box::new(m20261207_000008_scim::Migration),
         ]
     }
 }

@@ -35,7 +35,7 @@ pub fn dur(secs: u64) -> prost_types::Duration {
 }
 
 /// A duration in whole seconds (sub-second parts are dropped); unset → 0 (the default).
-fn secs(v: &mut Violations, field: &str, d: Option<&prost_types::Duration>) -> u64 {
+pub fn secs(v: &mut Violations, field: &str, d: Option<&prost_types::Duration>) -> u64 {
     match d {
         None => 0,
         Some(d) if d.seconds < 0 || d.nanos < 0 => {
@@ -100,6 +100,7 @@ pub fn settings_to_proto(s: &TenantSettings) -> pb::TenantSettings {
                 Some(Channel::Webhook) => pb::NotificationChannel::Webhook,
             } as i32,
         }),
+        scim_policy: Some(pb::ScimPolicy { create_departments: s.scim_create_departments }),
     }
 }
 
@@ -114,6 +115,7 @@ pub const SETTINGS_PATHS: &[&str] = &[
     "settings.require_mfa_for_admins",
     "settings.audit_retention",
     "settings.notification_policy",
+    "settings.scim_policy",
 ];
 
 /// The settings changes named by `paths` (all of them when `paths` contains "settings"), taken
@@ -172,6 +174,9 @@ pub fn settings_patch(v: &mut Violations, s: Option<&pb::TenantSettings>, paths:
                 None
             }
         };
+    }
+    if has("settings.scim_policy") {
+        out.scim_create_departments = Some(s.scim_policy.unwrap_or_default().create_departments);
     }
     out
 }
@@ -251,6 +256,8 @@ pub fn user_to_proto(u: User) -> pb::User {
         etag: etag(u.version),
         purge_time: opt_ts(u.purge_time),
         locale: u.locale,
+        username: u.username.unwrap_or_default(),
+        external_id: u.external_id.unwrap_or_default(),
         invitation_delivery: u.invitation_delivery.map_or(0, |s| notification_state_to_proto(s) as i32),
     }
 }

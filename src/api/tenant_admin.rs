@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{accept, convert, decode_page_token, mask_paths, next_page_token, page_size};
+use super::{accept, convert, decode_page_token, mask_paths, next_page_token, page_size, read, tenant_field};
 use crate::{
     domain::{
         Error, Violations,
@@ -13,6 +13,7 @@ use crate::{
     proto::v1::{self as pb, tenant_admin_server::TenantAdmin},
     service::{
         Iam,
+        scim::{self as scim, CreateScimToken, ListScimTokens, ScimToken, ScimTokenRef},
         tenants::{CreateTenant, GetTenant, ListTenants, UpdateTenant},
     },
 };
@@ -62,6 +63,87 @@ impl TenantAdmin for TenantAdminApi {
         let (call, cmd) = accept(req)?;
         let tenant = self.iam.update_tenant(&call, cmd).await?;
         Ok(Response::new(pb::UpdateTenantResponse { tenant: Some(convert::tenant_to_proto(tenant)) }))
+    }
+
+    async fn create_scim_token(
+        &self,
+        req: Request<pb::CreateScimTokenRequest>,
+    ) -> Result<Response<pb::CreateScimTokenResponse>, Status> {
+        let (call, cmd) = accept(req)?;
+        let (row, token) = self.iam.create_scim_token(&call, cmd).await?;
+        let token = secrecy::ExposeSecret::expose_secret(&token).to_owned();
+        Ok(Response::new(pb::CreateScimTokenResponse { token, scim_token: Some(scim_token_to_proto(row)) }))
+    }
+
+    async fn list_scim_tokens(
+        &self,
+        req: Request<pb::ListScimTokensRequest>,
+    ) -> Result<Response<pb::ListScimTokensResponse>, Status> {
+        let (caller, query): (_, ListScimTokens) = read(req)?;
+        let tokens = self.iam.list_scim_tokens(&caller, &query).await?;
+        Ok(Response::new(pb::ListScimTokensResponse {
+            scim_tokens: tokens.into_iter().map(scim_token_to_proto).collect(),
+        }))
+    }
+
+    async fn revoke_scim_token(
+        &self,
+        req: Request<pb::RevokeScimTokenRequest>,
+    ) -> Result<Response<pb::RevokeScimTokenResponse>, Status> {
+        let (call, cmd) = accept(req)?;
+        let row = self.iam.revoke_scim_token(&call, cmd).await?;
+        Ok(Response::new(pb::RevokeScimTokenResponse { scim_token: Some(scim_token_to_proto(row)) }))
+    }
+}
+
+fn scim_token_to_proto(t: ScimToken) -> pb::ScimToken {
+    pb::ScimToken {
+        name: t.name,
+        create_time: Some(convert::ts(t.create_time)),
+        expire_time: convert::opt_ts(t.expire_time),
+        revoke_time: convert::opt_ts(t.revoke_time),
+        last_used_time: convert::opt_ts(t.last_used_time),
+        created_by: t.created_by,
+    }
+}
+
+impl TryFrom<pb::CreateScimTokenRequest> for CreateScimToken {
+    type Error = Error;
+
+    fn try_from(msg: pb::CreateScimTokenRequest) -> Result<Self, Error> {
+        let mut v = Violations::default();
+        let tenant_id = tenant_field(&mut v, &msg.tenant_id);
+        scim::check_name(&msg.name, "name", &mut v);
+        let ttl = convert::secs(&mut v, "ttl", msg.ttl.as_ref());
+        if ttl > scim::MAX_TTL.as_secs() {
+            v.add("ttl", "must be at most 5 years (1826d)");
+        }
+        v.finish()?;
+        let ttl = (ttl > 0).then(|| std::time::Duration::from_secs(ttl));
+        Ok(CreateScimToken { tenant_id, name: msg.name, ttl })
+    }
+}
+
+impl TryFrom<pb::ListScimTokensRequest> for ListScimTokens {
+    type Error = Error;
+
+    fn try_from(msg: pb::ListScimTokensRequest) -> Result<Self, Error> {
+        let mut v = Violations::default();
+        let tenant_id = tenant_field(&mut v, &msg.tenant_id);
+        v.finish()?;
+        Ok(ListScimTokens { tenant_id })
+    }
+}
+
+impl TryFrom<pb::RevokeScimTokenRequest> for ScimTokenRef {
+    type Error = Error;
+
+    fn try_from(msg: pb::RevokeScimTokenRequest) -> Result<Self, Error> {
+        let mut v = Violations::default();
+        let tenant_id = tenant_field(&mut v, &msg.tenant_id);
+        scim::check_name(&msg.name, "name", &mut v);
+        v.finish()?;
+        Ok(ScimTokenRef { tenant_id, name: msg.name })
     }
 }
 

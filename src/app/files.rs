@@ -90,3 +90,20 @@ fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
     f.sync_all()?;
     Ok(())
 }
+
+/// The listener's TLS settings, read from the configured PEM files (None: plaintext).
+pub fn tls_config(config: &Config) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use anyhow::Context;
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
+    let read = |p: &std::path::PathBuf, what: &str| {
+        std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+    };
+    let mut tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(cert, "TLS certificate")?, read(key, "TLS key")?));
+    if let Some(ca) = &config.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+    }
+    tracing::info!(mutual = config.client_ca.is_some(), "TLS on the gRPC listener");
+    Ok(Some(tls))
+}

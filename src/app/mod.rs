@@ -40,27 +40,11 @@ use crate::{
 };
 
 mod files;
+mod http_listener;
 mod outbox;
 
-use files::admin_token;
 pub use files::master_keys;
-
-/// The listener's TLS settings, read from the configured PEM files (None: plaintext).
-fn tls_config(config: &Config) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
-    use anyhow::Context;
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
-    let read = |p: &std::path::PathBuf, what: &str| {
-        std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
-    };
-    let mut tls =
-        ServerTlsConfig::new().identity(Identity::from_pem(read(cert, "TLS certificate")?, read(key, "TLS key")?));
-    if let Some(ca) = &config.client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
-    }
-    tracing::info!(mutual = config.client_ca.is_some(), "TLS on the gRPC listener");
-    Ok(Some(tls))
-}
+use files::{admin_token, tls_config};
 
 /// The health-check service name of liveness (the process alone, not the database).
 pub const LIVENESS: &str = "liveness";
@@ -105,6 +89,7 @@ pub struct Application {
     authenticator: AuthLayer,
     metrics_listener: Option<TcpListener>,
     health_listener: Option<TcpListener>,
+    http_listener: Option<http_listener::HttpListener>,
     admin_token_file: Option<PathBuf>,
     shutdown: CancellationToken,
 }
@@ -201,9 +186,11 @@ impl Application {
             ),
             None => None,
         };
+        let http_listener = http_listener::HttpListener::bind(&config).await?;
         Ok(Application {
             metrics_listener,
             health_listener,
+            http_listener,
             extra: None,
             authenticator: AuthLayer::new(authenticator),
             config,
@@ -239,6 +226,11 @@ impl Application {
         self.health_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Where the HTTP listener (SCIM) is (None unless `http_listen` is set).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_listener.as_ref().and_then(|l| l.local_addr())
+    }
+
     /// Where the generated admin token was stored (None when it came from the environment).
     pub fn admin_token_file(&self) -> Option<&PathBuf> {
         self.admin_token_file.as_ref()
@@ -271,6 +263,7 @@ impl Application {
             extra,
             metrics_listener,
             health_listener,
+            http_listener,
             ..
         } = self;
 
@@ -381,6 +374,7 @@ impl Application {
             builder = builder.tls_config(tls)?;
         }
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let http_task = http_listener.map(|l| tokio::spawn(l.serve(iam.clone(), stop.clone())));
         let metrics_task = metrics_listener.map(|listener| {
             crate::metrics::install();
             tokio::spawn(crate::metrics::serve(listener, iam.clone(), stop.clone()))
@@ -439,10 +433,12 @@ impl Application {
         {
             tracing::warn!(error = %e, "the health listener failed");
         }
-        if let Some(task) = metrics_task
-            && let Ok(Err(e)) = task.await
-        {
-            tracing::warn!(error = %e, "the metrics endpoint failed");
+        for (task, what) in [(metrics_task, "the metrics endpoint"), (http_task, "the HTTP listener")] {
+            if let Some(task) = task
+                && let Ok(Err(e)) = task.await
+            {
+                tracing::warn!(error = %e, "{what} failed");
+            }
         }
         tracing::info!("crm-iam stopped");
         Ok(())

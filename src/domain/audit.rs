@@ -127,8 +127,10 @@ impl AuditRecord {
 pub const REDACTED: &str = "[redacted]";
 
 /// Fields of a user that are personal data (erased by a purge, in the user row and the trail).
-pub const PERSONAL_FIELDS: &[&str] =
-    &super::user::fields::<11>(&super::user::PERSON_FIELDS, &["hire_date", "attributes", "username", "email_hash"]);
+pub const PERSONAL_FIELDS: &[&str] = &super::user::fields::<12>(
+    &super::user::PERSON_FIELDS,
+    &["hire_date", "attributes", "username", "external_id", "email_hash"],
+);
 
 /// The pseudonym purpose of an e-mail typed at a failed login in `tenant_id`: failed logins for
 /// unknown addresses keep `email_hash` (a keyed pseudonym), never the address, so spraying shows

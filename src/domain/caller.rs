@@ -35,6 +35,10 @@ pub enum Caller {
     Service { name: Arc<str>, tenants: Option<Arc<[String]>> },
     /// A tenant user: that tenant, that user's rights.
     User(UserCaller),
+    /// A tenant's identity provider with a named SCIM token (`service::scim`): that tenant only,
+    /// through the SCIM endpoints only (no gRPC method accepts it), as an administrator of users
+    /// and role membership.
+    Scim { tenant_id: Arc<str>, name: Arc<str> },
 }
 
 impl Caller {
@@ -44,6 +48,7 @@ impl Caller {
             Caller::PlatformAdmin => Actor { kind: ActorKind::Service, id: "platform-admin".into() },
             Caller::Service { name, .. } => Actor { kind: ActorKind::Service, id: format!("service:{name}") },
             Caller::User(u) => Actor { kind: ActorKind::User, id: u.user_id.to_string() },
+            Caller::Scim { name, .. } => Actor { kind: ActorKind::Service, id: format!("scim:{name}") },
         }
     }
 

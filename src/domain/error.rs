@@ -58,6 +58,10 @@ pub enum Reason {
     NotificationNotFound,
     NotificationNotRetryable,
     NotificationTemplateNotFound,
+    ScimTokenNotFound,
+    ScimTokenExists,
+    UsernameTaken,
+    ScimTokenLimitReached,
 }
 
 impl Reason {

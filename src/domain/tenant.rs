@@ -63,6 +63,8 @@ pub struct TenantSettings {
     pub link_base_url: String,
     /// How messages reach users (None = the server's default).
     pub channel: Option<Channel>,
+    /// Whether a SCIM `department` naming no department creates it.
+    pub scim_create_departments: bool,
 }
 
 impl Default for TenantSettings {
@@ -82,6 +84,7 @@ impl Default for TenantSettings {
             default_locale: String::new(),
             link_base_url: String::new(),
             channel: None,
+            scim_create_departments: false,
         }
     }
 }
@@ -106,6 +109,7 @@ pub struct SettingsPatch {
     pub link_base_url: Option<String>,
     /// `Some(None)` = the server's default.
     pub channel: Option<Option<Channel>>,
+    pub scim_create_departments: Option<bool>,
 }
 
 impl SettingsPatch {
@@ -147,6 +151,9 @@ impl TenantSettings {
         }
         if let Some(v) = p.channel {
             s.channel = v;
+        }
+        if let Some(v) = p.scim_create_departments {
+            s.scim_create_departments = v;
         }
 
         let mut v = Violations::default();

@@ -50,6 +50,10 @@ pub struct User {
     pub employee_number: Option<String>,
     pub department_id: Option<Uuid>,
     pub hire_date: Option<NaiveDate>,
+    /// A login name unique in the tenant (SCIM `userName` when it is not the e-mail address).
+    pub username: Option<String>,
+    /// The identity provider's id of the user (SCIM `externalId`).
+    pub external_id: Option<String>,
     pub state: UserState,
     pub role_ids: Vec<Uuid>,
     pub mfa_enrolled: bool,
@@ -86,6 +90,9 @@ pub struct Profile {
     pub hire_date: Option<NaiveDate>,
     pub attributes: BTreeMap<String, String>,
     pub locale: String,
+    /// The login name and its uniqueness key.
+    pub username: Option<(String, String)>,
+    pub external_id: Option<String>,
 }
 
 /// Who the person is and how to reach them, in the order shown: the start of every list of user
@@ -96,7 +103,7 @@ pub const PERSON_FIELDS: [&str; 7] =
 
 /// The fields of a user's profile (what UpdateUser edits, what a purge erases besides credentials).
 pub const PROFILE_FIELDS: &[&str] =
-    &fields::<11>(&PERSON_FIELDS, &["department_id", "hire_date", "attributes", "locale"]);
+    &fields::<13>(&PERSON_FIELDS, &["department_id", "hire_date", "attributes", "locale", "username", "external_id"]);
 
 /// `first` then `then`, as one list of `N` field names (built at compile time).
 pub const fn fields<const N: usize>(first: &[&'static str], then: &[&'static str]) -> [&'static str; N] {
@@ -140,6 +147,8 @@ pub struct UserPatch {
     pub hire_date: Option<Option<NaiveDate>>,
     pub attributes: Option<BTreeMap<String, String>>,
     pub locale: Option<String>,
+    pub username: Option<Option<(String, String)>>,
+    pub external_id: Option<Option<String>>,
 }
 
 /// A single-use token issued to a user (invitation or password reset). The token is returned
@@ -180,7 +189,10 @@ mod tests {
     #[test]
     fn the_field_lists_grow_from_the_person_fields() {
         assert_eq!(&PROFILE_FIELDS[..7], &PERSON_FIELDS[..]);
-        assert_eq!(&PROFILE_FIELDS[7..], &["department_id", "hire_date", "attributes", "locale"]);
+        assert_eq!(
+            &PROFILE_FIELDS[7..],
+            &["department_id", "hire_date", "attributes", "locale", "username", "external_id"]
+        );
         let personal = crate::domain::audit::PERSONAL_FIELDS;
         assert!(PERSON_FIELDS.iter().all(|f| personal.contains(f)), "every person field is personal data");
         assert!(!personal.contains(&"department_id"), "the department is not personal data");

@@ -127,6 +127,33 @@ pub fn employee_number(s: &str) -> Check<Option<String>> {
     Ok(Some(s.to_owned()))
 }
 
+/// A login name: 1 to 256 characters without control characters or spaces at either end; its
+/// uniqueness key is the NFKC form in lower case, so `Ann` and `ａｎｎ` are one name.
+pub fn username(s: &str) -> Check<Option<(String, String)>> {
+    use unicode_normalization::UnicodeNormalization;
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.chars().count() > 256 || s.chars().any(char::is_control) {
+        return Err("must be at most 256 characters, without control characters".into());
+    }
+    let key: String = s.nfkc().flat_map(char::to_lowercase).collect();
+    Ok(Some((s.to_owned(), key)))
+}
+
+/// An identity provider's id of a user: at most 256 characters without control characters.
+pub fn external_id(s: &str) -> Check<Option<String>> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.chars().count() > 256 || s.chars().any(char::is_control) {
+        return Err("must be at most 256 characters, without control characters".into());
+    }
+    Ok(Some(s.to_owned()))
+}
+
 /// A calendar date `YYYY-MM-DD` between 1900 and 2100.
 pub fn date(s: &str) -> Check<Option<NaiveDate>> {
     let s = s.trim();

@@ -39,7 +39,7 @@ pub fn require_platform(caller: &Caller) -> Result<()> {
         Caller::Service { tenants: Some(_), name } => Err(Error::permission_denied(format!(
             "not allowed: service credential {name:?} is limited to some tenants; this is a platform method"
         ))),
-        Caller::User(_) => Err(Error::permission_denied(
+        Caller::User(_) | Caller::Scim { .. } => Err(Error::permission_denied(
             "not allowed: this is a platform method (platform admin token or a service credential)",
         )),
     }
@@ -69,7 +69,7 @@ impl Iam {
         let Right { module, action } = right;
         let user = match caller {
             Caller::PlatformAdmin => return Ok(()),
-            Caller::Service { .. } => return same_tenant(caller, tenant_id),
+            Caller::Service { .. } | Caller::Scim { .. } => return same_tenant(caller, tenant_id),
             Caller::User(u) => u,
         };
         same_tenant(caller, tenant_id)?;
@@ -229,6 +229,10 @@ impl Iam {
     pub async fn visible_departments(&self, caller: &Caller, tenant_id: &str) -> Result<Option<Vec<Uuid>>> {
         let user = match caller {
             Caller::PlatformAdmin | Caller::Service { .. } => return Ok(None),
+            Caller::Scim { .. } => {
+                same_tenant(caller, tenant_id)?;
+                return Ok(None);
+            }
             Caller::User(u) => u,
         };
         self.authorize(caller, tenant_id, Right::USERS_VIEW, Target::Any).await?;
@@ -261,6 +265,9 @@ pub fn same_tenant(caller: &Caller, tenant_id: &str) -> Result<()> {
             Err(Error::permission_denied(format!(
                 "not allowed: service credential {name:?} acts only in the tenants it lists"
             )))
+        }
+        Caller::Scim { tenant_id: own, .. } if &**own != tenant_id => {
+            Err(Error::permission_denied("not allowed: a SCIM token acts only in its own tenant"))
         }
         _ => Ok(()),
     }

@@ -12,6 +12,7 @@ pub mod notify;
 pub mod ownership;
 pub mod replicas;
 pub mod roles;
+pub mod scim;
 pub mod tenants;
 pub mod transfers;
 pub mod users;
@@ -53,6 +54,8 @@ pub struct Iam {
     pub auth: Arc<auth::AuthState>,
     /// The notifications outbox (channels, templates, the delivery worker's wake-up).
     pub outbox: Arc<notify::Outbox>,
+    /// When each SCIM token's use was last recorded (a throttle).
+    pub scim_touches: Arc<scim::ScimTouches>,
 }
 
 impl Iam {
@@ -71,6 +74,7 @@ impl Iam {
             foreground: Default::default(),
             auth: Arc::new(auth),
             outbox: Default::default(),
+            scim_touches: Default::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod notifications;
 pub mod outbox;
 pub mod ownership;
 pub mod roles;
+pub mod scim_tokens;
 pub mod sealed;
 pub mod sessions;
 pub mod signing_keys;

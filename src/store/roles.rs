@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect, Set,
-    sea_query::{OnConflict, Query},
+    sea_query::{Expr, OnConflict, Query},
 };
 use uuid::Uuid;
 
@@ -149,6 +149,16 @@ pub async fn update(tx: &Tx, mut row: Row, expected_version: i64) -> Result<Row>
         return Err(Error::etag_mismatch("role"));
     }
     Ok(row)
+}
+
+/// Sets the SCIM `externalId` of a role.
+pub async fn set_external_id(tx: &Tx, role_id: Uuid, external_id: Option<String>) -> Result<()> {
+    roles::Entity::update_many()
+        .col_expr(roles::Column::ExternalId, Expr::value(external_id))
+        .filter(roles::Column::RoleId.eq(role_id))
+        .exec(&**tx)
+        .await?;
+    Ok(())
 }
 
 pub async fn delete(tx: &Tx, role_id: Uuid) -> Result<()> {

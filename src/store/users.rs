@@ -49,6 +49,8 @@ pub fn to_domain(m: Row, role_ids: Vec<Uuid>) -> Result<User> {
         employee_number: m.employee_number,
         department_id: m.department_id,
         hire_date,
+        username: m.username,
+        external_id: m.external_id,
         state,
         role_ids,
         mfa_enrolled: m.mfa_enrolled,
@@ -105,6 +107,9 @@ fn unique_error(e: sea_orm::DbErr) -> Error {
                 Reason::EmailTaken,
                 "another user of this tenant has an email address that looks the same (look-alike characters)",
             );
+        }
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(msg)) if msg.contains("username") => {
+            return Error::already_exists(Reason::UsernameTaken, "another user of this tenant has this username");
         }
         Some(sea_orm::SqlErr::UniqueConstraintViolation(msg)) if msg.contains("employee_number") => {
             return Error::already_exists(
@@ -184,6 +189,49 @@ pub async fn list(
         q = q.filter(users::Column::UserId.gt(after));
     }
     Ok(q.all(conn).await?)
+}
+
+/// The user a SCIM `userName` names: by username, or by e-mail address for users without one.
+pub async fn find_by_username(conn: &impl ConnectionTrait, tenant_id: &str, value: &str) -> Result<Option<Row>> {
+    let Ok(Some((_, key))) = crate::domain::validate::username(value) else { return Ok(None) };
+    Ok(users::Entity::find()
+        .filter(users::Column::TenantId.eq(tenant_id))
+        .filter(
+            Condition::any().add(users::Column::UsernameKey.eq(key.as_str())).add(
+                Condition::all()
+                    .add(users::Column::UsernameKey.is_null())
+                    .add(users::Column::EmailKey.eq(value.trim().to_lowercase())),
+            ),
+        )
+        .one(conn)
+        .await?)
+}
+
+/// The user with this identity-provider id (case-exact).
+pub async fn find_by_external_id(conn: &impl ConnectionTrait, tenant_id: &str, value: &str) -> Result<Option<Row>> {
+    Ok(users::Entity::find()
+        .filter(users::Column::TenantId.eq(tenant_id))
+        .filter(users::Column::ExternalId.eq(value))
+        .one(conn)
+        .await?)
+}
+
+/// The display names of users, in id order (unknown ids are left out).
+pub async fn display_names(conn: &impl ConnectionTrait, tenant_id: &str, ids: &[Uuid]) -> Result<Vec<(Uuid, String)>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let rows: Vec<(Uuid, String)> = users::Entity::find()
+            .select_only()
+            .columns([users::Column::UserId, users::Column::DisplayName])
+            .filter(users::Column::TenantId.eq(tenant_id))
+            .filter(users::Column::UserId.is_in(chunk.iter().copied()))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        out.extend(rows);
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Users of a tenant.

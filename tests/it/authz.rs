@@ -141,6 +141,15 @@ fn table() -> Vec<Row> {
             update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
             ..Default::default()
         }),
+        r!("TenantAdmin/CreateScimToken", admin(OK), tenants, create_scim_token, |i, ids| {
+            pb::CreateScimTokenRequest { tenant_id: t(), name: format!("idp-{i}"), ttl: None }
+        }),
+        r!("TenantAdmin/ListScimTokens", admin(OK), tenants, list_scim_tokens, |i, ids| {
+            pb::ListScimTokensRequest { tenant_id: t() }
+        }),
+        r!("TenantAdmin/RevokeScimToken", admin(NF), tenants, revoke_scim_token, |i, ids| {
+            pb::RevokeScimTokenRequest { tenant_id: t(), name: "no-such-token".into() }
+        }),
         r!("UserAdmin/CreateUser", admin(OK), users, create_user, |i, ids| {
             let mut r = crate::common::invite("acme", &format!("new-{i}@example.com"));
             r.user.as_mut().unwrap().department_id = ids.sales.clone();

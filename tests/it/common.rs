@@ -144,6 +144,8 @@ pub struct TestServer {
     pub metrics_addr: Option<SocketAddr>,
     /// The plaintext health listener, when the config asked for it.
     pub health_addr: Option<SocketAddr>,
+    /// The HTTP listener (SCIM), when the config asked for it.
+    pub http_addr: Option<SocketAddr>,
     pub db: TestDb,
     handle: ShutdownHandle,
     join: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -181,9 +183,10 @@ impl TestServer {
         let addr = app.local_addr();
         let metrics_addr = app.metrics_addr();
         let health_addr = app.health_addr();
+        let http_addr = app.http_addr();
         let handle = app.shutdown_handle();
         let join = tokio::spawn(app.run());
-        TestServer { addr, metrics_addr, health_addr, db, handle, join }
+        TestServer { addr, metrics_addr, health_addr, http_addr, db, handle, join }
     }
 
     /// Stops the server (graceful drain) and returns its database.

@@ -17,6 +17,7 @@ mod ownership;
 mod privacy;
 mod resource_attacks;
 mod roles;
+mod scim;
 mod secrets_at_rest;
 mod server;
 mod stream_attacks;

@@ -175,3 +175,29 @@ async fn probes_use_the_plaintext_health_listener() {
     assert_eq!(other.code(), tonic::Code::Unimplemented);
     s.stop().await;
 }
+
+/// The HTTP listener (SCIM) speaks TLS with the gRPC listener's certificate: a client that trusts
+/// the CA gets SCIM answers; a plaintext request gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listener_uses_the_same_certificate() {
+    let db = TestDb::new(common::Backend::Sqlite).await;
+    let p = pki(db.dir());
+    let mut config = common::test_config(&db);
+    config.tls_cert = Some(db.dir().join("server.pem"));
+    config.tls_key = Some(db.dir().join("server.key"));
+    config.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    let s = TestServer::start_on(db, config).await;
+    let addr = s.http_addr.unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(p.ca.as_bytes()).unwrap())
+        .resolve("localhost", addr)
+        .build()
+        .unwrap();
+    let r = client.get(format!("https://localhost:{}/scim/v2/Users", addr.port())).send().await.expect("TLS");
+    assert_eq!(r.status().as_u16(), 401, "a SCIM answer over TLS");
+    let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(body["schemas"][0], "urn:ietf:params:scim:api:messages:2.0:Error");
+    let plain = reqwest::get(format!("http://{addr}/scim/v2/Users")).await;
+    assert!(plain.is_err() || plain.unwrap().status().as_u16() != 401, "no SCIM answer in plaintext");
+    s.stop().await;
+}

@@ -23,6 +23,8 @@ pub(super) fn profile(v: &mut Violations, u: &pb::User) -> Option<Profile> {
     let hire_date = v.check("user.hire_date", validate::date(&u.hire_date));
     let attributes = v.check("user.attributes", validate::attributes(&u.attributes));
     let locale = v.check("user.locale", validate::locale(&u.locale));
+    let username = v.check("user.username", validate::username(&u.username));
+    let external_id = v.check("user.external_id", validate::external_id(&u.external_id));
     let (email, email_key) = email?;
     let (given_name, family_name) = (given_name?, family_name?);
     let display_name =
@@ -40,6 +42,8 @@ pub(super) fn profile(v: &mut Violations, u: &pb::User) -> Option<Profile> {
         hire_date: hire_date?,
         attributes: attributes?,
         locale: locale?,
+        username: username?,
+        external_id: external_id?,
     })
 }
 
@@ -81,6 +85,12 @@ pub(super) fn user_patch(v: &mut Violations, u: &pb::User, paths: &[String]) -> 
     }
     if has("locale") {
         p.locale = v.check("user.locale", validate::locale(&u.locale));
+    }
+    if has("username") {
+        p.username = v.check("user.username", validate::username(&u.username));
+    }
+    if has("external_id") {
+        p.external_id = v.check("user.external_id", validate::external_id(&u.external_id));
     }
     p
 }

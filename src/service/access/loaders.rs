@@ -58,6 +58,14 @@ impl Iam {
         Ok(self.access.tenants.entry(tenant_id.to_owned()).or_insert(entry).clone())
     }
 
+    /// The tenant's compiled policy (role and department names included) and its row, as cached:
+    /// loaded on first use, replaced by every committed change to either.
+    pub async fn cached_policy(&self, tenant_id: &str) -> Result<(Arc<Policy>, Option<Arc<Tenant>>)> {
+        let entry = self.tenant_entry(tenant_id).await?;
+        let policy = self.policy(&entry, tenant_id).await?;
+        Ok((policy, entry.tenant.get().cloned()))
+    }
+
     /// The compiled policy of a tenant (loaded once per invalidation; concurrent callers share the load).
     pub(super) async fn policy(&self, tenant: &TenantEntry, tenant_id: &str) -> Result<Arc<Policy>> {
         tenant.policy.get_or_try_init(|| self.load_policy(tenant, tenant_id)).await.cloned()

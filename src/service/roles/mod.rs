@@ -139,6 +139,7 @@ impl Iam {
                         description: new.description,
                         builtin: None,
                         permissions: serde_json::to_string(&permissions).map_err(Error::internal)?,
+                        external_id: None,
                         version: 1,
                         create_time: t,
                         update_time: t,

@@ -235,6 +235,9 @@ impl Iam {
         new.department_id = None;
         new.hire_date = None;
         new.attributes = "{}".into();
+        new.username = None;
+        new.username_key = None;
+        new.external_id = None;
         new.password_hash = None;
         new.mfa_enrolled = false;
         new.must_change_password = false;

@@ -180,6 +180,9 @@ impl Iam {
                     mfa_enrolled: false,
                     must_change_password: password_hash.is_some() && !permanent,
                     attributes: users::attributes_json(&profile.attributes),
+                    username: profile.username.as_ref().map(|(n, _)| n.clone()),
+                    username_key: profile.username.as_ref().map(|(_, k)| k.clone()),
+                    external_id: profile.external_id.clone(),
                     password_hash,
                     last_login_time: None,
                     deactivate_time: None,
@@ -329,6 +332,12 @@ impl Iam {
                 }
                 if let Some(v) = patch.attributes {
                     new.attributes = users::attributes_json(&v);
+                }
+                if let Some(v) = patch.username {
+                    (new.username, new.username_key) = v.map_or((None, None), |(n, k)| (Some(n), Some(k)));
+                }
+                if let Some(v) = patch.external_id {
+                    new.external_id = v;
                 }
                 let row = users::update(tx, new, row.version).await?;
                 let after = self.to_user_in(&**tx, row).await?;

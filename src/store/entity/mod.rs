@@ -12,6 +12,7 @@ pub mod ownerships;
 pub mod recovery_codes;
 pub mod refresh_tokens;
 pub mod roles;
+pub mod scim_tokens;
 pub mod sessions;
 pub mod signing_keys;
 pub mod tenants;

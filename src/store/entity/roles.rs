@@ -14,6 +14,8 @@ pub struct Model {
     pub builtin: Option<String>,
     #[sea_orm(column_type = "Text")]
     pub permissions: String,
+    /// The identity provider's id of the role as a SCIM group (`externalId`).
+    pub external_id: Option<String>,
     pub version: i64,
     pub create_time: DateTimeUtc,
     pub update_time: DateTimeUtc,

@@ -32,6 +32,12 @@ pub struct Model {
     pub delete_time: Option<DateTimeUtc>,
     pub purge_after: Option<DateTimeUtc>,
     pub purge_time: Option<DateTimeUtc>,
+    /// A login name (SCIM `userName` when it is not the e-mail address), unique per tenant by
+    /// `username_key` (NFKC, lower case).
+    pub username: Option<String>,
+    pub username_key: Option<String>,
+    /// The identity provider's id of the user (SCIM `externalId`).
+    pub external_id: Option<String>,
     pub version: i64,
     pub create_time: DateTimeUtc,
     pub update_time: DateTimeUtc,
