@@ -89,6 +89,13 @@ if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
   python3 -m pip install --quiet 'pyjwt[crypto]>=2.8' || { log "cannot install PyJWT"; exit 1; }
 fi
 
+# The SCIM tests run the independent compliance suite (scim2-tester) against the server.
+if ! python3 -c 'import scim2_tester, httpx2' >/dev/null 2>&1; then
+  log "installing scim2-tester for the SCIM compliance test"
+  python3 -m pip install --quiet 'scim2-tester>=0.5,<0.6' 'scim2-client[httpx2]>=0.13' \
+    || { log "cannot install scim2-tester"; exit 1; }
+fi
+
 # The metrics test lints the /metrics exposition with Prometheus' promtool.
 if ! command -v promtool >/dev/null 2>&1; then
   log "installing promtool (Debian package prometheus) for the metrics test"

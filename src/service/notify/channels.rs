@@ -42,7 +42,7 @@ impl Mailer {
             .map_err(|e| anyhow::anyhow!("smtp_url: {e}"))?
             .timeout(Some(timeout))
             // As many connections as messages a replica sends at once (a batch).
-            .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(super::SMTP_CONNECTIONS))
+            .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(2 * super::SMTP_CONNECTIONS))
             .build();
         let from: Mailbox = from.parse().map_err(|e| anyhow::anyhow!("smtp_from is not an address: {e}"))?;
         Ok(Mailer { transport, from, timeout })

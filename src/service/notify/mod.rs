@@ -321,7 +321,9 @@ pub(crate) const BATCH: u64 = 128;
 /// How long a woken worker waits for more commits before it claims (bounded added latency).
 const LINGER: Duration = Duration::from_millis(25);
 
-/// Connections the SMTP transport keeps open (a batch's messages share them).
+/// Messages sent at once. The SMTP pool keeps twice as many connections: lettre returns a
+/// connection to its pool only after the send has finished, so a pool just as large as the
+/// concurrency would open (and then drop) a fresh connection for many sends.
 pub(crate) const SMTP_CONNECTIONS: u32 = 32;
 
 impl Iam {

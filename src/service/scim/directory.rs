@@ -50,7 +50,11 @@ impl Directory {
     }
 
     fn departments(&self) -> impl Iterator<Item = (Uuid, &str)> {
-        self.policy.department_names.iter().map(|(d, n)| (*d, n.as_str())).chain(self.created.iter().map(|(d, n)| (*d, n.as_str())))
+        self.policy
+            .department_names
+            .iter()
+            .map(|(d, n)| (*d, n.as_str()))
+            .chain(self.created.iter().map(|(d, n)| (*d, n.as_str())))
     }
 }
 
@@ -117,7 +121,8 @@ impl Iam {
     /// creates a top-level department when the tenant allows it, else INVALID_ARGUMENT.
     pub async fn scim_department(&self, call: &Call, tenant_id: &str, dir: &mut Directory, name: &str) -> Result<Uuid> {
         let wanted = name.to_lowercase();
-        let mut found: Vec<Uuid> = dir.departments().filter(|(_, n)| n.to_lowercase() == wanted).map(|(d, _)| d).collect();
+        let mut found: Vec<Uuid> =
+            dir.departments().filter(|(_, n)| n.to_lowercase() == wanted).map(|(d, _)| d).collect();
         found.dedup();
         match found.as_slice() {
             [one] => return Ok(*one),
