@@ -12,9 +12,33 @@ use serde_json::Value;
 
 use super::schema::ENTERPRISE_USER;
 
+/// The most comparisons one filter may hold (each is evaluated against every user it scans).
+pub const MAX_TERMS: usize = 50;
+
 /// A filter that cannot be evaluated: SCIM `invalidFilter`.
 pub fn parse(s: &str) -> Result<Filter, String> {
-    s.parse::<Filter>().map_err(|e| format!("the filter does not parse: {e}"))
+    let f = s.parse::<Filter>().map_err(|e| format!("the filter does not parse: {e}"))?;
+    if terms(&f) > MAX_TERMS {
+        return Err(format!("the filter has more than {MAX_TERMS} comparisons"));
+    }
+    Ok(f)
+}
+
+fn terms(f: &Filter) -> usize {
+    match f {
+        Filter::Attr(_) => 1,
+        Filter::ValuePath(vp) => val_terms(&vp.filter),
+        Filter::Not(f) => terms(f),
+        Filter::And(fs) | Filter::Or(fs) => fs.iter().map(terms).sum(),
+    }
+}
+
+fn val_terms(f: &ValFilter) -> usize {
+    match f {
+        ValFilter::Attr(_) => 1,
+        ValFilter::Not(f) => val_terms(f),
+        ValFilter::And(fs) | ValFilter::Or(fs) => fs.iter().map(val_terms).sum(),
+    }
 }
 
 /// Whether `resource` matches `filter`.

@@ -160,9 +160,20 @@ fn desired(r: &Value) -> ScimResult<Desired> {
     Ok(Desired { name, external_id, members })
 }
 
-/// Gives and takes the role until its holders are `want`.
-async fn set_members(scim: &Scim, role_id: Uuid, want: &BTreeSet<Uuid>) -> ScimResult<()> {
-    let have: BTreeSet<Uuid> = members(scim, role_id).await?.into_iter().map(|(u, _)| u).collect();
+/// Gives and takes the role until its holders are `want`. `since`: the holders the change was
+/// computed from (a PATCH): only what it added or removed is applied, so two PATCHes at once
+/// (an add and a remove, as Entra ID sends them in parallel) do not undo each other. None (PUT,
+/// DELETE): against the holders now.
+async fn set_members(
+    scim: &Scim,
+    role_id: Uuid,
+    want: &BTreeSet<Uuid>,
+    since: Option<&BTreeSet<Uuid>>,
+) -> ScimResult<()> {
+    let have: BTreeSet<Uuid> = match since {
+        Some(s) => s.clone(),
+        None => members(scim, role_id).await?.into_iter().map(|(u, _)| u).collect(),
+    };
     let a = |user_id| Assignment { tenant_id: scim.tenant_id.clone(), user_id, role_id };
     for u in want.difference(&have) {
         match scim.iam.assign_role(&scim.call, a(*u)).await {
@@ -175,7 +186,13 @@ async fn set_members(scim: &Scim, role_id: Uuid, want: &BTreeSet<Uuid>) -> ScimR
         }
     }
     for u in have.difference(want) {
-        scim.iam.unassign_role(&scim.call, a(*u)).await?;
+        match scim.iam.unassign_role(&scim.call, a(*u)).await {
+            // Taken away meanwhile (another PATCH, or the user is gone): what was asked holds.
+            Err(e) if matches!(e.reason, Reason::RoleNotAssigned | Reason::UserNotFound) => {}
+            r => {
+                r?;
+            }
+        }
     }
     Ok(())
 }
@@ -202,7 +219,7 @@ pub async fn create(scim: Scim, headers: HeaderMap, body: Bytes) -> ScimResult {
         scim.iam.scim_set_group_external_id(&scim.call, &scim.tenant_id, role.role_id, external_id).await?;
     }
     if let Some(want) = &want {
-        set_members(&scim, role.role_id, want).await?;
+        set_members(&scim, role.role_id, want, None).await?;
     }
     let group = load(&scim, &role.role_id.to_string()).await?;
     let m = members(&scim, role.role_id).await?;
@@ -210,7 +227,7 @@ pub async fn create(scim: Scim, headers: HeaderMap, body: Bytes) -> ScimResult {
 }
 
 /// Stores a whole representation over `role` (PUT, and PATCH after applying its operations).
-async fn store(scim: &Scim, group: Group, sent: String, r: &Value) -> ScimResult {
+async fn store(scim: &Scim, group: Group, sent: String, r: &Value, since: Option<&BTreeSet<Uuid>>) -> ScimResult {
     let Desired { name, external_id, members: want } = desired(r)?;
     let (role, old_external_id) = group;
     let version = crate::domain::etag(role.version);
@@ -239,7 +256,7 @@ async fn store(scim: &Scim, group: Group, sent: String, r: &Value) -> ScimResult
         scim.iam.scim_set_group_external_id(&scim.call, &scim.tenant_id, role.role_id, external_id).await?;
     }
     if let Some(want) = &want {
-        set_members(scim, role.role_id, want).await?;
+        set_members(scim, role.role_id, want, since).await?;
     }
     let group = load(scim, &role.role_id.to_string()).await?;
     let m = members(scim, role.role_id).await?;
@@ -254,13 +271,14 @@ pub async fn replace(scim: Scim, Path(id): Path<String>, headers: HeaderMap, bod
         // PUT replaces: no members listed means none.
         body["members"] = Value::Array(Vec::new());
     }
-    store(&scim, group, if_match(&headers), &body).await
+    store(&scim, group, if_match(&headers), &body, None).await
 }
 
 pub async fn patch(scim: Scim, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> ScimResult {
     let body = body_json(&headers, &body)?;
     let group = load(&scim, &id).await?;
     let m = members(&scim, group.0.role_id).await?;
+    let before: BTreeSet<Uuid> = m.iter().map(|(u, _)| *u).collect();
     let mut r = to_scim(&group, Some(&m), &scim.base);
     if filter::member(&r, "members").is_none() {
         r["members"] = Value::Array(Vec::new());
@@ -270,7 +288,7 @@ pub async fn patch(scim: Scim, Path(id): Path<String>, headers: HeaderMap, body:
         r["members"] = Value::Array(Vec::new()); // removed: none
     }
     let sent = if_match(&headers);
-    let resp = store(&scim, group, sent, &r).await?;
+    let resp = store(&scim, group, sent, &r, Some(&before)).await?;
     // RFC 7644 §3.5.2: 204 is allowed when the client did not ask for attributes; IdPs accept 200.
     Ok(resp)
 }
@@ -286,7 +304,7 @@ pub async fn delete(scim: Scim, Path(id): Path<String>, headers: HeaderMap) -> S
     if !sent.is_empty() && sent != version {
         return Err(crate::domain::Error::etag_mismatch("group").into());
     }
-    set_members(&scim, role.role_id, &BTreeSet::new()).await?;
+    set_members(&scim, role.role_id, &BTreeSet::new(), None).await?;
     let (role, _) = load(&scim, &id).await?;
     scim.iam
         .delete_role(

@@ -161,6 +161,8 @@ pub type ScimResult<T = Response> = Result<T, ScimError>;
 pub fn scim_json(status: StatusCode, body: &Value) -> Response {
     let mut r = (status, body.to_string()).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/scim+json"));
+    // Answers are per token and carry personal data: no cache keeps them.
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 

@@ -12,8 +12,12 @@ use super::{
     schema::ENTERPRISE_USER,
 };
 
-/// At most this many operations in one PATCH.
+/// At most this many operations in one PATCH (each attribute of a pathless operation's value
+/// counts as one).
 pub const MAX_OPERATIONS: usize = 100;
+
+/// At most this many values in one operation's list (a group's members, a user's addresses).
+pub const MAX_VALUES: usize = 1000;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Op {
@@ -28,8 +32,22 @@ pub type PatchError = (&'static str, String);
 /// Applies the `Operations` of a PatchOp message to `resource`.
 pub fn apply(resource: &mut Value, body: &Value) -> Result<(), PatchError> {
     let ops = member(body, "Operations").and_then(Value::as_array).ok_or(("invalidSyntax", "no Operations".into()))?;
-    if ops.len() > MAX_OPERATIONS {
-        return Err(("tooMany", format!("at most {MAX_OPERATIONS} operations in one PATCH")));
+    // The work is bounded before any is done (dedupe and key lookups are linear scans).
+    let mut count = 0usize;
+    for op in ops {
+        let value = member(op, "value");
+        count += match value {
+            Some(Value::Object(o)) if member(op, "path").is_none() => o.len().max(1),
+            _ => 1,
+        };
+        if let Some(Value::Array(items)) = value
+            && items.len() > MAX_VALUES
+        {
+            return Err(("tooMany", format!("at most {MAX_VALUES} values in one operation")));
+        }
+    }
+    if count > MAX_OPERATIONS {
+        return Err(("tooMany", format!("at most {MAX_OPERATIONS} operations (attributes) in one PATCH")));
     }
     for (i, op) in ops.iter().enumerate() {
         let name = member(op, "op").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();

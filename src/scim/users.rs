@@ -241,7 +241,8 @@ async fn desired(scim: &Scim, dir: &mut Directory, r: &Value, v: &mut Violations
         match iam.scim_department(&scim.call, &scim.tenant_id, dir, department.trim()).await {
             Ok(d) => Some(Some(d)),
             Err(e) if e.kind == crate::domain::Kind::InvalidArgument || e.reason == Reason::DepartmentNotFound => {
-                v.add("department", e.message);
+                let why = e.field_violations.first().map(|f| f.description.clone()).unwrap_or(e.message);
+                v.add("department", why);
                 None
             }
             Err(e) => return Err(e.into()),
@@ -355,11 +356,29 @@ pub async fn list(scim: Scim, Query(q): Query<ListQuery>) -> ScimResult {
     Ok(list_response(all, start, count, &q))
 }
 
+/// Refuses a userName that already names another user (as its username or, for a user without
+/// one, its address): the IdP's `userName eq` lookup must find one person.
+async fn user_name_free(scim: &Scim, r: &Value, me: Option<uuid::Uuid>) -> ScimResult<()> {
+    let Some(name) = filter::member(r, "userName").and_then(Value::as_str).map(str::trim).filter(|n| !n.is_empty())
+    else {
+        return Ok(());
+    };
+    match scim.iam.scim_find_user(&scim.call, &scim.tenant_id, IdentityKind::UserName, name).await? {
+        Some(other) if Some(other.user_id) != me => Err(ScimError::new(
+            StatusCode::CONFLICT,
+            Some("uniqueness"),
+            "another user of this tenant has this userName (as username or e-mail address)",
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub async fn create(scim: Scim, headers: HeaderMap, body: Bytes) -> ScimResult {
     let body = body_json(&headers, &body)?;
     let mut dir = scim.iam.scim_directory(&scim.call, &scim.tenant_id).await?;
     let mut v = Violations::default();
     let Some(d) = desired(&scim, &mut dir, &body, &mut v).await? else { return Err(invalid(v)) };
+    user_name_free(&scim, &body, None).await?;
     let created = scim
         .iam
         .create_user(
@@ -401,6 +420,7 @@ async fn store(scim: &Scim, user: User, etag_sent: String, r: &Value) -> ScimRes
     let mut dir = scim.iam.scim_directory(&scim.call, &scim.tenant_id).await?;
     let mut v = Violations::default();
     let Some(d) = desired(scim, &mut dir, r, &mut v).await? else { return Err(invalid(v)) };
+    user_name_free(scim, r, Some(user.user_id)).await?;
     let p = d.profile;
     let mut attributes = user.attributes.clone();
     attributes.remove("manager");

@@ -194,8 +194,9 @@ pub async fn list(
 /// The user a SCIM `userName` names: by username, or by e-mail address for users without one.
 pub async fn find_by_username(conn: &impl ConnectionTrait, tenant_id: &str, value: &str) -> Result<Option<Row>> {
     let Ok(Some((_, key))) = crate::domain::validate::username(value) else { return Ok(None) };
-    Ok(users::Entity::find()
+    let rows = users::Entity::find()
         .filter(users::Column::TenantId.eq(tenant_id))
+        .filter(users::Column::State.is_not_in([UserState::Deleted.as_str(), UserState::Purged.as_str()]))
         .filter(
             Condition::any().add(users::Column::UsernameKey.eq(key.as_str())).add(
                 Condition::all()
@@ -203,8 +204,11 @@ pub async fn find_by_username(conn: &impl ConnectionTrait, tenant_id: &str, valu
                     .add(users::Column::EmailKey.eq(value.trim().to_lowercase())),
             ),
         )
-        .one(conn)
-        .await?)
+        .limit(2)
+        .all(conn)
+        .await?;
+    // A username names its user before another user's address does.
+    Ok(rows.iter().find(|r| r.username_key.as_deref() == Some(key.as_str())).or(rows.first()).cloned())
 }
 
 /// The user with this identity-provider id (case-exact).
@@ -212,6 +216,7 @@ pub async fn find_by_external_id(conn: &impl ConnectionTrait, tenant_id: &str, v
     Ok(users::Entity::find()
         .filter(users::Column::TenantId.eq(tenant_id))
         .filter(users::Column::ExternalId.eq(value))
+        .filter(users::Column::State.is_not_in([UserState::Deleted.as_str(), UserState::Purged.as_str()]))
         .one(conn)
         .await?)
 }

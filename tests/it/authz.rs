@@ -43,6 +43,12 @@ fn platform(c: Code) -> [Code; 9] {
 fn admin(c: Code) -> [Code; 9] {
     [U, c, c, P, c, P, P, P, P]
 }
+/// What acts as a tenant administrator (SCIM tokens): the platform and the tenant's
+/// administrators, never a service credential (it holds no rights a ceiling could check).
+fn admin_not_service(c: Code) -> [Code; 9] {
+    [U, c, P, P, c, P, P, P, P]
+}
+
 /// Seeing users of a department tree: administrators and the manager of that tree.
 fn dept_view(c: Code) -> [Code; 9] {
     [U, c, c, P, c, c, P, P, P]
@@ -141,13 +147,13 @@ fn table() -> Vec<Row> {
             update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
             ..Default::default()
         }),
-        r!("TenantAdmin/CreateScimToken", admin(OK), tenants, create_scim_token, |i, ids| {
+        r!("TenantAdmin/CreateScimToken", admin_not_service(OK), tenants, create_scim_token, |i, ids| {
             pb::CreateScimTokenRequest { tenant_id: t(), name: format!("idp-{i}"), ttl: None }
         }),
-        r!("TenantAdmin/ListScimTokens", admin(OK), tenants, list_scim_tokens, |i, ids| {
+        r!("TenantAdmin/ListScimTokens", admin_not_service(OK), tenants, list_scim_tokens, |i, ids| {
             pb::ListScimTokensRequest { tenant_id: t() }
         }),
-        r!("TenantAdmin/RevokeScimToken", admin(NF), tenants, revoke_scim_token, |i, ids| {
+        r!("TenantAdmin/RevokeScimToken", admin_not_service(NF), tenants, revoke_scim_token, |i, ids| {
             pb::RevokeScimTokenRequest { tenant_id: t(), name: "no-such-token".into() }
         }),
         r!("UserAdmin/CreateUser", admin(OK), users, create_user, |i, ids| {

@@ -18,6 +18,8 @@ both_backends!(
     filters_pages_sorting_and_attributes,
     errors_are_answered_the_scim_way,
     deleting_an_owner_deactivates_instead_and_orphans_nothing,
+    hostile_patches_filters_and_names_are_refused_before_the_work,
+    a_username_cannot_take_another_users_address,
     the_scim2_tester_compliance_suite_passes,
 );
 
@@ -683,4 +685,77 @@ async fn the_scim2_tester_compliance_suite_passes(backend: Backend) {
     assert_eq!(summary["failed"], 0, "{stdout}");
     assert!(summary["passed"].as_u64().unwrap() >= 40, "the suite ran its checks: {summary}");
     s.stop().await;
+}
+
+/// Attacks of a token holder on the server's CPU and on the department tree: each is refused
+/// before the work (a PATCH of 65,000 values was quadratic; a pathless PATCH of 100,000 keys
+/// counted as one operation; a filter of 1,000 terms ran per user; a department name of a
+/// megabyte with control characters was created).
+async fn hostile_patches_filters_and_names_are_refused_before_the_work(backend: Backend) {
+    let s = server(backend).await;
+    let scim = Scim::new(&s, &tenant_with_token(&s, "hostile", 0).await);
+    allow_departments(&s, "hostile").await;
+    let id = scim.create(json!({"userName": "h@h.example"})).await;
+    let many: Vec<Value> = (0..5_000).map(|i| json!({"value": i})).collect();
+    let r = scim.patch(&format!("/Users/{id}"), json!([{"op": "add", "path": "emails", "value": many}])).await;
+    assert_eq!((r.status, r.body["scimType"].as_str()), (400, Some("tooMany")), "{}", r.body);
+    let keys: serde_json::Map<String, Value> = (0..500).map(|i| (format!("x{i}"), json!(i))).collect();
+    let r = scim.patch(&format!("/Users/{id}"), json!([{"op": "replace", "value": keys}])).await;
+    assert_eq!((r.status, r.body["scimType"].as_str()), (400, Some("tooMany")), "{}", r.body);
+    let terms = vec![r#"title eq "x""#; 200].join(" or ");
+    let r = scim.get(&format!("/Users?filter={}", urlencode(&terms))).await;
+    assert_eq!((r.status, r.body["scimType"].as_str()), (400, Some("invalidFilter")), "{}", r.body);
+    for bad in ["x".repeat(300), "Sales\nEMEA".to_owned(), "\u{1b}[31mred".to_owned()] {
+        let body = json!({"userName": "d@h.example", ENTERPRISE: {"department": bad}});
+        let r = scim.post("/Users", body).await;
+        assert_eq!((r.status, r.body["scimType"].as_str()), (400, Some("invalidValue")), "{}", r.body);
+    }
+    let departments = s
+        .users()
+        .await
+        .list_departments(pb::ListDepartmentsRequest { tenant_id: "hostile".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .departments;
+    assert!(departments.is_empty(), "no department was made: {departments:?}");
+    s.stop().await;
+}
+
+/// A SCIM userName equal to another user's e-mail address would make the IdP's lookup
+/// (`userName eq`) find the wrong person, and its group pushes go to them: refused (409).
+async fn a_username_cannot_take_another_users_address(backend: Backend) {
+    let s = server(backend).await;
+    let scim = Scim::new(&s, &tenant_with_token(&s, "names", 0).await);
+    let ann = scim.create(json!({"userName": "ann@n.example"})).await;
+    let r = scim.post("/Users", json!({"userName": "ann@n.example", "emails": [{"value": "bob@n.example"}]})).await;
+    assert_eq!((r.status, r.body["scimType"].as_str()), (409, Some("uniqueness")), "{}", r.body);
+    let bob = scim.create(json!({"userName": "bob", "emails": [{"value": "bob@n.example"}]})).await;
+    let r = scim
+        .patch(&format!("/Users/{bob}"), json!([{"op": "replace", "path": "userName", "value": "ANN@n.example"}]))
+        .await;
+    assert_eq!((r.status, r.body["scimType"].as_str()), (409, Some("uniqueness")), "{}", r.body);
+    let found = scim.get(&format!("/Users?filter={}", urlencode(r#"userName eq "ann@n.example""#))).await;
+    assert_eq!(found.body["Resources"][0]["id"], ann.as_str());
+    assert_eq!(found.body["totalResults"], 1);
+    s.stop().await;
+}
+
+async fn allow_departments(s: &TestServer, tenant: &str) {
+    s.tenants()
+        .await
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant: Some(pb::Tenant {
+                tenant_id: tenant.into(),
+                settings: Some(pb::TenantSettings {
+                    scim_policy: Some(pb::ScimPolicy { create_departments: true }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["settings.scim_policy".into()] }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 }

@@ -58,6 +58,9 @@ impl Directory {
     }
 }
 
+/// The longest department name (as UserAdmin.CreateDepartment takes it).
+const DEPARTMENT_NAME_MAX: usize = 100;
+
 /// Users read per page when a filter needs all of them.
 const PAGE: u64 = 1000;
 
@@ -120,6 +123,9 @@ impl Iam {
     /// The department a SCIM `department` names: by name (case-insensitive); an unknown name
     /// creates a top-level department when the tenant allows it, else INVALID_ARGUMENT.
     pub async fn scim_department(&self, call: &Call, tenant_id: &str, dir: &mut Directory, name: &str) -> Result<Uuid> {
+        let name = crate::domain::validate::required_text(name, DEPARTMENT_NAME_MAX)
+            .map_err(|d| Error::invalid_field("department", d))?;
+        let name = name.as_str();
         let wanted = name.to_lowercase();
         let mut found: Vec<Uuid> =
             dir.departments().filter(|(_, n)| n.to_lowercase() == wanted).map(|(d, _)| d).collect();

@@ -118,6 +118,12 @@ pub fn check_name(name: &str, field: &str, v: &mut Violations) {
 impl Iam {
     /// Only who could assign the administrator role: see the module docs.
     async fn may_manage_scim(&self, caller: &Caller, tenant_id: &str) -> Result<()> {
+        // A service credential holds no rights a ceiling could be checked against.
+        if !matches!(caller, Caller::PlatformAdmin | Caller::User(_)) {
+            return Err(Error::permission_denied(
+                "not allowed: SCIM tokens are managed by the platform admin or a tenant administrator",
+            ));
+        }
         self.authorize(caller, tenant_id, Right::SETTINGS_EDIT, Target::Tenant).await?;
         self.authorize(caller, tenant_id, Right::ROLES_ASSIGN, Target::Tenant).await?;
         let admin = roles::builtin_role_id(tenant_id, Template::Administrator);
