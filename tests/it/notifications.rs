@@ -31,6 +31,7 @@ both_backends!(
     each_tenant_chooses_its_channel,
     a_tenants_own_templates_are_checked_previewed_and_used,
     the_other_administrators_hear_of_a_new_one,
+    a_user_provisioned_by_scim_gets_the_invitation,
 );
 
 const PASSWORD: &str = "correct horse battery staple 42";
@@ -924,5 +925,35 @@ async fn the_other_administrators_hear_of_a_new_one(backend: Backend) {
     all_in(&s, &t, 1, pb::NotificationState::Sent).await;
     assert!(sink.drain().is_empty(), "the new administrator is not told of themselves");
     drop(sink);
+    s.stop().await;
+}
+
+/// SCIM goes through the same write path: a user an IdP provisions is invited by e-mail, the
+/// invitation works, and SCIM then shows the user active.
+async fn a_user_provisioned_by_scim_gets_the_invitation(backend: Backend) {
+    let mut sink = Sink::start(0);
+    let url = sink.url();
+    let s = TestServer::start_with(backend, |c| {
+        quick_retries(c, url);
+        c.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let t = s.tenant("acme", 0).await;
+    let scim = crate::scim::Scim::new(&s, &crate::scim::token(&s, &t, "okta").await);
+    let r =
+        scim.post("/Users", serde_json::json!({"userName": "pia@acme.example", "name": {"givenName": "Pia"}})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let mail = sink.next().await;
+    assert_eq!(mail["to"], serde_json::json!(["pia@acme.example"]));
+    let token = token_in(mail["body"].as_str().unwrap());
+    s.auth()
+        .await
+        .accept_invitation(pb::AcceptInvitationRequest { invitation_token: token, new_password: PASSWORD.into() })
+        .await
+        .unwrap();
+    let user = scim.get(&format!("/Users/{id}")).await;
+    assert_eq!(user.body["active"], true);
+    s.login(&t, "pia@acme.example", PASSWORD).await;
     s.stop().await;
 }
