@@ -1,7 +1,8 @@
 //! The HTTP listener (`http_listen`): SCIM under `/scim/v2` (and, in later issues, the JWKS and
 //! discovery documents). HTTP/1.1, served connection by connection: request headers must arrive
 //! within 10 s, an idle keep-alive connection closes after 2 minutes, at most 256 connections
-//! are open at once (more are closed on accept), bodies are at most 1 MiB. TLS with the gRPC
+//! are open at once and 64 from one client address (IPv6: /64; more are closed on accept),
+//! bodies are at most 1 MiB. TLS with the gRPC
 //! listener's certificate and key when they are configured (no client certificates: identity
 //! providers authenticate with their SCIM token).
 
@@ -15,6 +16,51 @@ use crate::{config::Config, scim, service::Iam};
 
 /// Connections open at once.
 const MAX_CONNECTIONS: usize = 256;
+
+/// Connections one client address (IPv6: its /64) may hold at once, so a single client cannot
+/// take every connection (an identity provider's sync uses a handful).
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+
+/// Open connections per client address; a guard gives its slot back when the connection ends.
+#[derive(Clone, Default)]
+struct PerAddress(Arc<dashmap::DashMap<std::net::IpAddr, usize>>);
+
+struct AddressSlot(PerAddress, std::net::IpAddr);
+
+impl PerAddress {
+    fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
+        match ip {
+            std::net::IpAddr::V6(v6) => {
+                let s = v6.segments();
+                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            v4 => v4,
+        }
+    }
+
+    fn take(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let key = Self::key(ip);
+        let mut n = self.0.entry(key).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(self.clone(), key))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let gone = {
+            let mut n = self.0.0.entry(self.1).or_insert(1);
+            *n = n.saturating_sub(1);
+            *n == 0
+        };
+        if gone {
+            self.0.0.remove_if(&self.1, |_, n| *n == 0);
+        }
+    }
+}
 
 /// The server's TLS acceptor from the configured PEM files (None: plaintext).
 fn tls(config: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
@@ -60,6 +106,7 @@ impl HttpListener {
         tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "HTTP listener: /scim/v2");
         let app = scim::router(iam).layer(axum::Extension(scheme));
         let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let per_address = PerAddress::default();
         loop {
             let (stream, peer) = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
@@ -72,12 +119,13 @@ impl HttpListener {
                     }
                 },
             };
+            let Some(slot) = per_address.take(peer.ip()) else { continue };
             let Ok(permit) = open.clone().try_acquire_owned() else { continue };
             let _ = stream.set_nodelay(true);
             let app = app.clone().layer(axum::Extension(scim::Peer(peer)));
             let (tls, stop) = (tls.clone(), stop.clone());
             tokio::spawn(async move {
-                let _permit = permit;
+                let (_permit, _slot) = (permit, slot);
                 let service = hyper_util::service::TowerToHyperService::new(app);
                 let builder = {
                     let mut b = hyper::server::conn::http1::Builder::new();

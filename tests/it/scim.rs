@@ -759,3 +759,39 @@ async fn allow_departments(s: &TestServer, tenant: &str) {
         .await
         .unwrap();
 }
+
+/// One client cannot take every HTTP connection: past 64 from its address the next is closed at
+/// once (the global cap is 256), and a slot comes back when a connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_64_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = server(Backend::Sqlite).await;
+    let addr = s.http_addr.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The 65th is accepted by the kernel and closed by the server before any byte.
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = extra.write_all(b"GET /scim/v2/Users HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), extra.read(&mut buf)).await.expect("closed");
+    assert!(matches!(n, Ok(0) | Err(_)), "the 65th connection is closed unanswered");
+    // A held connection is served (the cap is on connections, not on requests).
+    let first = &mut held[0];
+    first.write_all(b"GET /scim/v2/Users HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 401"), "{}", String::from_utf8_lossy(&buf[..n]));
+    // Ending connections gives their slots back.
+    held.clear();
+    let base = Scim::new(&s, "crm_scim_unknown").base().to_owned();
+    crate::common::wait_for("a slot to come back", std::time::Duration::from_secs(10), || {
+        let base = base.clone();
+        async move {
+            let r = reqwest::Client::new().get(format!("{base}/Users")).send().await.ok()?;
+            (r.status().as_u16() == 401).then_some(())
+        }
+    })
+    .await;
+    s.stop().await;
+}
