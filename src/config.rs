@@ -108,6 +108,17 @@ pub struct Config {
     /// How old the signing key may get before a new one replaces it (0 = only by RotateSigningKey).
     #[serde(with = "humantime_serde")]
     pub signing_key_rotation: Duration,
+    /// Algorithm of new signing keys: `EdDSA` (Ed25519, the default) or `ES256` (P-256). A change
+    /// rotates to a key of the new algorithm, published ahead like any rotation.
+    pub signing_algorithm: crate::service::auth::keys::KeyAlg,
+    /// How long a rotated key is in the JWK Set before it signs (the JWK Set's `max-age` is half).
+    #[serde(with = "humantime_serde")]
+    pub signing_key_publish_ahead: Duration,
+    /// The HTTP listener's public base URL (`https://iam.example.com`) for the discovery document's
+    /// `jwks_uri`; unset: taken from the request's Host header.
+    pub http_public_url: Option<String>,
+    /// Envoy external authorization: the route table and the answer for unmatched routes.
+    pub ext_authz: crate::service::envoy::ExtAuthzConfig,
     /// Failed logins per minute from one network address; beyond it, logins from that address are
     /// refused for a while (RESOURCE_EXHAUSTED). 0 = no limit.
     pub login_failures_per_address: u32,
@@ -220,6 +231,10 @@ impl Default for Config {
             token_issuer: "crm-iam".into(),
             token_audience: "crm".into(),
             signing_key_rotation: Duration::from_secs(30 * 24 * 3600),
+            signing_algorithm: Default::default(),
+            signing_key_publish_ahead: Duration::from_secs(600),
+            http_public_url: None,
+            ext_authz: Default::default(),
             login_failures_per_address: 30,
             service_credentials: Vec::new(),
             master_key: None,
@@ -332,6 +347,11 @@ impl Config {
             config.signing_key_rotation.is_zero() || config.signing_key_rotation >= Duration::from_secs(2 * 3600),
             "signing_key_rotation must be 0 (off) or at least 2h (tokens live up to 1h)"
         );
+        anyhow::ensure!(
+            (Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&config.signing_key_publish_ahead),
+            "signing_key_publish_ahead must be between 1s and 24h (at least 2m with several replicas)"
+        );
+        config.ext_authz.compile().map_err(|e| anyhow::anyhow!("ext_authz: {e}"))?;
         anyhow::ensure!(
             config.idempotency_retention >= Duration::from_secs(24 * 3600),
             "idempotency_retention must be at least 24h"

@@ -48,27 +48,37 @@ pub async fn audit_retention(iam: Iam, platform_retention: Duration, interval: D
 }
 
 /// Keeps this replica's signing keys current: re-reads them every minute (a rotation on another
-/// replica reaches this one) and rotates the signing key once it is older than `rotation`.
+/// replica reaches this one) and rotates the signing key once it is older than `rotation`, or at
+/// once when `signing_algorithm` names another algorithm than the newest key's.
 pub async fn signing_keys(iam: Iam, rotation: Duration, stop: CancellationToken) {
     use crate::service::auth::keys::RELOAD_INTERVAL;
+    rotate_key_if_due(&iam, rotation).await;
     let mut ticks = Ticks::after(RELOAD_INTERVAL, &stop);
     while ticks.next().await {
         if let Err(e) = iam.auth.keys.refresh_if_stale().await {
             tracing::warn!(error = %e, "signing keys could not be reloaded; will retry");
             continue;
         }
-        if rotation.is_zero() {
-            continue;
-        }
+        rotate_key_if_due(&iam, rotation).await;
+    }
+}
+
+async fn rotate_key_if_due(iam: &Iam, rotation: Duration) {
+    let why = if iam.auth.keys.algorithm_differs() {
+        "signing_algorithm changed"
+    } else if rotation.is_zero() {
+        return;
+    } else {
         match iam.auth.keys.signing_key_age().await {
-            Ok(Some(age)) if age.to_std().unwrap_or_default() >= rotation => {
-                match iam.rotate_key(&crate::domain::audit::RequestContext::system("key-rotation")).await {
-                    Ok(key) => tracing::info!(kid = %key.kid, "signing key rotated (age limit)"),
-                    Err(e) => tracing::warn!(error = %e, "signing key rotation failed; will retry"),
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "signing key age unknown; will retry"),
+            Ok(Some(age)) if age.to_std().unwrap_or_default() >= rotation => "age limit",
+            Ok(_) => return,
+            Err(e) => return tracing::warn!(error = %e, "signing key age unknown; will retry"),
         }
+    };
+    match iam.rotate_key(&crate::domain::audit::RequestContext::system("key-rotation"), false).await {
+        Ok(key) => {
+            tracing::info!(kid = %key.kid, alg = key.alg.as_str(), activate_time = %key.activate_time, why, "signing key rotated")
+        }
+        Err(e) => tracing::warn!(error = %e, "signing key rotation failed; will retry"),
     }
 }

@@ -20,6 +20,7 @@ pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod well_known;
 
 /// Tunes the global allocator (mimalloc, set by the binaries) for a long-running server: commit
 /// arena memory on demand and return freed memory to the OS at once, so that idle RSS stays small

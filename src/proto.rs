@@ -10,8 +10,15 @@ pub mod v1 {
 pub mod methods {
     include!(concat!(env!("OUT_DIR"), "/methods.rs"));
 
+    /// Envoy's external authorization, served beside crm-iam's own services. A service credential
+    /// allowed `Access.Check` may call it (it answers the same question).
+    pub const ENVOY_CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
+
     /// The `&'static` name of a request path, None for a path crm-iam does not serve.
     pub fn find(path: &str) -> Option<&'static str> {
+        if path == ENVOY_CHECK {
+            return Some(ENVOY_CHECK);
+        }
         ALL.binary_search(&path).ok().map(|i| ALL[i])
     }
 }

@@ -134,8 +134,14 @@ impl Authenticator {
                 "this service credential is bound to a client certificate: connect with mutual TLS using that certificate",
             ));
         }
+        // Envoy's ext_authz asks what Access.Check answers: the same permission.
+        let allowed_as = if path == methods::ENVOY_CHECK { methods::access::CHECK } else { path };
         match found {
-            Some(s) if s.methods.iter().any(|m| if m.ends_with('/') { path.starts_with(m) } else { m == path }) => {
+            Some(s)
+                if s.methods
+                    .iter()
+                    .any(|m| if m.ends_with('/') { allowed_as.starts_with(m) } else { m == allowed_as }) =>
+            {
                 Ok(Some(Caller::Service { name: s.name.clone(), tenants: s.tenants.clone() }))
             }
             Some(s) => Err(status(Error::permission_denied(format!(

@@ -23,6 +23,7 @@ pub mod audit_events;
 pub mod auth;
 pub mod authn;
 pub mod convert;
+pub mod envoy;
 pub mod limits;
 pub mod notification_admin;
 pub mod ownership_transfer;

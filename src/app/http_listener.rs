@@ -85,6 +85,7 @@ fn tls(config: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
 pub struct HttpListener {
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    public_url: Option<String>,
 }
 
 impl HttpListener {
@@ -92,7 +93,7 @@ impl HttpListener {
         let Some(addr) = config.http_listen else { return Ok(None) };
         let listener =
             TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?;
-        Ok(Some(HttpListener { listener, tls: tls(config)? }))
+        Ok(Some(HttpListener { listener, tls: tls(config)?, public_url: config.http_public_url.clone() }))
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -101,10 +102,11 @@ impl HttpListener {
 
     /// Serves until `stop`.
     pub async fn serve(self, iam: Iam, stop: CancellationToken) -> anyhow::Result<()> {
-        let HttpListener { listener, tls } = self;
+        let HttpListener { listener, tls, public_url } = self;
         let scheme = scim::Scheme(if tls.is_some() { "https" } else { "http" });
-        tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "HTTP listener: /scim/v2");
-        let app = scim::router(iam).layer(axum::Extension(scheme));
+        tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "HTTP listener: /scim/v2, /.well-known");
+        let app =
+            crate::well_known::router(iam.clone(), public_url).merge(scim::router(iam)).layer(axum::Extension(scheme));
         let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let per_address = PerAddress::default();
         loop {

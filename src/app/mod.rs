@@ -13,9 +13,9 @@ use crate::{
     api::auth::AuthApi,
     api::authn::{AuthLayer, Authenticator},
     api::{
-        access::AccessApi, audit_events::AuditEventsApi, notification_admin::NotificationAdminApi,
-        ownership_transfer::OwnershipTransferApi, role_admin::RoleAdminApi, tenant_admin::TenantAdminApi,
-        user_admin::UserAdminApi,
+        access::AccessApi, audit_events::AuditEventsApi, envoy::EnvoyAuthzApi,
+        notification_admin::NotificationAdminApi, ownership_transfer::OwnershipTransferApi, role_admin::RoleAdminApi,
+        tenant_admin::TenantAdminApi, user_admin::UserAdminApi,
     },
     config::{Config, redact_url},
     jobs,
@@ -31,7 +31,11 @@ use crate::{
     },
     service::{
         Iam, audit,
-        auth::{AuthSettings, AuthState, hashing::Passwords, keys::KeyRing},
+        auth::{
+            AuthSettings, AuthState,
+            hashing::Passwords,
+            keys::{KeyPolicy, KeyRing},
+        },
         replicas,
         transfers::{self, TransferSettings},
     },
@@ -128,9 +132,13 @@ impl Application {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             n => n,
         };
-        let keys =
-            KeyRing::load(db.clone(), secrets.clone(), config.token_issuer.clone(), config.token_audience.clone())
-                .await?;
+        let key_policy = KeyPolicy {
+            issuer: config.token_issuer.clone(),
+            audience: config.token_audience.clone(),
+            algorithm: config.signing_algorithm,
+            publish_ahead: config.signing_key_publish_ahead,
+        };
+        let keys = KeyRing::load(db.clone(), secrets.clone(), key_policy).await?;
         let auth = AuthState::new(
             keys,
             secrets,
@@ -365,6 +373,13 @@ impl Application {
             .add_service(
                 NotificationAdminServer::new(NotificationAdminApi::new(iam.clone()))
                     .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                envoy_types::ext_authz::v3::pb::AuthorizationServer::new(EnvoyAuthzApi::new(
+                    iam.clone(),
+                    config.ext_authz.compile().map_err(|e| anyhow::anyhow!("ext_authz: {e}"))?,
+                ))
+                .max_decoding_message_size(max_message),
             );
         if let Some(extra) = extra {
             extra(&mut routes);

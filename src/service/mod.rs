@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 mod authz;
 mod departments;
+pub mod envoy;
 pub mod notify;
 pub mod ownership;
 pub mod replicas;

@@ -22,17 +22,17 @@ pub async fn insert(conn: &impl ConnectionTrait, row: Row) -> Result<()> {
     Ok(())
 }
 
-/// Retires every signing key as of the new key's creation and stores the new one.
+/// Retires every signing key as of the new key's activation and stores the new one.
 pub async fn rotate(tx: &Tx, row: Row) -> Result<()> {
     signing_keys::Entity::update_many()
-        .col_expr(signing_keys::Column::RetireTime, Some(row.create_time).into())
+        .col_expr(signing_keys::Column::RetireTime, Some(row.activate_time.unwrap_or(row.create_time)).into())
         .filter(signing_keys::Column::RetireTime.is_null())
         .exec(&**tx)
         .await?;
     insert(&**tx, row).await
 }
 
-/// How old the current signing key is.
+/// How old the newest key is (the one signing, or the one published to sign next).
 pub async fn signing_key_age(conn: &impl ConnectionTrait) -> Result<Option<chrono::Duration>> {
     let row = signing_keys::Entity::find()
         .filter(signing_keys::Column::RetireTime.is_null())

@@ -643,7 +643,11 @@ async fn jwt_verified_by_pyjwt_across_key_rotation() {
     let id = server.password_user("acme", "ann@example.com", PASSWORD, &[]).await;
     let before = server.login("acme", "ann@example.com", PASSWORD).await;
     let mut admin = server.auth_as(common_admin()).await;
-    let rotated = admin.rotate_signing_key(pb::RotateSigningKeyRequest::default()).await.unwrap().into_inner();
+    let rotated = admin
+        .rotate_signing_key(pb::RotateSigningKeyRequest { immediate: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let after = server.login("acme", "ann@example.com", PASSWORD).await;
     let jwks = server.auth().await.get_jwks(pb::GetJwksRequest {}).await.unwrap().into_inner();
     assert_eq!(jwks.keys.len(), 2, "the old key verifies until its tokens expire");
@@ -716,7 +720,11 @@ async fn replicas_share_sessions_and_keys() {
     crate::common::eventually("B sees the logout", || async { !b.token_active(&t.access_token).await }).await;
     expect_code(b.users_as(&t.access_token).await.get_user(get_user("acme", &id)).await, Code::Unauthenticated);
 
-    a.auth_as(common_admin()).await.rotate_signing_key(pb::RotateSigningKeyRequest::default()).await.unwrap();
+    a.auth_as(common_admin())
+        .await
+        .rotate_signing_key(pb::RotateSigningKeyRequest { immediate: true, ..Default::default() })
+        .await
+        .unwrap();
     let fresh = a.login("acme", "ann@example.com", PASSWORD).await;
     b.users_as(&fresh.access_token).await.get_user(get_user("acme", &id)).await.expect("B learns the new key");
 

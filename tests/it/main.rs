@@ -10,6 +10,7 @@ mod cli;
 mod common;
 mod delegation_attacks;
 mod departments;
+mod envoy;
 mod login_attacks;
 mod notifications;
 mod operations;

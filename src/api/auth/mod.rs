@@ -18,7 +18,7 @@ use crate::{
         auth::{
             SessionView, Tokens,
             commands::Anonymous,
-            keys::{PublicJwk, Verified},
+            keys::{KeyAlg, PublicJwk, Verified},
         },
     },
     telemetry,
@@ -71,14 +71,19 @@ fn duration(secs: i64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration { seconds: secs, nanos: 0 })
 }
 
-fn jwk(k: PublicJwk) -> pb::Jwk {
+pub fn jwk(k: PublicJwk) -> pb::Jwk {
+    let (kty, crv) = match k.alg {
+        KeyAlg::EdDSA => ("OKP", "Ed25519"),
+        KeyAlg::ES256 => ("EC", "P-256"),
+    };
     pb::Jwk {
-        kty: "OKP".into(),
+        kty: kty.into(),
         kid: k.kid,
         r#use: "sig".into(),
-        alg: "EdDSA".into(),
-        crv: "Ed25519".into(),
+        alg: k.alg.as_str().into(),
+        crv: crv.into(),
         x: k.x,
+        y: k.y,
         ..Default::default()
     }
 }
@@ -229,7 +234,8 @@ impl Auth for AuthApi {
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
         let (call, cmd) = accept(req)?;
         let key = self.iam.rotate_signing_key(&call, cmd).await?;
-        Ok(Response::new(pb::RotateSigningKeyResponse { key: Some(jwk(key)) }))
+        let activate_time = Some(convert::ts(key.activate_time));
+        Ok(Response::new(pb::RotateSigningKeyResponse { key: Some(jwk(key)), activate_time }))
     }
 }
 

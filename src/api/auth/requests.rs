@@ -86,7 +86,7 @@ converts! {
     pb::CompletePasswordResetRequest => SetPasswordByToken, |msg|
         SetPasswordByToken::checked("reset_token", msg.reset_token, &msg.new_password);
     pb::LogoutRequest => Logout, |_m| Ok(Logout);
-    pb::RotateSigningKeyRequest => RotateSigningKey, |_m| Ok(RotateSigningKey);
+    pb::RotateSigningKeyRequest => RotateSigningKey, |m| Ok(RotateSigningKey { immediate: m.immediate });
 }
 
 impl TryFrom<pb::RequestPasswordResetRequest> for RequestPasswordReset {

@@ -171,6 +171,15 @@ impl Iam {
         Ok(out)
     }
 
+    /// The departments a user's DEPARTMENT scope covers: their department and every one below
+    /// it (as `GetEffectivePermissions` gives them); empty for a user without a department.
+    pub async fn scope_departments(&self, tenant_id: &str, user_id: Uuid) -> Result<Vec<Uuid>> {
+        let tenant = self.tenant_entry(tenant_id).await?;
+        let policy = self.policy(&tenant, tenant_id).await?;
+        let user = self.user_facts(&tenant, tenant_id, user_id).await?;
+        Ok(user.and_then(|u| u.department_id).map(|d| policy.subtree(d)).unwrap_or_default())
+    }
+
     /// `RoleAdmin.GetEffectivePermissions`.
     pub async fn effective_permissions(&self, tenant_id: &str, user_id: Uuid) -> Result<Effective> {
         let tenant = self.tenant_entry(tenant_id).await?;

@@ -92,4 +92,7 @@ pub struct IntrospectToken {
 }
 
 /// A new signing key for access tokens.
-pub struct RotateSigningKey;
+pub struct RotateSigningKey {
+    /// Signs at once instead of after the publication lead (a compromised key).
+    pub immediate: bool,
+}

@@ -177,32 +177,31 @@ impl Iam {
     }
 
     /// `Auth.RotateSigningKey` (platform only).
-    pub async fn rotate_signing_key(&self, call: &super::Call, _: commands::RotateSigningKey) -> Result<PublicJwk> {
+    pub async fn rotate_signing_key(&self, call: &super::Call, cmd: commands::RotateSigningKey) -> Result<PublicJwk> {
         super::require_platform(&call.caller)?;
-        self.rotate_key(&call.ctx).await
+        self.rotate_key(&call.ctx, cmd.immediate).await
     }
 
-    /// A new signing key (also rotated on schedule by a background job).
-    pub async fn rotate_key(&self, ctx: &RequestContext) -> Result<PublicJwk> {
-        let secrets = self.auth.secrets.clone();
+    /// A new signing key, published ahead of signing unless `immediate` (also rotated on
+    /// schedule, and on a change of `signing_algorithm`, by a background job).
+    pub async fn rotate_key(&self, ctx: &RequestContext, immediate: bool) -> Result<PublicJwk> {
+        let keys = &self.auth.keys;
         let key = self
             .db
             .write(ctx, async |tx| {
-                let key = KeyRing::rotate(tx, &secrets).await?;
-                tx.audit(AuditRecord::new(None, "auth.signing_key_rotated", "signing_key", &key.kid));
-                Ok(StoredJwk { kid: key.kid, x: key.x })
+                let key = keys.rotate(tx, immediate).await?;
+                tx.audit(
+                    AuditRecord::new(None, "auth.signing_key_rotated", "signing_key", &key.kid)
+                        .with_detail("alg", key.alg.as_str())
+                        .with_detail("activate_time", key.activate_time.to_rfc3339())
+                        .with_detail("immediate", immediate.to_string()),
+                );
+                Ok(key)
             })
             .await?;
         self.auth.keys.reload().await?;
-        Ok(PublicJwk { kid: key.kid, x: key.x })
+        Ok(key)
     }
-}
-
-/// A public key as returned through idempotent replays (serializable).
-#[derive(Serialize, Deserialize)]
-struct StoredJwk {
-    kid: String,
-    x: String,
 }
 
 /// Compares two secrets in constant time.

@@ -11,6 +11,8 @@ pub struct Model {
     pub public_key: String,
     pub create_time: DateTimeUtc,
     pub retire_time: Option<DateTimeUtc>,
+    /// From when the key signs (published before); None: since `create_time`.
+    pub activate_time: Option<DateTimeUtc>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
