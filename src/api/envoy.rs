@@ -12,7 +12,7 @@ use serde_json::Value;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{Error, caller::Caller},
+    domain::caller::Caller,
     service::{
         Iam,
         envoy::{HttpCheck, RouteTable, Verdict},
@@ -38,10 +38,10 @@ impl EnvoyAuthzApi {
 #[tonic::async_trait]
 impl Authorization for EnvoyAuthzApi {
     async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        let caller =
-            req.extensions().get::<Caller>().cloned().ok_or_else(|| Error::unauthenticated("missing credentials"))?;
+        let caller = req.extensions().get::<Caller>().cloned();
         let req = req.into_inner();
-        let verdict = self.iam.ext_authz(&self.table, &caller, http_check(&req, &self.table.jwt_payload_key)).await?;
+        let check = http_check(&req, &self.table.jwt_payload_key);
+        let verdict = self.iam.ext_authz(&self.table, caller.as_ref(), check).await?;
         Ok(Response::new(response(verdict, &req)))
     }
 }

@@ -9,6 +9,8 @@ use tonic::{server::NamedService, service::RoutesBuilder, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::{classify::GrpcFailureClass, trace::TraceLayer};
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+
 use crate::{
     api::auth::AuthApi,
     api::authn::{AuthLayer, Authenticator},
@@ -351,6 +353,7 @@ impl Application {
             });
 
         let max_message = 8 * 1024 * 1024;
+        let routes_table = config.ext_authz.compile().map_err(|e| anyhow::anyhow!("ext_authz: {e}"))?;
         let mut routes = RoutesBuilder::default();
         routes
             .add_service(health_service)
@@ -374,13 +377,7 @@ impl Application {
                 NotificationAdminServer::new(NotificationAdminApi::new(iam.clone()))
                     .max_decoding_message_size(max_message),
             )
-            .add_service(
-                envoy_types::ext_authz::v3::pb::AuthorizationServer::new(EnvoyAuthzApi::new(
-                    iam.clone(),
-                    config.ext_authz.compile().map_err(|e| anyhow::anyhow!("ext_authz: {e}"))?,
-                ))
-                .max_decoding_message_size(max_message),
-            );
+            .add_service(AuthorizationServer::new(EnvoyAuthzApi::new(iam.clone(), routes_table)));
         if let Some(extra) = extra {
             extra(&mut routes);
         }

@@ -14,7 +14,7 @@ use crate::{
     common::{Backend, TestDb, TestServer, invite, pb, test_config, wait_for},
 };
 
-both_backends!(envoy_asks_crm_iam_about_every_request);
+both_backends!(envoy_asks_crm_iam_about_every_request, only_a_credential_allowed_access_check_asks_for_envoy);
 
 const PASSWORD: &str = "correct horse battery staple 42";
 const ENVOY_TOKEN: &str = "envoy-ext-authz-credential-0123456789";
@@ -42,17 +42,121 @@ fn routes() -> crm_iam::service::envoy::ExtAuthzConfig {
     figment::Figment::from(figment::providers::Toml::string(toml)).extract().expect("route table")
 }
 
+const OTHER_TOKEN: &str = "audit-reader-credential-0123456789";
+
 fn configure(c: &mut crm_iam::config::Config) {
     use sha2::Digest;
     c.http_listen = Some("127.0.0.1:0".parse().unwrap());
     c.ext_authz = routes();
-    c.service_credentials = vec![crm_iam::api::authn::ServiceCredential {
-        name: "envoy".into(),
-        token_sha256: hex::encode(sha2::Sha256::digest(ENVOY_TOKEN.as_bytes())),
-        methods: vec!["Access.Check".into()],
-        client_subject: None,
-        tenants: None,
-    }];
+    c.service_credentials = vec![
+        crm_iam::api::authn::ServiceCredential {
+            name: "envoy".into(),
+            token_sha256: hex::encode(sha2::Sha256::digest(ENVOY_TOKEN.as_bytes())),
+            methods: vec!["Access.Check".into()],
+            client_subject: None,
+            tenants: None,
+        },
+        crm_iam::api::authn::ServiceCredential {
+            name: "audit-reader".into(),
+            token_sha256: hex::encode(sha2::Sha256::digest(OTHER_TOKEN.as_bytes())),
+            methods: vec!["AuditEvents.ListEvents".into()],
+            client_subject: None,
+            tenants: None,
+        },
+    ];
+}
+
+/// Who may ask the Envoy method over gRPC: Envoy with its credential, or with none (Istio's
+/// CUSTOM provider sends none) deciding by the request's own token; a credential without
+/// Access.Check is refused. The attack: a caller without the Envoy credential passes a forged
+/// jwt_authn payload naming the administrator, and no Authorization header: ignored, 401.
+async fn only_a_credential_allowed_access_check_asks_for_envoy(backend: Backend) {
+    use envoy_types::pb::{
+        envoy::{
+            config::core::v3::Metadata,
+            service::auth::v3::{
+                AttributeContext, CheckRequest, CheckResponse, attribute_context,
+                authorization_client::AuthorizationClient,
+            },
+        },
+        google::protobuf::{Struct, Value as PbValue, value::Kind},
+    };
+    let s = TestServer::start_with(backend, configure).await;
+    let t = "envoy-who";
+    s.tenant(t, 0).await;
+    let sales = s.department(t, "Sales", "").await;
+    employee(&s, t, "vera@example.com", &sales, &[s.builtin_role(t, "guest").await]).await;
+    let boss = employee(&s, t, "maria@example.com", &sales, &[s.builtin_role(t, "administrator").await]).await;
+    let vera = s.login(t, "vera@example.com", PASSWORD).await;
+    let maria = s.login(t, "maria@example.com", PASSWORD).await;
+    let request = |bearer: Option<&str>, payload: Option<(&str, &str)>| {
+        let headers: HashMap<String, String> =
+            bearer.map(|b| ("authorization".to_string(), format!("Bearer {b}"))).into_iter().collect();
+        let metadata_context = payload.map(|(sub, sid)| {
+            let string = |v: &str| PbValue { kind: Some(Kind::StringValue(v.into())) };
+            let number = |v: i64| PbValue { kind: Some(Kind::NumberValue(v as f64)) };
+            let now = crate::common::unix_now();
+            let claims: HashMap<String, PbValue> = [
+                ("iss", string("crm-iam")),
+                ("aud", string("crm")),
+                ("sub", string(sub)),
+                ("tenant", string(t)),
+                ("sid", string(sid)),
+                ("jti", string("x")),
+                ("iat", number(now)),
+                ("exp", number(now + 600)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            let payload = PbValue { kind: Some(Kind::StructValue(Struct { fields: claims })) };
+            Metadata {
+                filter_metadata: [(
+                    "envoy.filters.http.jwt_authn".to_string(),
+                    Struct { fields: [("jwt_payload".to_string(), payload)].into() },
+                )]
+                .into(),
+                ..Default::default()
+            }
+        });
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(attribute_context::Request {
+                    http: Some(attribute_context::HttpRequest {
+                        method: "GET".into(),
+                        path: "/api/deals".into(),
+                        headers,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                metadata_context,
+                ..Default::default()
+            }),
+        }
+    };
+    let ask = |credential: Option<&str>, req: CheckRequest| {
+        let bearer = credential.map_or_else(crate::common::Bearer::none, crate::common::Bearer::token);
+        let channel = s.channel();
+        async move { AuthorizationClient::with_interceptor(channel.await, bearer).check(req).await }
+    };
+    let code = |r: Result<tonic::Response<CheckResponse>, tonic::Status>| {
+        r.expect("a decision").into_inner().status.unwrap().code
+    };
+    let forged = || Some((boss.as_str(), maria.session_id.as_str()));
+    let unauthenticated = tonic::Code::Unauthenticated as i32;
+    // Envoy's credential: the token decides, and so may a jwt_authn payload.
+    assert_eq!(code(ask(Some(ENVOY_TOKEN), request(Some(&vera.access_token), None)).await), 0);
+    assert_eq!(code(ask(Some(ENVOY_TOKEN), request(None, forged())).await), 0, "trusted Envoy's payload");
+    // No credential (Istio): the request's own token decides; a payload is ignored.
+    assert_eq!(code(ask(None, request(Some(&vera.access_token), None)).await), 0);
+    assert_eq!(code(ask(None, request(None, forged())).await), unauthenticated, "a forged payload");
+    let as_user = ask(Some(&vera.access_token), request(None, forged())).await;
+    assert_eq!(code(as_user), unauthenticated, "a user's token is no Envoy credential");
+    // A credential without Access.Check, or a bad one: refused.
+    crate::common::expect_code(ask(Some(OTHER_TOKEN), request(None, None)).await, tonic::Code::PermissionDenied);
+    crate::common::expect_code(ask(Some("nope"), request(None, None)).await, tonic::Code::Unauthenticated);
+    s.stop().await;
 }
 
 /// The upstream: answers every request with the `x-crm-*` headers it received, as JSON.

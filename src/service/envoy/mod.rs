@@ -61,11 +61,20 @@ pub const SESSION_HEADER: &str = "x-crm-session-id";
 impl Iam {
     /// Decides one request for Envoy. Err only when the decision cannot be made (database down):
     /// Envoy then applies its `failure_mode_allow` (deny by default).
-    pub async fn ext_authz(&self, table: &RouteTable, caller: &Caller, req: HttpCheck<'_>) -> Result<Verdict> {
-        if !matches!(caller, Caller::PlatformAdmin | Caller::Service { .. }) {
-            return Err(Error::permission_denied(
-                "Authorization.Check is Envoy's: call it with a service credential allowed Access.Check",
-            ));
+    ///
+    /// `caller`: the Envoy's own credential, if it sent one. Only a trusted caller (a service
+    /// credential allowed `Access.Check`, or the platform) may pass a `jwt_authn` payload as the
+    /// identity; from anyone else (Istio's CUSTOM provider sends no credential) the payload is
+    /// ignored and the request's own `Authorization` token decides: such a caller learns only
+    /// what the token's holder may ask about themselves with `Access.Check`.
+    pub async fn ext_authz(
+        &self,
+        table: &RouteTable,
+        caller: Option<&Caller>,
+        mut req: HttpCheck<'_>,
+    ) -> Result<Verdict> {
+        if !matches!(caller, Some(Caller::PlatformAdmin | Caller::Service { .. })) {
+            req.jwt_payload = None;
         }
         let Some(m) = table.find(req.service, req.host, req.method, req.path, req.headers) else {
             return Ok(match table.unmatched {
@@ -87,7 +96,7 @@ impl Iam {
         if claims.scope == SCOPE_PASSWORD_CHANGE {
             return Ok(Verdict::Denied("the password must be changed first".into()));
         }
-        if let Caller::Service { tenants: Some(tenants), name } = caller
+        if let Some(Caller::Service { tenants: Some(tenants), name }) = caller
             && !tenants.contains(&claims.tenant)
         {
             return Ok(Verdict::Denied(format!(

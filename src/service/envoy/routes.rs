@@ -350,6 +350,26 @@ mod tests {
         assert!(t.find("x", "", "GET", "/healthz", &h).unwrap().route.public);
     }
 
+    /// The example table of deploy/ (and the README) compiles and names rights of the built-in
+    /// catalog.
+    #[test]
+    fn the_deploy_example_compiles() {
+        use figment::providers::Format;
+        let text = include_str!("../../../deploy/examples/envoy-sidecar/crm-iam-ext-authz.toml");
+        let c: ExtAuthzConfig =
+            figment::Figment::from(figment::providers::Toml::string(text)).extract_inner("ext_authz").unwrap();
+        let t = c.compile().unwrap();
+        assert!(t.len() >= 10);
+        let catalog =
+            crate::domain::access::Template::Administrator.permissions(&crate::domain::access::builtin_modules());
+        for r in t.routes.iter().filter(|r| !r.public) {
+            assert!(catalog.iter().any(|p| p.module == r.module && p.action == r.action), "{}.{}", r.module, r.action);
+        }
+        let h = HashMap::new();
+        let m = t.find("deals", "", "DELETE", "/api/deals/42", &h).unwrap();
+        assert_eq!((m.route.action.as_str(), m.resource_id.as_deref()), ("delete", Some("42")));
+    }
+
     #[test]
     fn unnormalized_paths_match_nothing() {
         let t = table();
