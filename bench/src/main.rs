@@ -129,8 +129,10 @@ impl Echo for EchoService {
 }
 
 async fn serve(database_url: String) -> anyhow::Result<()> {
+    // A benchmark may give the server a configuration file (the envoy benchmark's route table).
+    let file = std::env::var_os("CRM_IAM_CONFIG").map(std::path::PathBuf::from);
     let config = Config::load(
-        None,
+        file.as_deref(),
         crm_iam::config::Overrides {
             listen: Some("127.0.0.1:0".parse()?),
             database_url: Some(database_url),
