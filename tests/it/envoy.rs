@@ -246,7 +246,6 @@ impl Envoy {
             listeners.iter().all(|n| found.contains_key(*n)).then_some(found)
         })
         .await;
-        // Ready when the clusters have their endpoints: a request through the public route passes.
         envoy
     }
 }
