@@ -334,6 +334,9 @@ fn listener(name: &str, jwt_authn: bool) -> String {
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
               failure_mode_allow: false
+              # As README recommends: only what the route table reads (spoofed x-crm-* included,
+              # so crm-iam can remove them).
+              allowed_headers: {{ patterns: [{{ exact: authorization }}, {{ prefix: x-crm- }}] }}
               metadata_context_namespaces: [envoy.filters.http.jwt_authn]
               grpc_service:
                 envoy_grpc: {{ cluster_name: crm_iam }}
