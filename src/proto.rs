@@ -48,7 +48,7 @@ redacted_debug!(CreateUserResponse { user, invitation_expire_time } hides [invit
 redacted_debug!(ResetPasswordRequest { tenant_id, user_id, request_id } hides [temporary_password]);
 redacted_debug!(ResetPasswordResponse { user, reset_token_expire_time } hides [reset_token]);
 redacted_debug!(ResendInvitationResponse { user, invitation_expire_time } hides [invitation_token]);
-redacted_debug!(AuthenticateRequest { tenant_id, email } hides [password, totp_code]);
+redacted_debug!(AuthenticateRequest { tenant_id, email, username, phone } hides [password, totp_code]);
 redacted_debug!(AuthenticateResponse { expires_in, session_id, token_type, user_id, password_change_required } hides [access_token, refresh_token]);
 redacted_debug!(RefreshRequest {} hides [refresh_token]);
 redacted_debug!(RefreshResponse { expires_in, session_id, token_type, user_id, password_change_required } hides [access_token, refresh_token]);

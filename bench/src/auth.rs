@@ -122,7 +122,7 @@ fn login_request(i: u64) -> pb::AuthenticateRequest {
         tenant_id: access::TENANT.into(),
         email: format!("login{}@bench.example", i as usize % LOGIN_USERS),
         password: PASSWORD.into(),
-        totp_code: String::new(),
+        ..Default::default()
     }
 }
 

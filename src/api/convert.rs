@@ -11,7 +11,7 @@ use crate::{
         notification::{Channel, Notification, NotificationState, NotificationTemplate},
         ownership::{RuleTarget, Transfer, TransferRule, TransferState},
         role::Role,
-        tenant::{SettingsPatch, Tenant, TenantSettings},
+        tenant::{LoginIdentifiers, SettingsPatch, Tenant, TenantSettings},
         user::{User, UserState},
         validate,
     },
@@ -101,6 +101,16 @@ pub fn settings_to_proto(s: &TenantSettings) -> pb::TenantSettings {
             } as i32,
         }),
         scim_policy: Some(pb::ScimPolicy { create_departments: s.scim_create_departments }),
+        login_policy: Some(pb::LoginPolicy {
+            identifiers: [
+                (s.login_identifiers.email, pb::LoginIdentifier::Email),
+                (s.login_identifiers.username, pb::LoginIdentifier::Username),
+                (s.login_identifiers.phone, pb::LoginIdentifier::Phone),
+            ]
+            .into_iter()
+            .filter_map(|(on, id)| on.then_some(id as i32))
+            .collect(),
+        }),
     }
 }
 
@@ -116,6 +126,7 @@ pub const SETTINGS_PATHS: &[&str] = &[
     "settings.audit_retention",
     "settings.notification_policy",
     "settings.scim_policy",
+    "settings.login_policy",
 ];
 
 /// The settings changes named by `paths` (all of them when `paths` contains "settings"), taken
@@ -178,7 +189,35 @@ pub fn settings_patch(v: &mut Violations, s: Option<&pb::TenantSettings>, paths:
     if has("settings.scim_policy") {
         out.scim_create_departments = Some(s.scim_policy.unwrap_or_default().create_departments);
     }
+    if has("settings.login_policy") {
+        let ids = s.login_policy.clone().unwrap_or_default().identifiers;
+        out.login_identifiers = login_identifiers(v, &format!("{base}.login_policy.identifiers"), &ids);
+    }
     out
+}
+
+/// A login policy's identifiers: empty = the default (e-mail only); each known kind at most once.
+fn login_identifiers(v: &mut Violations, field: &str, ids: &[i32]) -> Option<LoginIdentifiers> {
+    if ids.is_empty() {
+        return Some(LoginIdentifiers::default());
+    }
+    let mut out = LoginIdentifiers { email: false, username: false, phone: false };
+    for id in ids {
+        let slot = match pb::LoginIdentifier::try_from(*id) {
+            Ok(pb::LoginIdentifier::Email) => &mut out.email,
+            Ok(pb::LoginIdentifier::Username) => &mut out.username,
+            Ok(pb::LoginIdentifier::Phone) => &mut out.phone,
+            Ok(pb::LoginIdentifier::Unspecified) | Err(_) => {
+                v.add(field, "must hold LOGIN_IDENTIFIER_EMAIL, _USERNAME or _PHONE");
+                return None;
+            }
+        };
+        if std::mem::replace(slot, true) {
+            v.add(field, "must name each identifier at most once");
+            return None;
+        }
+    }
+    Some(out)
 }
 
 pub fn tenant_to_proto(t: Tenant) -> pb::Tenant {

@@ -65,6 +65,23 @@ pub struct TenantSettings {
     pub channel: Option<Channel>,
     /// Whether a SCIM `department` naming no department creates it.
     pub scim_create_departments: bool,
+    /// Which identifiers a password login may name.
+    pub login_identifiers: LoginIdentifiers,
+}
+
+/// Which identifiers a password login may name (at least one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoginIdentifiers {
+    pub email: bool,
+    pub username: bool,
+    pub phone: bool,
+}
+
+impl Default for LoginIdentifiers {
+    fn default() -> Self {
+        LoginIdentifiers { email: true, username: false, phone: false }
+    }
 }
 
 impl Default for TenantSettings {
@@ -85,6 +102,7 @@ impl Default for TenantSettings {
             link_base_url: String::new(),
             channel: None,
             scim_create_departments: false,
+            login_identifiers: LoginIdentifiers::default(),
         }
     }
 }
@@ -110,6 +128,7 @@ pub struct SettingsPatch {
     /// `Some(None)` = the server's default.
     pub channel: Option<Option<Channel>>,
     pub scim_create_departments: Option<bool>,
+    pub login_identifiers: Option<LoginIdentifiers>,
 }
 
 impl SettingsPatch {
@@ -154,6 +173,9 @@ impl TenantSettings {
         }
         if let Some(v) = p.scim_create_departments {
             s.scim_create_departments = v;
+        }
+        if let Some(v) = p.login_identifiers {
+            s.login_identifiers = v;
         }
 
         let mut v = Violations::default();

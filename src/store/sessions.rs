@@ -11,7 +11,7 @@ use super::{
     db::Tx,
     entity::{login_states, recovery_codes, refresh_tokens, sessions, users},
 };
-use crate::domain::{Result, now};
+use crate::domain::{Result, now, user::UserState};
 
 pub type Session = sessions::Model;
 pub type LoginState = login_states::Model;
@@ -164,6 +164,35 @@ pub async fn user_for_login(
         .filter(users::Column::TenantId.eq(tenant_id))
         .filter(users::Column::EmailKey.eq(email_key))
         .one(conn)
+        .await?)
+}
+
+/// The user whose username key is `key` (unique per tenant).
+pub async fn user_for_username_login(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    key: &str,
+) -> Result<Option<users::Model>> {
+    Ok(users::Entity::find()
+        .filter(users::Column::TenantId.eq(tenant_id))
+        .filter(users::Column::UsernameKey.eq(key))
+        .one(conn)
+        .await?)
+}
+
+/// Users (at most two: more than one is ambiguous) with the E.164 phone number `e164`.
+pub async fn users_for_phone_login(
+    conn: &impl ConnectionTrait,
+    tenant_id: &str,
+    e164: &str,
+) -> Result<Vec<users::Model>> {
+    Ok(users::Entity::find()
+        .filter(users::Column::TenantId.eq(tenant_id))
+        .filter(users::Column::Phone.eq(e164))
+        // A deleted user's number (kept for the restore window) names nobody.
+        .filter(users::Column::State.is_not_in([UserState::Deleted.as_str(), UserState::Purged.as_str()]))
+        .limit(2)
+        .all(conn)
         .await?)
 }
 

@@ -396,6 +396,7 @@ fn table() -> Vec<Row> {
             email: "nobody@example.com".into(),
             password: "not a real password".into(),
             totp_code: String::new(),
+            ..Default::default()
         }),
         r!("Auth/Refresh", public(U), auth, refresh, |i, ids| pb::RefreshRequest { refresh_token: "bogus".into() }),
         r!("Auth/ListSessions", dept_view(OK), auth, list_sessions, |i, ids| pb::ListSessionsRequest {

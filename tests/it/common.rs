@@ -275,6 +275,7 @@ impl TestServer {
                 email: email.into(),
                 password: password.into(),
                 totp_code: totp_code.into(),
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner())

@@ -112,6 +112,7 @@ async fn wave(
             email: email.into(),
             password: password.into(),
             totp_code: code.into(),
+            ..Default::default()
         };
         async move { client.authenticate(req).await.map(|r| r.into_inner()) }
     });
@@ -242,6 +243,7 @@ async fn an_address_flood_is_refused_before_hashing(backend: Backend) {
             email: format!("sprayed-{i}@example.com"),
             password: "Summer2026!".into(),
             totp_code: String::new(),
+            ..Default::default()
         };
         async move { client.authenticate(req).await }
     });
@@ -290,6 +292,7 @@ async fn a_login_flood_does_not_starve_access_checks(backend: Backend) {
                         email: format!("flood-{w}-{i}@example.com"),
                         password: "a flood of guesses".into(),
                         totp_code: String::new(),
+                        ..Default::default()
                     })
                     .await;
                 in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -581,6 +584,7 @@ async fn no_session_of_the_old_password_survives_a_password_change(backend: Back
                         email: "ann@example.com".into(),
                         password: PASSWORD.into(),
                         totp_code: String::new(),
+                        ..Default::default()
                     })
                     .await;
                 answered.fetch_add(1, Ordering::SeqCst);
@@ -630,6 +634,7 @@ async fn forwarded_addresses_count_only_through_trusted_proxies(backend: Backend
                 email: format!("nobody-{i}@example.com"),
                 password: "Summer2026!".into(),
                 totp_code: String::new(),
+                ..Default::default()
             });
             req.metadata_mut().insert("x-forwarded-for", forwarded.parse().unwrap());
             pb::auth_client::AuthClient::new(channel.await).authenticate(req).await

@@ -12,6 +12,7 @@ mod delegation_attacks;
 mod departments;
 mod envoy;
 mod login_attacks;
+mod login_identifiers;
 mod notifications;
 mod operations;
 mod ownership;

@@ -131,6 +131,7 @@ async fn deadlines_are_honored() {
         email: "ann@example.com".into(),
         password: PASSWORD.into(),
         totp_code: String::new(),
+        ..Default::default()
     });
     req.set_timeout(Duration::from_millis(1));
     let s = server.auth().await.authenticate(req).await.unwrap_err();

@@ -8,8 +8,8 @@ use crate::{
     domain::{Error, Violations, validate},
     proto::v1 as pb,
     service::auth::commands::{
-        Authenticate, ChangePassword, ConfirmTotp, DisableTotp, EnrollTotp, IntrospectToken, ListSessions, Logout,
-        Refresh, RequestPasswordReset, RevokeSessions, RotateSigningKey, SetPasswordByToken,
+        Authenticate, ChangePassword, ConfirmTotp, DisableTotp, EnrollTotp, IntrospectToken, ListSessions, LoginName,
+        Logout, Refresh, RequestPasswordReset, RevokeSessions, RotateSigningKey, SetPasswordByToken,
     },
 };
 
@@ -38,23 +38,47 @@ fn optional_user(v: &mut Violations, user_id: &str) -> Option<Uuid> {
     v.check("user_id", validate::optional_uuid(user_id)).flatten()
 }
 
+/// Exactly one of `email`, `username` and `phone`, normalized as stored.
+fn login_name(v: &mut Violations, msg: &pb::AuthenticateRequest) -> Option<LoginName> {
+    let given: Vec<&str> = [("email", &msg.email), ("username", &msg.username), ("phone", &msg.phone)]
+        .into_iter()
+        .filter(|(_, value)| !value.trim().is_empty())
+        .map(|(field, _)| field)
+        .collect();
+    match given.as_slice() {
+        [] => v.add("email", "is required (or username, or phone)"),
+        [_, extra @ ..] if !extra.is_empty() => {
+            for field in extra {
+                v.add(*field, "give one of email, username and phone");
+            }
+        }
+        ["email"] if msg.email.len() > 320 => v.add("email", "must be at most 320 bytes"),
+        ["email"] => return Some(LoginName::Email(msg.email.trim().to_lowercase())),
+        ["username"] => {
+            return v
+                .check("username", validate::username(&msg.username))
+                .flatten()
+                .map(|(_, k)| LoginName::Username(k));
+        }
+        _ => return v.check("phone", validate::phone(&msg.phone)).flatten().map(LoginName::Phone),
+    }
+    None
+}
+
 impl TryFrom<pb::AuthenticateRequest> for Authenticate {
     type Error = Error;
 
     fn try_from(msg: pb::AuthenticateRequest) -> Result<Self, Error> {
         let mut v = Violations::default();
         let tenant_id = tenant(&mut v, &msg.tenant_id);
-        if msg.email.trim().is_empty() {
-            v.add("email", "is required");
-        } else if msg.email.len() > 320 {
-            v.add("email", "must be at most 320 bytes");
-        }
+        let login = login_name(&mut v, &msg);
         let password = secret_field(&mut v, "password", &msg.password);
         if msg.totp_code.len() > 64 {
             v.add("totp_code", "must be at most 64 characters");
         }
         v.finish()?;
-        Ok(Authenticate { tenant_id, email: msg.email, password, totp_code: msg.totp_code.trim().to_owned() })
+        let login = login.expect("checked");
+        Ok(Authenticate { tenant_id, login, password, totp_code: msg.totp_code.trim().to_owned() })
     }
 }
 

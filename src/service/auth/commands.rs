@@ -25,9 +25,30 @@ pub struct RequestPasswordReset {
 /// A login with e-mail and password (and a TOTP or recovery code when enrolled).
 pub struct Authenticate {
     pub tenant_id: String,
-    pub email: String,
+    pub login: LoginName,
     pub password: SecretString,
     pub totp_code: String,
+}
+
+/// What names the user in a password login, normalized as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginName {
+    /// Lower-cased e-mail address.
+    Email(String),
+    /// The username's key (NFKC, lower case).
+    Username(String),
+    /// E.164.
+    Phone(String),
+}
+
+impl LoginName {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LoginName::Email(_) => "email",
+            LoginName::Username(_) => "username",
+            LoginName::Phone(_) => "phone",
+        }
+    }
 }
 
 /// A refresh-token exchange.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Tokens, attempt_context,
-    commands::{Anonymous, Authenticate},
+    commands::{Anonymous, Authenticate, LoginName},
     guard::{Attempt, proved_own_secret},
     invalid_credentials,
 };
@@ -27,6 +27,7 @@ use crate::{
         audit::{AuditRecord, RequestContext},
         lockout::Admission,
         now,
+        tenant::LoginIdentifiers,
         user::UserState,
     },
     service::Iam,
@@ -58,9 +59,50 @@ impl Iam {
             .await
     }
 
+    /// The user a login names, or why none: the identifier kind is not accepted by the tenant,
+    /// names nobody, or (a shared phone number) names more than one user.
+    async fn user_for_login(
+        &self,
+        tenant_id: &str,
+        accepted: &LoginIdentifiers,
+        login: &LoginName,
+    ) -> Result<std::result::Result<users::Row, &'static str>> {
+        let conn = self.db.conn();
+        let (allowed, mut rows) = match login {
+            LoginName::Email(key) => {
+                (accepted.email, sessions::user_for_login(conn, tenant_id, key).await?.into_iter().collect())
+            }
+            LoginName::Username(key) => (
+                accepted.username,
+                sessions::user_for_username_login(conn, tenant_id, key).await?.into_iter().collect(),
+            ),
+            LoginName::Phone(e164) => (accepted.phone, sessions::users_for_phone_login(conn, tenant_id, e164).await?),
+        };
+        Ok(match (allowed, rows.len()) {
+            (false, _) => Err("identifier_not_allowed"),
+            (true, 0) => Err(if matches!(login, LoginName::Email(_)) { "unknown_email" } else { "unknown_identifier" }),
+            (true, 1) => Ok(rows.remove(0)),
+            (true, _) => Err("ambiguous_identifier"),
+        })
+    }
+
+    /// The audit record of a login that named no single user: the identifier pseudonymized.
+    fn unknown_login_record(&self, tenant_id: &str, login: &LoginName, why: &str) -> AuditRecord {
+        let record = AuditRecord::new(Some(tenant_id), "auth.login_failed", "user", "").with_detail("reason", why);
+        match login {
+            LoginName::Email(key) => record.with_detail("email_hash", self.login_email_pseudonym(tenant_id, key)),
+            LoginName::Username(key) | LoginName::Phone(key) => {
+                record.with_detail("identifier", login.kind()).with_detail(
+                    "identifier_hash",
+                    self.login_email_pseudonym(tenant_id, &format!("{}:{key}", login.kind())),
+                )
+            }
+        }
+    }
+
     /// `Auth.Authenticate`.
     pub async fn authenticate(&self, call: &Anonymous, cmd: Authenticate) -> Result<Tokens> {
-        let Authenticate { tenant_id, email, password, totp_code } = cmd;
+        let Authenticate { tenant_id, login, password, totp_code } = cmd;
         let (ctx, ip, tenant_id, code) = (&call.ctx, call.ip, tenant_id.as_str(), totp_code.trim());
         let slot = self.auth.limiter.take(ip)?;
         let ticket = match self.passwords.admit() {
@@ -71,27 +113,26 @@ impl Iam {
                 return Err(e);
             }
         };
-        let email_key = email.trim().to_lowercase();
         let tenant = match self.tenant_settings(tenant_id).await {
             Ok(t) => Some(t),
             Err(e) if e.reason == crate::domain::Reason::TenantNotFound => None,
             Err(e) => return Err(e),
         };
         let tenant_exists = tenant.is_some();
-        let row = match &tenant {
-            Some(_) => sessions::user_for_login(self.db.conn(), tenant_id, &email_key).await?,
-            None => None,
+        let found = match &tenant {
+            Some(t) => self.user_for_login(tenant_id, &t.settings.login_identifiers, &login).await?,
+            None => Err("unknown_tenant"),
         };
-        let (Some(tenant), Some(row)) = (tenant, row) else {
-            self.passwords.verify(ticket, password, None).await?;
-            // Unknown emails are audited too (password spraying shows); unknown tenants have no trail.
-            if tenant_exists {
-                let record = AuditRecord::new(Some(tenant_id), "auth.login_failed", "user", "")
-                    .with_detail("reason", "unknown_email")
-                    .with_detail("email_hash", self.login_email_pseudonym(tenant_id, &email_key));
-                self.record_attempt(ctx, record).await?;
+        let (tenant, row) = match (tenant, found) {
+            (Some(tenant), Ok(row)) => (tenant, row),
+            (_, found) => {
+                self.passwords.verify(ticket, password, None).await?;
+                // Unknown users are audited too (password spraying shows); unknown tenants have no trail.
+                if let (true, Err(why)) = (tenant_exists, found) {
+                    self.record_attempt(ctx, self.unknown_login_record(tenant_id, &login, why)).await?;
+                }
+                return Err(invalid_credentials());
             }
-            return Err(invalid_credentials());
         };
         let user_id = row.user_id;
         if users::state(&row)? != UserState::Active {
