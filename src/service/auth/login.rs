@@ -67,22 +67,27 @@ impl Iam {
         accepted: &LoginIdentifiers,
         login: &LoginName,
     ) -> Result<std::result::Result<users::Row, &'static str>> {
-        let conn = self.db.conn();
-        let (allowed, mut rows) = match login {
-            LoginName::Email(key) => {
-                (accepted.email, sessions::user_for_login(conn, tenant_id, key).await?.into_iter().collect())
-            }
-            LoginName::Username(key) => (
-                accepted.username,
-                sessions::user_for_username_login(conn, tenant_id, key).await?.into_iter().collect(),
-            ),
-            LoginName::Phone(e164) => (accepted.phone, sessions::users_for_phone_login(conn, tenant_id, e164).await?),
+        let allowed = match login {
+            LoginName::Email(_) => accepted.email,
+            LoginName::Username(_) => accepted.username,
+            LoginName::Phone(_) => accepted.phone,
         };
-        Ok(match (allowed, rows.len()) {
-            (false, _) => Err("identifier_not_allowed"),
-            (true, 0) => Err(if matches!(login, LoginName::Email(_)) { "unknown_email" } else { "unknown_identifier" }),
-            (true, 1) => Ok(rows.remove(0)),
-            (true, _) => Err("ambiguous_identifier"),
+        if !allowed {
+            // Refused without a database read (the same answer as any other refusal).
+            return Ok(Err("identifier_not_allowed"));
+        }
+        let conn = self.db.conn();
+        let mut rows: Vec<users::Row> = match login {
+            LoginName::Email(key) => sessions::user_for_login(conn, tenant_id, key).await?.into_iter().collect(),
+            LoginName::Username(key) => {
+                sessions::user_for_username_login(conn, tenant_id, key).await?.into_iter().collect()
+            }
+            LoginName::Phone(e164) => sessions::users_for_phone_login(conn, tenant_id, e164).await?,
+        };
+        Ok(match rows.len() {
+            0 => Err(if matches!(login, LoginName::Email(_)) { "unknown_email" } else { "unknown_identifier" }),
+            1 => Ok(rows.remove(0)),
+            _ => Err("ambiguous_identifier"),
         })
     }
 
