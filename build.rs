@@ -27,6 +27,10 @@ const SECRET_BEARING: &[&str] = &[
     "crm.iam.v1.ConfirmTotpResponse",
     "crm.iam.v1.DisableTotpRequest",
     "crm.iam.v1.IntrospectTokenRequest",
+    "crm.iam.v1.IdentityProvider",
+    "crm.iam.v1.BeginSsoResponse",
+    "crm.iam.v1.CompleteSsoRequest",
+    "crm.iam.v1.CompleteSsoResponse",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

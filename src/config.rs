@@ -117,6 +117,10 @@ pub struct Config {
     /// The HTTP listener's public base URL (`https://iam.example.com`) for the discovery document's
     /// `jwks_uri`; unset: taken from the request's Host header.
     pub http_public_url: Option<String>,
+    /// Identity providers (single sign-on) may have `http://` issuers (a provider on the local
+    /// machine or network, for development and tests). Off: only https issuers, so a tenant
+    /// administrator cannot point crm-iam's requests at plaintext internal services.
+    pub sso_allow_http_issuers: bool,
     /// Envoy external authorization: the route table and the answer for unmatched routes.
     pub ext_authz: crate::service::envoy::ExtAuthzConfig,
     /// Failed logins per minute from one network address; beyond it, logins from that address are
@@ -234,6 +238,7 @@ impl Default for Config {
             signing_algorithm: Default::default(),
             signing_key_publish_ahead: Duration::from_secs(600),
             http_public_url: None,
+            sso_allow_http_issuers: false,
             ext_authz: Default::default(),
             login_failures_per_address: 30,
             service_credentials: Vec::new(),

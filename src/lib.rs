@@ -18,6 +18,7 @@ pub mod proto;
 pub mod scim;
 pub mod secrets;
 pub mod service;
+pub mod sso_http;
 pub mod store;
 pub mod telemetry;
 pub mod well_known;

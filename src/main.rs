@@ -331,8 +331,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _telemetry = telemetry::init(config.log_format)?;
             let done = crm_iam::cli::keys::rotate_master(&config).await?;
             println!(
-                "sealed again under the current master key: {} TOTP secrets, {} signing keys",
-                done.totp_secrets, done.signing_keys
+                "sealed again under the current master key: {} TOTP secrets, {} identity-provider secrets, {} signing keys",
+                done.totp_secrets, done.idp_secrets, done.signing_keys
             );
             Ok(())
         }

@@ -33,6 +33,10 @@ pub enum Slot<'a> {
     SigningKey(&'a str),
     /// `notifications.secret` of a message (the token it carries until delivered).
     NotificationSecret(uuid::Uuid),
+    /// `identity_providers.client_secret_sealed` of a provider.
+    IdpClientSecret(uuid::Uuid),
+    /// The `state` of a single sign-on (handed out, never stored: it carries its own secrets).
+    SsoState,
 }
 
 impl Slot<'_> {
@@ -42,6 +46,8 @@ impl Slot<'_> {
             Slot::TotpPendingSecret(u) => format!("login_states.totp_pending_secret:{u}"),
             Slot::SigningKey(kid) => format!("signing_keys.private_key:{kid}"),
             Slot::NotificationSecret(id) => format!("notifications.secret:{id}"),
+            Slot::IdpClientSecret(id) => format!("identity_providers.client_secret:{id}"),
+            Slot::SsoState => "sso.state".to_owned(),
         }
     }
 }

@@ -34,6 +34,8 @@ pub const PUBLIC_METHODS: &[&str] = &[
     auth::COMPLETE_PASSWORD_RESET,
     auth::REQUEST_PASSWORD_RESET,
     auth::GET_JWKS,
+    auth::BEGIN_SSO,
+    auth::COMPLETE_SSO,
 ];
 
 /// Methods a restricted (must change password) token may call.

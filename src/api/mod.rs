@@ -24,6 +24,7 @@ pub mod auth;
 pub mod authn;
 pub mod convert;
 pub mod envoy;
+pub mod identity_providers;
 pub mod limits;
 pub mod notification_admin;
 pub mod ownership_transfer;

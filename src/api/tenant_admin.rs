@@ -3,7 +3,10 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{accept, convert, decode_page_token, mask_paths, next_page_token, page_size, read, tenant_field};
+use super::{
+    accept, convert, decode_page_token, identity_providers as idp, mask_paths, next_page_token, page_size, read,
+    tenant_field,
+};
 use crate::{
     domain::{
         Error, Violations,
@@ -93,6 +96,34 @@ impl TenantAdmin for TenantAdminApi {
         let (call, cmd) = accept(req)?;
         let row = self.iam.revoke_scim_token(&call, cmd).await?;
         Ok(Response::new(pb::RevokeScimTokenResponse { scim_token: Some(scim_token_to_proto(row)) }))
+    }
+
+    async fn create_identity_provider(
+        &self,
+        req: Request<pb::CreateIdentityProviderRequest>,
+    ) -> Result<Response<pb::CreateIdentityProviderResponse>, Status> {
+        let (call, cmd) = accept(req)?;
+        let provider = self.iam.create_identity_provider(&call, cmd).await?;
+        Ok(Response::new(pb::CreateIdentityProviderResponse { identity_provider: Some(idp::to_proto(provider)) }))
+    }
+
+    async fn list_identity_providers(
+        &self,
+        req: Request<pb::ListIdentityProvidersRequest>,
+    ) -> Result<Response<pb::ListIdentityProvidersResponse>, Status> {
+        let (caller, query) = read(req)?;
+        let providers = self.iam.list_identity_providers(&caller, &query).await?;
+        let identity_providers = providers.into_iter().map(idp::to_proto).collect();
+        Ok(Response::new(pb::ListIdentityProvidersResponse { identity_providers }))
+    }
+
+    async fn delete_identity_provider(
+        &self,
+        req: Request<pb::DeleteIdentityProviderRequest>,
+    ) -> Result<Response<pb::DeleteIdentityProviderResponse>, Status> {
+        let (call, cmd) = accept(req)?;
+        self.iam.delete_identity_provider(&call, cmd).await?;
+        Ok(Response::new(pb::DeleteIdentityProviderResponse {}))
     }
 }
 

@@ -1,5 +1,5 @@
-//! The HTTP listener (`http_listen`): SCIM under `/scim/v2` (and, in later issues, the JWKS and
-//! discovery documents). HTTP/1.1, served connection by connection: request headers must arrive
+//! The HTTP listener (`http_listen`): SCIM under `/scim/v2`, the JWKS and discovery documents,
+//! and single sign-on (`/sso`: callback, back-channel logout). HTTP/1.1, served connection by connection: request headers must arrive
 //! within 10 s, an idle keep-alive connection closes after 2 minutes, at most 256 connections
 //! are open at once and 64 from one client address (IPv6: /64; more are closed on accept),
 //! bodies are at most 1 MiB. TLS with the gRPC
@@ -104,9 +104,11 @@ impl HttpListener {
     pub async fn serve(self, iam: Iam, stop: CancellationToken) -> anyhow::Result<()> {
         let HttpListener { listener, tls, public_url } = self;
         let scheme = scim::Scheme(if tls.is_some() { "https" } else { "http" });
-        tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "HTTP listener: /scim/v2, /.well-known");
-        let app =
-            crate::well_known::router(iam.clone(), public_url).merge(scim::router(iam)).layer(axum::Extension(scheme));
+        tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "HTTP listener: /scim/v2, /.well-known, /sso");
+        let app = crate::well_known::router(iam.clone(), public_url)
+            .merge(crate::sso_http::router(iam.clone()))
+            .merge(scim::router(iam))
+            .layer(axum::Extension(scheme));
         let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let per_address = PerAddress::default();
         loop {

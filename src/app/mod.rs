@@ -163,6 +163,7 @@ impl Application {
             config.access_cache_budget.as_u64(),
         );
         iam.outbox = Arc::new(outbox::build(&config)?);
+        iam.sso = Arc::new(crate::service::sso::Sso::new(config.sso_allow_http_issuers));
         if !iam.outbox.enabled() {
             tracing::info!(
                 "no notification channel (neither smtp_url nor notification_webhook_url): invitation and reset tokens go to the caller only"

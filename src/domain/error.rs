@@ -62,6 +62,10 @@ pub enum Reason {
     ScimTokenExists,
     UsernameTaken,
     ScimTokenLimitReached,
+    IdentityProviderNotFound,
+    IdentityProviderExists,
+    IdentityProviderUnavailable,
+    SsoFailed,
 }
 
 impl Reason {

@@ -14,6 +14,7 @@ pub mod ownership;
 pub mod replicas;
 pub mod roles;
 pub mod scim;
+pub mod sso;
 pub mod tenants;
 pub mod transfers;
 pub mod users;
@@ -57,6 +58,8 @@ pub struct Iam {
     pub outbox: Arc<notify::Outbox>,
     /// When each SCIM token's use was last recorded (a throttle).
     pub scim_touches: Arc<scim::ScimTouches>,
+    /// Single sign-on: the identity providers' discovery documents and the HTTP client.
+    pub sso: Arc<sso::Sso>,
 }
 
 impl Iam {
@@ -76,6 +79,7 @@ impl Iam {
             auth: Arc::new(auth),
             outbox: Default::default(),
             scim_touches: Default::default(),
+            sso: Arc::new(sso::Sso::new(false)),
         }
     }
 }
@@ -105,6 +109,9 @@ impl Iam {
     /// Deletes sessions a day after they expired (with their refresh tokens), and refresh tokens
     /// rotated more than a day ago (reuse detection needs them only while a stolen copy is fresh).
     pub async fn sweep_sessions(&self) -> Result<()> {
-        store::sessions::sweep(self.db.conn(), now() - chrono::Duration::days(1)).await
+        store::sessions::sweep(self.db.conn(), now() - chrono::Duration::days(1)).await?;
+        // Used single sign-on states past their expiry are refused as expired anyway.
+        store::sso::sweep_used_states(self.db.conn(), now()).await?;
+        Ok(())
     }
 }

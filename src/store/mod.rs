@@ -14,6 +14,7 @@ pub mod scim_tokens;
 pub mod sealed;
 pub mod sessions;
 pub mod signing_keys;
+pub mod sso;
 pub mod tenants;
 pub mod tokens;
 pub mod transfers;

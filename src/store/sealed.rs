@@ -8,7 +8,7 @@
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr};
 use uuid::Uuid;
 
-use super::{Db, entity::login_states, entity::signing_keys};
+use super::{Db, entity::identity_providers, entity::login_states, entity::signing_keys};
 use crate::secrets::{MasterKeys, Slot};
 
 /// Which values to seal again.
@@ -25,6 +25,8 @@ pub enum Reseal {
 pub struct Resealed {
     pub totp_secrets: u64,
     pub signing_keys: u64,
+    /// Identity providers' client secrets.
+    pub idp_secrets: u64,
 }
 
 const BATCH: u64 = 500;
@@ -53,6 +55,7 @@ pub async fn reseal(db: &Db, keys: &MasterKeys, mode: Reseal) -> anyhow::Result<
         let (done, missed) = reseal_pass(db, keys, mode).await?;
         total.totp_secrets += done.totp_secrets;
         total.signing_keys += done.signing_keys;
+        total.idp_secrets += done.idp_secrets;
         if missed == 0 {
             return Ok(total);
         }
@@ -102,6 +105,24 @@ async fn reseal_pass(db: &Db, keys: &MasterKeys, mode: Reseal) -> anyhow::Result
                 missed += 1 - r.rows_affected;
             }
         }
+    }
+    for row in identity_providers::Entity::find().all(db.conn()).await? {
+        let stored = row.client_secret_sealed.as_str();
+        if !(keys.needs_resealing(stored) && wanted(mode, stored)) {
+            continue;
+        }
+        let slot = Slot::IdpClientSecret(row.idp_id);
+        let r = identity_providers::Entity::update_many()
+            .col_expr(
+                identity_providers::Column::ClientSecretSealed,
+                Expr::value(keys.seal(slot, &plaintext(keys, slot, stored)?)),
+            )
+            .filter(identity_providers::Column::IdpId.eq(row.idp_id))
+            .filter(identity_providers::Column::ClientSecretSealed.eq(stored))
+            .exec(db.conn())
+            .await?;
+        done.idp_secrets += r.rows_affected;
+        missed += 1 - r.rows_affected;
     }
     for row in signing_keys::Entity::find().all(db.conn()).await? {
         if !(keys.needs_resealing(&row.private_key) && wanted(mode, &row.private_key)) {

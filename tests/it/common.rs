@@ -503,3 +503,28 @@ pub fn gauge_of(text: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no {name} in the scrape"))
 }
+
+/// The tenant's audit events whose action starts with one of `prefixes`, oldest first.
+pub async fn audit_events(server: &TestServer, tenant: &str, prefixes: &[&str]) -> Vec<pb::AuditEvent> {
+    server
+        .audit()
+        .await
+        .list_events(pb::ListEventsRequest {
+            tenant_id: tenant.into(),
+            action_prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("list events")
+        .into_inner()
+        .events
+}
+
+/// A string detail of an audit event ("" when it has none).
+pub fn detail(e: &pb::AuditEvent, key: &str) -> String {
+    match e.details.as_ref().and_then(|d| d.fields.get(key)).and_then(|v| v.kind.clone()) {
+        Some(prost_types::value::Kind::StringValue(s)) => s,
+        _ => String::new(),
+    }
+}

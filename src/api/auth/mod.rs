@@ -111,6 +111,24 @@ fn session_to_proto(s: SessionView, current: Option<Uuid>) -> pb::Session {
     }
 }
 
+/// A response that opens or renews a session: the token fields all three share, then each
+/// `field: name` given, set from the `Tokens` field `name`.
+macro_rules! tokens_response {
+    ($ty:path, $t:expr $(, $field:ident: $value:ident)*) => {{
+        let t: Tokens = $t;
+        $(let $value = t.$value;)*
+        $ty {
+            access_token: t.access_token,
+            refresh_token: t.refresh_token.unwrap_or_default(),
+            expires_in: duration(t.expires_in_secs),
+            session_id: t.session_id.to_string(),
+            token_type: "Bearer".into(),
+            user_id: t.user_id.to_string(),
+            $($field: $value,)*
+        }
+    }};
+}
+
 #[tonic::async_trait]
 impl Auth for AuthApi {
     async fn authenticate(
@@ -120,6 +138,21 @@ impl Auth for AuthApi {
         let (call, cmd) = self.anonymous(req)?;
         let tokens = self.iam.authenticate(&call, cmd).await?;
         Ok(Response::new(authenticate_response(tokens)))
+    }
+
+    async fn begin_sso(&self, req: Request<pb::BeginSsoRequest>) -> Result<Response<pb::BeginSsoResponse>, Status> {
+        let (call, cmd) = self.anonymous(req)?;
+        let start = self.iam.begin_sso(&call, cmd).await?;
+        Ok(Response::new(pb::BeginSsoResponse { authorization_url: start.authorization_url, state: start.state }))
+    }
+
+    async fn complete_sso(
+        &self,
+        req: Request<pb::CompleteSsoRequest>,
+    ) -> Result<Response<pb::CompleteSsoResponse>, Status> {
+        let (call, cmd) = self.anonymous(req)?;
+        let tokens = self.iam.complete_sso(&call, cmd).await?;
+        Ok(Response::new(tokens_response!(pb::CompleteSsoResponse, tokens)))
     }
 
     async fn refresh(&self, req: Request<pb::RefreshRequest>) -> Result<Response<pb::RefreshResponse>, Status> {
@@ -274,24 +307,6 @@ fn sessions_page(page: Page<SessionView>, filters: &str, caller: &Caller) -> pb:
         sessions: page.items.into_iter().map(|s| session_to_proto(s, current)).collect(),
         next_page_token,
     }
-}
-
-/// A response that opens or renews a session: the token fields all three share, then each
-/// `field: name` given, set from the `Tokens` field `name`.
-macro_rules! tokens_response {
-    ($ty:path, $t:expr $(, $field:ident: $value:ident)*) => {{
-        let t: Tokens = $t;
-        $(let $value = t.$value;)*
-        $ty {
-            access_token: t.access_token,
-            refresh_token: t.refresh_token.unwrap_or_default(),
-            expires_in: duration(t.expires_in_secs),
-            session_id: t.session_id.to_string(),
-            token_type: "Bearer".into(),
-            user_id: t.user_id.to_string(),
-            $($field: $value,)*
-        }
-    }};
 }
 
 fn authenticate_response(t: Tokens) -> pb::AuthenticateResponse {

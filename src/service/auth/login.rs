@@ -140,6 +140,14 @@ impl Iam {
             }
         };
         let user_id = row.user_id;
+        if self.password_login_refused_by_sso(tenant_id, user_id).await? {
+            // The tenant signs in through its identity provider: the same answer as any refusal.
+            self.passwords.verify(ticket, password, None).await?;
+            let record = AuditRecord::new(Some(tenant_id), "auth.login_failed", "user", user_id)
+                .with_detail("reason", "sso_required");
+            self.record_attempt(ctx, record).await?;
+            return Err(invalid_credentials());
+        }
         if users::state(&row)? != UserState::Active {
             self.passwords.verify(ticket, password, None).await?;
             let record = AuditRecord::new(Some(tenant_id), "auth.login_failed", "user", user_id)
@@ -204,7 +212,7 @@ impl Iam {
                         (row, amr)
                     }
                 };
-                let tokens = self.open_session(tx, ctx, &tenant, &row, row.must_change_password, &amr).await?;
+                let tokens = self.open_session(tx, ctx, &tenant, &row, row.must_change_password, &amr, None).await?;
                 tx.audit(
                     AuditRecord::new(Some(tenant_id), "auth.login_succeeded", "user", user_id)
                         .with_detail("session_id", tokens.session_id.to_string())

@@ -101,7 +101,7 @@ pub struct AuthState {
     pub settings: AuthSettings,
     /// Seals TOTP secrets (and, through the key ring, signing keys) at rest.
     pub secrets: Arc<MasterKeys>,
-    limiter: AddressLimiter,
+    pub(crate) limiter: AddressLimiter,
     /// Self-service reset requests per address.
     reset_limiter: AddressLimiter,
 }
@@ -142,7 +142,7 @@ fn token_invalid(what: &str) -> Error {
     )
 }
 
-fn sha256_hex(s: &str) -> String {
+pub(crate) fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
@@ -154,7 +154,7 @@ fn random_token() -> String {
 
 /// The context of a transaction that only counts or records an attempt: never replayed from an
 /// idempotency key (an attempt is not a retryable change).
-fn attempt_context(ctx: &RequestContext) -> RequestContext {
+pub(crate) fn attempt_context(ctx: &RequestContext) -> RequestContext {
     RequestContext { idempotency: None, ..ctx.clone() }
 }
 

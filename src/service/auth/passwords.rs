@@ -81,7 +81,7 @@ impl Iam {
                 tx.audit(AuditRecord::new(Some(tenant_id), "user.password_changed", "user", user_id));
                 self.queue_notification(tx, &tenant, &row, NotificationKind::PasswordChanged, None, None).await?;
                 let amr: Vec<&str> = amr.iter().map(String::as_str).collect();
-                self.open_session(tx, ctx, &tenant, &row, false, &amr).await
+                self.open_session(tx, ctx, &tenant, &row, false, &amr, None).await
             })
             .await
     }

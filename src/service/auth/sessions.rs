@@ -36,8 +36,10 @@ pub struct SessionView {
 
 impl Iam {
     /// Opens a session in `tx`: evicts the user's oldest sessions beyond the tenant's limit,
-    /// stores the refresh token's hash, signs the access token.
-    pub(super) async fn open_session(
+    /// stores the refresh token's hash, signs the access token. `idp`: the identity provider (and
+    /// its session id) a single sign-on came through, which back-channel logout ends it by.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn open_session(
         &self,
         tx: &Tx,
         ctx: &RequestContext,
@@ -45,6 +47,7 @@ impl Iam {
         user: &Row,
         restricted: bool,
         amr: &[&str],
+        idp: Option<(Uuid, Option<String>)>,
     ) -> Result<Tokens> {
         let at = now();
         let max = tenant.settings.max_sessions_per_user.max(1) as usize;
@@ -76,6 +79,8 @@ impl Iam {
                 idle_timeout_secs: idle,
                 end_time: None,
                 end_reason: None,
+                idp_id: idp.as_ref().map(|(id, _)| *id),
+                idp_sid: idp.and_then(|(_, sid)| sid),
             },
         )
         .await?;

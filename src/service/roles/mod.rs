@@ -56,7 +56,7 @@ pub fn check_permissions(v: &mut Violations, field: &str, permissions: &[Permiss
 
 impl Iam {
     /// Refuses a change that would leave the tenant without an ACTIVE administrator.
-    pub(super) async fn ensure_not_last_admin(&self, tx: &Tx, tenant_id: &str, user: &users::Row) -> Result<()> {
+    pub(crate) async fn ensure_not_last_admin(&self, tx: &Tx, tenant_id: &str, user: &users::Row) -> Result<()> {
         let admin = roles::builtin_role_id(tenant_id, Template::Administrator);
         if users::state(user)? != UserState::Active || !roles::of_user(&**tx, user.user_id).await?.contains(&admin) {
             return Ok(());

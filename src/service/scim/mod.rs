@@ -118,17 +118,35 @@ pub fn check_name(name: &str, field: &str, v: &mut Violations) {
 impl Iam {
     /// Only who could assign the administrator role: see the module docs.
     async fn may_manage_scim(&self, caller: &Caller, tenant_id: &str) -> Result<()> {
+        self.may_act_as_administrator(
+            caller,
+            tenant_id,
+            "SCIM tokens",
+            "manage SCIM tokens (they act as an administrator)",
+        )
+        .await
+    }
+
+    /// Only who could assign the administrator role (the platform admin, or a tenant user with
+    /// settings.edit, roles.assign and every right of that role) may manage `what`: credentials
+    /// that act as, or can sign in as, any of the tenant's users.
+    pub(crate) async fn may_act_as_administrator(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        what: &str,
+        doing: &str,
+    ) -> Result<()> {
         // A service credential holds no rights a ceiling could be checked against.
         if !matches!(caller, Caller::PlatformAdmin | Caller::User(_)) {
-            return Err(Error::permission_denied(
-                "not allowed: SCIM tokens are managed by the platform admin or a tenant administrator",
-            ));
+            return Err(Error::permission_denied(format!(
+                "not allowed: {what} are managed by the platform admin or a tenant administrator"
+            )));
         }
         self.authorize(caller, tenant_id, Right::SETTINGS_EDIT, Target::Tenant).await?;
         self.authorize(caller, tenant_id, Right::ROLES_ASSIGN, Target::Tenant).await?;
         let admin = roles::builtin_role_id(tenant_id, Template::Administrator);
-        self.roles_within_own_rights(caller, tenant_id, &[admin], "manage SCIM tokens (they act as an administrator)")
-            .await
+        self.roles_within_own_rights(caller, tenant_id, &[admin], doing).await
     }
 
     /// Returns the stored token and the bearer token itself (shown once).

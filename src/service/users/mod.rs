@@ -26,6 +26,8 @@ use crate::{
 
 mod commands;
 mod lifecycle;
+mod provisioned;
+pub use provisioned::ProvisionedProfile;
 
 pub use commands::*;
 

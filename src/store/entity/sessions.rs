@@ -17,6 +17,9 @@ pub struct Model {
     pub idle_timeout_secs: i64,
     pub end_time: Option<DateTimeUtc>,
     pub end_reason: Option<String>,
+    /// The identity provider the session was opened through (single sign-on), and its `sid`.
+    pub idp_id: Option<Uuid>,
+    pub idp_sid: Option<String>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
