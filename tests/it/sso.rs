@@ -137,7 +137,7 @@ async fn sign_in_links_provisions_maps_groups_and_refuses_attacks(backend: Backe
     server.password_user("acme", "carol@example.com", PASSWORD, &[]).await;
 
     // Who may connect a provider: not a manager (a provider signs in as anyone of its domains).
-    let mgr = server.password_user("acme", "max@example.com", PASSWORD, &[manager.clone()]).await;
+    server.password_user("acme", "max@example.com", PASSWORD, std::slice::from_ref(&manager)).await;
     let mgr_token = server.login("acme", "max@example.com", PASSWORD).await.access_token;
     let mut as_manager = pb::tenant_admin_client::TenantAdminClient::with_interceptor(
         server.channel().await,
@@ -148,7 +148,6 @@ async fn sign_in_links_provisions_maps_groups_and_refuses_attacks(backend: Backe
         identity_provider: Some(connection(&idp, &server, "crm-acme", SECRET_A)),
     };
     expect_code(as_manager.create_identity_provider(req).await, Code::PermissionDenied);
-    let _ = mgr;
 
     let mut conn = connection(&idp, &server, "crm-acme", SECRET_A);
     conn.group_role_mappings = vec![pb::GroupRoleMapping { group: "sales".into(), role_id: manager.clone() }];

@@ -119,7 +119,7 @@ impl Iam {
             .await?
             .ok_or_else(|| sso::not_found(&connection))?;
         let config = config_of(&row)?;
-        if !config.redirect_uris.iter().any(|u| *u == redirect_uri) {
+        if !config.redirect_uris.contains(&redirect_uri) {
             return Err(Error::invalid_field("redirect_uri", "is not one of the connection's redirect_uris"));
         }
         let found = self.sso.discover(&row.issuer, false).await.map_err(unavailable)?;
@@ -138,7 +138,12 @@ impl Iam {
             v: verifier.secret().clone(),
             e: now().timestamp() + STATE_TTL_SECS,
         };
-        let sealed = self.auth.secrets.seal(Slot::SsoState, &serde_json::to_vec(&state).map_err(Error::internal)?);
+        // The envelope with `.` for `:`, so the state needs no escaping in a query string.
+        let sealed = self
+            .auth
+            .secrets
+            .seal(Slot::SsoState, &serde_json::to_vec(&state).map_err(Error::internal)?)
+            .replace(':', ".");
         let state_token = sealed.clone();
         let mut request = client
             .authorize_url(
@@ -193,8 +198,12 @@ impl Iam {
     /// The sign-in itself: tokens, a refusal, or an error of crm-iam itself.
     async fn sign_in(&self, call: &Anonymous, cmd: CompleteSso) -> Result<std::result::Result<Tokens, Refusal>> {
         let CompleteSso { state: sealed, code, iss } = cmd;
-        let Some(state) =
-            self.auth.secrets.open(Slot::SsoState, &sealed).ok().and_then(|b| serde_json::from_slice::<State>(&b).ok())
+        let Some(state) = self
+            .auth
+            .secrets
+            .open(Slot::SsoState, &sealed.replace('.', ":"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<State>(&b).ok())
         else {
             return Ok(Err(refuse("bad_state")));
         };

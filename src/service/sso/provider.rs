@@ -92,10 +92,11 @@ impl Sso {
         let slot = self.documents.get_with(issuer.to_owned(), Default::default);
         let mut held = slot.lock().await;
         let may_force = held.forced.is_none_or(|f| f.elapsed() >= REFETCH_AFTER);
-        if let Some(d) = held.document.as_ref() {
-            if d.fetched.elapsed() < DISCOVERY_TTL && !(stale_key && may_force) {
-                return Ok(d.clone());
-            }
+        if let Some(d) = held.document.as_ref()
+            && d.fetched.elapsed() < DISCOVERY_TTL
+            && !(stale_key && may_force)
+        {
+            return Ok(d.clone());
         }
         if stale_key {
             held.forced = Some(Instant::now());
