@@ -69,6 +69,12 @@ const METRICS: &[(Kind, &str, metrics::Unit, &str)] = {
         ),
         (Gauge, "crm_iam_grpc_requests_in_flight", Count, "gRPC calls being served now"),
         (
+            Histogram,
+            "crm_iam_idp_request_duration_seconds",
+            Seconds,
+            "Time of crm-iam's HTTP requests to identity providers (single sign-on), by request: token (code exchange) or discovery (document and keys)",
+        ),
+        (
             Counter,
             "crm_iam_grpc_requests_shed_total",
             Count,

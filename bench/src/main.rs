@@ -21,6 +21,7 @@ mod floods;
 mod harness;
 mod outbox;
 mod scim;
+mod sso;
 mod startup;
 mod transfer;
 
@@ -67,6 +68,8 @@ enum Cmd {
     Scim(Opts),
     /// Envoy with ext_authz to crm-iam against the same Envoy without it (needs `envoy`).
     Envoy(Opts),
+    /// Single sign-on: CompleteSso against a local OpenID Provider, Access.Check p99 during a burst (needs node).
+    Sso(Opts),
     /// Start-up time to SERVING on a fresh database, and idle RSS.
     Startup(Opts),
     /// Memory under id floods: 1,000,000 record ids and 100,000 unknown tenants within the cache budget.
@@ -266,6 +269,7 @@ async fn async_main() -> anyhow::Result<()> {
         Cmd::Outbox(o) => (o, "outbox"),
         Cmd::Scim(o) => (o, "scim"),
         Cmd::Envoy(o) => (o, "envoy"),
+        Cmd::Sso(o) => (o, "sso"),
         Cmd::Floods(o) => (o, "floods"),
         Cmd::Transfer(o) => (o, "transfer"),
         Cmd::All(o) => (o, "all"),
@@ -296,7 +300,7 @@ async fn async_main() -> anyhow::Result<()> {
             }
         }
         // Every benchmark gets a database of its own.
-        for name in ["access", "audit", "auth", "transfer", "floods", "scim", "envoy"] {
+        for name in ["access", "audit", "auth", "transfer", "floods", "scim", "envoy", "sso"] {
             if which != name && which != "all" {
                 continue;
             }
@@ -308,6 +312,7 @@ async fn async_main() -> anyhow::Result<()> {
                 "floods" => floods::run(&db).await,
                 "scim" => scim::run(&db, opts.load()).await,
                 "envoy" => envoy::run(&db, opts.load()).await,
+                "sso" => sso::run(&db, opts.load()).await,
                 _ => transfer::run(&db, opts.load()).await,
             };
             db.drop_now().await;

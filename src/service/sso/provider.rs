@@ -69,6 +69,15 @@ impl Sso {
 
     /// One HTTP exchange with a provider.
     pub async fn exchange(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let started = Instant::now();
+        let request = if req.method() == http::Method::POST { "token" } else { "discovery" };
+        let answer = self.exchange_unmeasured(req).await;
+        metrics::histogram!("crm_iam_idp_request_duration_seconds", "request" => request)
+            .record(started.elapsed().as_secs_f64());
+        answer
+    }
+
+    async fn exchange_unmeasured(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         let (parts, body) = req.into_parts();
         let mut resp =
             self.client.request(parts.method, parts.uri.to_string()).headers(parts.headers).body(body).send().await?;
