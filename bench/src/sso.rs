@@ -63,10 +63,13 @@ fn start_provider(users: usize) -> anyhow::Result<Provider> {
         "grant_types": ["authorization_code"], "response_types": ["code"] }]);
     std::fs::write(&config, json!({ "port": 0, "clients": clients, "accounts_file": accounts_file }).to_string())?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/oidc/provider.mjs");
-    let mut child = Command::new("node").arg(script).arg(&config).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let mut child =
+        Command::new("node").arg(script).arg(&config).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let issuer = loop {
-        let line = lines.next().ok_or_else(|| anyhow::anyhow!("the provider did not start (npm ci --prefix tests/oidc)"))??;
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the provider did not start (npm ci --prefix tests/oidc)"))??;
         if let Some(i) = line.strip_prefix("listening ") {
             break i.to_owned();
         }
@@ -89,7 +92,11 @@ fn param(url: &reqwest::Url, name: &str) -> String {
 /// BeginSso, then the provider's login as `account` in a fresh cookie jar, up to the redirect.
 async fn prepare(ch: tonic::transport::Channel, http: reqwest::Client, account: String) -> anyhow::Result<Prepared> {
     let start = AuthClient::new(ch)
-        .begin_sso(pb::BeginSsoRequest { tenant_id: TENANT.into(), connection: "company".into(), redirect_uri: REDIRECT.into() })
+        .begin_sso(pb::BeginSsoRequest {
+            tenant_id: TENANT.into(),
+            connection: "company".into(),
+            redirect_uri: REDIRECT.into(),
+        })
         .await?
         .into_inner();
     let mut cookies: HashMap<String, String> = HashMap::new();
@@ -111,7 +118,11 @@ async fn prepare(ch: tonic::transport::Channel, http: reqwest::Client, account: 
             let location = r.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).unwrap_or_default();
             url = url.join(location)?;
             if url.as_str().starts_with(REDIRECT) {
-                return Ok(Prepared { state: param(&url, "state"), code: param(&url, "code"), iss: param(&url, "iss") });
+                return Ok(Prepared {
+                    state: param(&url, "state"),
+                    code: param(&url, "code"),
+                    iss: param(&url, "iss"),
+                });
             }
         } else {
             let body = r.text().await?;
@@ -230,14 +241,20 @@ pub async fn run(db: &Database, load: Load) -> anyhow::Result<Vec<Row>> {
     for (name, accounts) in [("first sign-in, user created", 0..ROUND), ("returning user", 0..ROUND)] {
         let t = Instant::now();
         let prepared = prepare_many(&server, accounts).await?;
-        eprintln!("[{}] prepared {} sign-ins at the provider in {:.1} s", db.label, prepared.len(), t.elapsed().as_secs_f64());
+        eprintln!(
+            "[{}] prepared {} sign-ins at the provider in {:.1} s",
+            db.label,
+            prepared.len(),
+            t.elapsed().as_secs_f64()
+        );
         let before = provider_seconds(&metrics).await?;
         let (stats, busy) = complete_all(&server, prepared, concurrency).await?;
         let waiting = provider_seconds(&metrics).await? - before;
         let mut r = Row::new(&format!("CompleteSso throughput ({name})"), db.label);
         r.value = fmt_stats(&stats);
         r.baseline = format!("{concurrency} callers, local node-oidc-provider");
-        r.ratio = format!("{:.0}% of the time waiting on the provider's token endpoint", 100.0 * waiting / busy.max(1e-9));
+        r.ratio =
+            format!("{:.0}% of the time waiting on the provider's token endpoint", 100.0 * waiting / busy.max(1e-9));
         r.target = "report".into();
         r.met = (stats.errors > 0).then_some(false);
         rows.push(r);
@@ -256,10 +273,9 @@ pub async fn run(db: &Database, load: Load) -> anyhow::Result<Vec<Row>> {
             harness::run_until(&channels, load, stop, move |ch, i| {
                 let pool = pool.clone();
                 async move {
-                    let mut c = pb::access_client::AccessClient::new(tonic::service::interceptor::InterceptedService::new(
-                        ch,
-                        harness::Bearer,
-                    ));
+                    let mut c = pb::access_client::AccessClient::new(
+                        tonic::service::interceptor::InterceptedService::new(ch, harness::Bearer),
+                    );
                     c.check(pool[i as usize % pool.len()].clone()).await.map(|_| ())
                 }
             })

@@ -219,6 +219,9 @@ async fn sign_in_links_provisions_maps_groups_and_refuses_attacks(backend: Backe
     complete(&server, &back.state, &back.code, &back.iss).await.expect("first use");
     refused(complete(&server, &back.state, &back.code, &back.iss).await);
     assert_eq!(sso_failures(&server, "acme").await.last().unwrap(), "state_replayed");
+    // The same state spelled with `:` for `.` is the same state.
+    refused(complete(&server, &back.state.replace('.', ":"), &back.code, &back.iss).await);
+    assert_eq!(sso_failures(&server, "acme").await.last().unwrap(), "state_replayed");
 
     // A nonce swapped on the way to the provider: its ID token does not carry this sign-in's.
     let start = begin(&server, "acme", APP).await.unwrap();
@@ -325,6 +328,13 @@ async fn sso_required_logout_and_key_rotation(backend: Backend) {
         .unwrap();
     assert_eq!(forged.status(), 400);
     assert!(server.token_active(&t2.access_token).await);
+
+    // No password to change while the tenant requires SSO (the session would escape the provider).
+    let req = pb::ChangePasswordRequest {
+        old_password: PASSWORD.into(),
+        new_password: "another long passphrase here".into(),
+    };
+    expect_code(server.auth_as(&t2.access_token).await.change_password(req).await, Code::FailedPrecondition);
 
     // The provider rotates its keys: the next ID token is signed by a key crm-iam has not seen.
     let before = idp.key_ids().await;

@@ -34,6 +34,16 @@ impl Iam {
         let (ctx, caller) = (&call.ctx, call.caller.user()?);
         let ChangePassword { old_password: old, new_password: new } = cmd;
         let (tenant_id, user_id) = (caller.tenant_id.as_str(), caller.user_id);
+        // A tenant that requires single sign-on uses no passwords (the session would otherwise
+        // become a password session the provider's logout does not end).
+        if self.password_login_refused_by_sso(tenant_id, user_id).await? {
+            return Err(Error::precondition(
+                crate::domain::Reason::IdentityProviderUnavailable,
+                "SSO_REQUIRED",
+                format!("tenants/{tenant_id}"),
+                "the tenant signs in through its identity provider: passwords are not used",
+            ));
+        }
         // Both hashes' places first: a refusal for a full queue changes nothing.
         let (verify_ticket, hash_ticket) = (self.passwords.admit()?, self.passwords.admit()?);
         let tenant = self.tenant_settings(tenant_id).await?;

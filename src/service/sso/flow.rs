@@ -224,7 +224,9 @@ impl Iam {
         if !iss.is_empty() && iss != row.issuer {
             return Ok(Err(known("issuer_mismatch")));
         }
-        let digest = crate::service::auth::sha256_hex(&sealed);
+        // Of what the state holds, not of its spelling (the separators may come back as `:` or `.`):
+        // its nonce is random per sign-in.
+        let digest = crate::service::auth::sha256_hex(&format!("sso-state:{}", state.n));
         let expire = chrono::DateTime::from_timestamp(state.e, 0).unwrap_or_else(now);
         let first = self
             .db
@@ -240,7 +242,19 @@ impl Iam {
             Ok(identity) => identity,
             Err((reason, detail)) => return Ok(Err(Refusal { detail, ..known(reason) })),
         };
-        self.open_sso_session(call, &row, config, identity).await
+        match self.open_sso_session(call, &row, config, identity).await {
+            // What the provider's claims ran into (no free seat, an address that looks like
+            // another user's, a link made meanwhile) is a refusal like any other, audited.
+            Err(e)
+                if matches!(
+                    e.kind,
+                    Kind::AlreadyExists | Kind::ResourceExhausted | Kind::FailedPrecondition | Kind::Aborted
+                ) =>
+            {
+                Ok(Err(Refusal { detail: Some(e.message), ..known("provisioning_refused") }))
+            }
+            other => other,
+        }
     }
 
     /// Exchanges the code and validates the ID token; a refusal's reason (and what the provider
@@ -302,7 +316,9 @@ impl Iam {
         let email = text_claim(&raw, &mapping.email).and_then(|e| validate::email(&e).ok());
         Ok(Ok(Identity {
             subject: claims.subject().as_str().to_owned(),
-            email_verified: raw.get("email_verified").and_then(Value::as_bool).unwrap_or(false),
+            // `email_verified` speaks of the `email` claim only: an address from another claim is unverified.
+            email_verified: mapping.email == "email"
+                && raw.get("email_verified").and_then(Value::as_bool).unwrap_or(false),
             email,
             amr: provider_methods(&raw),
             sid: text_claim(&raw, "sid").filter(|s| s.len() <= 256),
@@ -348,7 +364,7 @@ impl Iam {
                         tx.audit(fail("email_missing", None));
                         return Ok(Outcome::Refused("email_missing".into()));
                     }
-                    (None, Some((_, key))) => {
+                    (None, Some((address, key))) => {
                         if !config.allows_email(key) {
                             tx.audit(fail("domain_not_allowed", None));
                             return Ok(Outcome::Refused("domain_not_allowed".into()));
@@ -356,6 +372,12 @@ impl Iam {
                         if !identity.email_verified {
                             tx.audit(fail("unverified_email", None));
                             return Ok(Outcome::Refused("unverified_email".into()));
+                        }
+                        // Non-ASCII letters may fold onto ASCII ones (the Kelvin sign onto `k`):
+                        // such an address never names an existing user.
+                        if !address.is_ascii() {
+                            tx.audit(fail("non_ascii_email", None));
+                            return Ok(Outcome::Refused("non_ascii_email".into()));
                         }
                         match sessions::user_for_login(&**tx, tenant_id, key).await? {
                             Some(u) => (Some(u.user_id), "email"),

@@ -67,7 +67,21 @@ pub(super) fn verify<N: openidconnect::NonceVerifier>(
     nonce: N,
     logout: bool,
 ) -> std::result::Result<CoreIdTokenClaims, openidconnect::ClaimsVerificationError> {
-    let mut verifier = client.id_token_verifier();
+    use openidconnect::core::CoreJwsSigningAlgorithm as A;
+    // Public-key signatures only: never HS256 keyed with the client secret (which a provider's
+    // discovery document could offer), never `none`.
+    let mut verifier = client.id_token_verifier().set_allowed_algs([
+        A::RsaSsaPkcs1V15Sha256,
+        A::RsaSsaPkcs1V15Sha384,
+        A::RsaSsaPkcs1V15Sha512,
+        A::RsaSsaPssSha256,
+        A::RsaSsaPssSha384,
+        A::RsaSsaPssSha512,
+        A::EcdsaP256Sha256,
+        A::EcdsaP384Sha384,
+        A::EcdsaP521Sha512,
+        A::EdDsa,
+    ]);
     if logout {
         let types = ["logout+jwt", "JWT"].into_iter().filter_map(|t| {
             openidconnect::NormalizedJsonWebTokenType::try_from(&openidconnect::JsonWebTokenType::new(t.into())).ok()

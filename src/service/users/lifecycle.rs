@@ -220,6 +220,8 @@ impl Iam {
         tokens::revoke(tx, row.user_id, None).await?;
         sessions::end_all_of_user(tx, row.user_id, "user_purged").await?;
         sessions::forget_user(tx, row.user_id).await?;
+        // The provider's subject names the person too.
+        crate::store::sso::forget_links_of_user(tx, row.user_id).await?;
         roles::unassign_all(tx, &row.tenant_id, row.user_id).await?;
         tx.policy_changed(&row.tenant_id, Some(row.user_id));
         let version = row.version;
