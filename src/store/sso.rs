@@ -85,6 +85,19 @@ pub async fn delete(tx: &Tx, idp_id: Uuid) -> Result<Vec<(Uuid, Uuid)>> {
     Ok(open)
 }
 
+/// Open sessions of a tenant that no identity provider opened (password logins).
+pub async fn password_sessions(conn: &impl ConnectionTrait, tenant_id: &str) -> Result<Vec<(Uuid, Uuid)>> {
+    Ok(sessions::Entity::find()
+        .filter(sessions::Column::TenantId.eq(tenant_id))
+        .filter(sessions::Column::IdpId.is_null())
+        .filter(sessions::Column::EndTime.is_null())
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|s| (s.session_id, s.user_id))
+        .collect())
+}
+
 /// The user linked to a provider's subject.
 pub async fn link(conn: &impl ConnectionTrait, idp_id: Uuid, subject: &str) -> Result<Option<Link>> {
     Ok(sso_links::Entity::find_by_id((idp_id, subject.to_owned())).one(conn).await?)

@@ -156,6 +156,27 @@ fn table() -> Vec<Row> {
         r!("TenantAdmin/RevokeScimToken", admin_not_service(NF), tenants, revoke_scim_token, |i, ids| {
             pb::RevokeScimTokenRequest { tenant_id: t(), name: "no-such-token".into() }
         }),
+        // Past the authorization, the discovery of an issuer nothing answers at: FAILED_PRECONDITION.
+        r!("TenantAdmin/CreateIdentityProvider", admin_not_service(FP), tenants, create_identity_provider, |i, ids| {
+            pb::CreateIdentityProviderRequest {
+                tenant_id: t(),
+                identity_provider: Some(pb::IdentityProvider {
+                    name: format!("idp-{i}"),
+                    issuer: "https://127.0.0.1:1".into(),
+                    client_id: "crm".into(),
+                    client_secret: "a-client-secret".into(),
+                    allowed_email_domains: vec!["example.com".into()],
+                    redirect_uris: vec!["https://app.example.com/sso".into()],
+                    ..Default::default()
+                }),
+            }
+        }),
+        r!("TenantAdmin/ListIdentityProviders", admin_not_service(OK), tenants, list_identity_providers, |i, ids| {
+            pb::ListIdentityProvidersRequest { tenant_id: t() }
+        }),
+        r!("TenantAdmin/DeleteIdentityProvider", admin_not_service(NF), tenants, delete_identity_provider, |i, ids| {
+            pb::DeleteIdentityProviderRequest { tenant_id: t(), name: "no-such-idp".into() }
+        }),
         r!("UserAdmin/CreateUser", admin(OK), users, create_user, |i, ids| {
             let mut r = crate::common::invite("acme", &format!("new-{i}@example.com"));
             r.user.as_mut().unwrap().department_id = ids.sales.clone();
@@ -468,6 +489,16 @@ fn table() -> Vec<Row> {
             ..Default::default()
         }),
         r!("Auth/GetJwks", public(OK), auth, get_jwks, |i, ids| pb::GetJwksRequest {}),
+        r!("Auth/BeginSso", public(NF), auth, begin_sso, |i, ids| pb::BeginSsoRequest {
+            tenant_id: t(),
+            connection: "no-such-idp".into(),
+            redirect_uri: "https://app.example.com/sso".into(),
+        }),
+        r!("Auth/CompleteSso", public(U), auth, complete_sso, |i, ids| pb::CompleteSsoRequest {
+            state: format!("forged-{i}"),
+            code: "code".into(),
+            iss: String::new(),
+        }),
         r!("Auth/IntrospectToken", [U, OK, OK, P, OK, OK, OK, OK, OK], auth, introspect_token, |i, ids| {
             pb::IntrospectTokenRequest { token: "not.a.token".into() }
         }),

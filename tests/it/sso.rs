@@ -289,12 +289,17 @@ async fn sso_required_logout_and_key_rotation(backend: Backend) {
     let admin_role = server.builtin_role("acme", "administrator").await;
     let root = server.password_user("acme", "root@example.com", PASSWORD, &[admin_role]).await;
     let ann = server.password_user("acme", "ann@example.com", PASSWORD, &[]).await;
-    server.login("acme", "ann@example.com", PASSWORD).await;
+    let before = server.login("acme", "ann@example.com", PASSWORD).await.access_token;
+    let root_before = server.login("acme", "root@example.com", PASSWORD).await.access_token;
 
     let mut conn = connection(&idp, &server, "crm-acme", SECRET_A);
     conn.sso_required = true;
     conn.break_glass_user_ids = vec![root.clone()];
     connect(&server, "acme", conn).await.expect("connect");
+    // A password session from before would keep refreshing past the requirement: it ended
+    // (the break-glass administrator's stays).
+    assert!(!server.token_active(&before).await, "Ann's password session ended");
+    assert!(server.token_active(&root_before).await, "the break-glass session stays");
 
     // SSO required: Ann's right password is refused like a wrong one; the break-glass admin logs in.
     let s = expect_code(server.try_login("acme", "ann@example.com", PASSWORD, "").await, Code::Unauthenticated);

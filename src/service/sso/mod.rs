@@ -218,6 +218,21 @@ impl Iam {
                 }
                 let row = sso::insert(tx, row).await?;
                 let view = IdentityProvider::of(&row)?;
+                // From now on passwords are refused: the password sessions end too (break-glass
+                // users keep theirs), or they would keep refreshing past the requirement.
+                let mut ended = 0;
+                if row.sso_required {
+                    let open: Vec<(Uuid, Uuid)> = sso::password_sessions(&**tx, tenant_id)
+                        .await?
+                        .into_iter()
+                        .filter(|(_, u)| !config.break_glass_user_ids.contains(u))
+                        .collect();
+                    let ids: Vec<Uuid> = open.iter().map(|(s, _)| *s).collect();
+                    ended = sessions::end(tx, &ids, "sso_required").await?;
+                    for (_, user_id) in &open {
+                        tx.policy_changed(tenant_id, Some(*user_id));
+                    }
+                }
                 tx.audit(
                     AuditRecord::new(Some(tenant_id), "idp.created", "identity_provider", &row.name)
                         .with_detail("issuer", row.issuer.clone())
@@ -225,7 +240,8 @@ impl Iam {
                         .with_detail("allowed_email_domains", view.config.allowed_email_domains.clone())
                         .with_detail("jit_provisioning", row.jit_provisioning)
                         .with_detail("sso_required", row.sso_required)
-                        .with_detail("group_role_mappings", view.config.group_role_mappings.len()),
+                        .with_detail("group_role_mappings", view.config.group_role_mappings.len())
+                        .with_detail("password_sessions_ended", ended),
                 );
                 Ok(SerdeView(row))
             })

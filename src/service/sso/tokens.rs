@@ -34,7 +34,9 @@ pub(super) fn provider_methods(claims: &Map<String, Value>) -> Vec<String> {
         .filter(|m| !m.is_empty() && m.len() <= 16 && m.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)))
         .filter(|m| *m != "sso")
         .take(8)
-        .map(str::to_owned)
+        // Marked as the provider's: an `otp` or `mfa` it reports is not crm-iam's own second
+        // factor (which `require_mfa_for_admins` asks for).
+        .map(|m| format!("idp:{m}"))
         .collect()
 }
 
