@@ -6,7 +6,7 @@ use tonic::Code;
 
 use crate::{
     both_backends,
-    common::{Backend, TestServer, bad_fields, expect_code, invite, pb, reason},
+    common::{Backend, TestServer, audit_events, bad_fields, detail, expect_code, invite, pb, reason},
 };
 
 const PASSWORD: &str = "velvet staircase under morning rain";
@@ -65,26 +65,11 @@ async fn user(server: &TestServer, tenant: &str, email: &str, username: &str, ph
 }
 
 async fn failures(server: &TestServer, tenant: &str) -> Vec<pb::AuditEvent> {
-    server
-        .audit()
-        .await
-        .list_events(pb::ListEventsRequest {
-            tenant_id: tenant.into(),
-            action_prefixes: vec!["auth.login_failed".into(), "auth.locked".into()],
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .expect("list events")
-        .into_inner()
-        .events
+    audit_events(server, tenant, &["auth.login_failed", "auth.locked"]).await
 }
 
 fn reason_of(e: &pb::AuditEvent) -> String {
-    match e.details.as_ref().and_then(|d| d.fields.get("reason")).and_then(|v| v.kind.clone()) {
-        Some(prost_types::value::Kind::StringValue(s)) => s,
-        _ => String::new(),
-    }
+    detail(e, "reason")
 }
 
 async fn logins_by_username_and_phone_follow_the_tenant_policy(backend: Backend) {
