@@ -10,6 +10,7 @@ mod authz;
 mod departments;
 pub mod envoy;
 pub mod notify;
+pub mod outbound;
 pub mod ownership;
 pub mod replicas;
 pub mod roles;

@@ -30,6 +30,8 @@ pub enum HttpError {
     TooLarge,
     #[error("invalid response: {0}")]
     Http(#[from] http::Error),
+    #[error("refused: {0}")]
+    Refused(#[from] crate::service::outbound::Refused),
 }
 
 /// A discovery document and when it was fetched.
@@ -50,20 +52,25 @@ type Slot = Arc<tokio::sync::Mutex<Cached>>;
 /// Single sign-on state of a process.
 pub struct Sso {
     client: reqwest::Client,
-    /// Whether `http://` issuers are allowed (configuration `sso_allow_http_issuers`).
+    /// Whether `http://` issuers and addresses off the public internet are allowed (configuration
+    /// `sso_allow_http_issuers`, for development against a provider on the same machine).
     pub allow_http: bool,
     documents: moka::sync::Cache<String, Slot>,
 }
 
 impl Sso {
     pub fn new(allow_http: bool) -> Sso {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
-            .user_agent("crm-iam")
-            .build()
-            .expect("a TLS backend is compiled in");
+            .user_agent("crm-iam");
+        if !allow_http {
+            // Every URL a provider's document names (keys, token endpoint) is the tenant's choice
+            // too: public https addresses only (SSRF; see `outbound`).
+            builder = builder.https_only(true).dns_resolver(Arc::new(crate::service::outbound::PublicResolver));
+        }
+        let client = builder.build().expect("a TLS backend is compiled in");
         Sso { client, allow_http, documents: moka::sync::Cache::new(10_000) }
     }
 
@@ -79,6 +86,11 @@ impl Sso {
 
     async fn exchange_unmeasured(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         let (parts, body) = req.into_parts();
+        if !self.allow_http {
+            let url = url::Url::parse(&parts.uri.to_string())
+                .map_err(|_| crate::service::outbound::Refused::NotHttps(parts.uri.to_string()))?;
+            crate::service::outbound::check_url(&url)?;
+        }
         let mut resp =
             self.client.request(parts.method, parts.uri.to_string()).headers(parts.headers).body(body).send().await?;
         let (status, headers) = (resp.status(), resp.headers().clone());
@@ -137,6 +149,9 @@ impl Sso {
         if url.query().is_some() || url.fragment().is_some() || url.host_str().is_none() || !url.username().is_empty() {
             return Err("must be an https URL with a host and no credentials, query or fragment");
         }
+        if !self.allow_http && crate::service::outbound::check_url(&url).is_err() {
+            return Err("must name a host on the public internet");
+        }
         Ok(())
     }
 }
@@ -155,7 +170,7 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for Sso {
 fn describe<E: std::error::Error>(e: &openidconnect::DiscoveryError<E>) -> String {
     use openidconnect::DiscoveryError as D;
     match e {
-        D::Request(e) => format!("the provider could not be reached: {e}"),
+        D::Request(e) => format!("the provider could not be reached: {}", chain(e)),
         D::Response(status, _, _) => format!("the provider answered HTTP {status}"),
         D::Parse(_) => "the provider's discovery document or key set is not valid JSON of the standard".into(),
         D::Validation(m) => format!("the discovery document is not valid: {m}"),
@@ -163,4 +178,18 @@ fn describe<E: std::error::Error>(e: &openidconnect::DiscoveryError<E>) -> Strin
         D::Other(m) => m.clone(),
         _ => "the discovery document could not be read".into(),
     }
+}
+
+/// An error with its causes (reqwest's own message hides why a request was not sent).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        cause = c.source();
+    }
+    out
 }
