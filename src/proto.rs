@@ -61,8 +61,8 @@ redacted_debug!(ConfirmTotpRequest {} hides [code]);
 redacted_debug!(DisableTotpRequest { tenant_id, user_id, request_id } hides [code]);
 redacted_debug!(IntrospectTokenRequest {} hides [token]);
 redacted_debug!(IdentityProvider { name, issuer, client_id, scopes, allowed_email_domains, redirect_uris, jit_provisioning, group_role_mappings, sso_required, break_glass_user_ids, claim_mapping, create_time, created_by } hides [client_secret]);
-redacted_debug!(BeginSsoResponse { authorization_url } hides [state]);
-redacted_debug!(CompleteSsoRequest { iss } hides [state, code]);
+redacted_debug!(BeginSsoResponse { authorization_url } hides [state, browser_binding]);
+redacted_debug!(CompleteSsoRequest { iss } hides [state, code, browser_binding]);
 redacted_debug!(CompleteSsoResponse { expires_in, session_id, token_type, user_id } hides [access_token, refresh_token]);
 
 impl fmt::Debug for v1::ConfirmTotpResponse {

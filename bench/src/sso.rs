@@ -83,6 +83,7 @@ struct Prepared {
     state: String,
     code: String,
     iss: String,
+    browser_binding: String,
 }
 
 fn param(url: &reqwest::Url, name: &str) -> String {
@@ -122,6 +123,7 @@ async fn prepare(ch: tonic::transport::Channel, http: reqwest::Client, account: 
                     state: param(&url, "state"),
                     code: param(&url, "code"),
                     iss: param(&url, "iss"),
+                    browser_binding: start.browser_binding.clone(),
                 });
             }
         } else {
@@ -165,7 +167,12 @@ async fn complete_all(server: &Server, prepared: Vec<Prepared>, concurrency: usi
                 loop {
                     let Some(p) = queue.lock().expect("queue").pop() else { break };
                     let t0 = Instant::now();
-                    let req = pb::CompleteSsoRequest { state: p.state, code: p.code, iss: p.iss };
+                    let req = pb::CompleteSsoRequest {
+                        state: p.state,
+                        code: p.code,
+                        iss: p.iss,
+                        browser_binding: p.browser_binding,
+                    };
                     if AuthClient::new(ch.clone()).complete_sso(req).await.is_err() {
                         errors += 1;
                     }

@@ -193,7 +193,10 @@ converts! {
         if m.code.is_empty() {
             v.add("code", "is required");
         }
+        if m.browser_binding.is_empty() {
+            v.add("browser_binding", "is required: the browser_binding BeginSso answered");
+        }
         v.finish()?;
-        Ok(CompleteSso { state: m.state, code: m.code, iss: m.iss })
+        Ok(CompleteSso { state: m.state, code: m.code, iss: m.iss, browser_binding: m.browser_binding })
     };
 }

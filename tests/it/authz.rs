@@ -498,6 +498,7 @@ fn table() -> Vec<Row> {
             state: format!("forged-{i}"),
             code: "code".into(),
             iss: String::new(),
+            browser_binding: "binding".into(),
         }),
         r!("Auth/IntrospectToken", [U, OK, OK, P, OK, OK, OK, OK, OK], auth, introspect_token, |i, ids| {
             pb::IntrospectTokenRequest { token: "not.a.token".into() }

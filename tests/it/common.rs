@@ -521,10 +521,12 @@ pub async fn audit_events(server: &TestServer, tenant: &str, prefixes: &[&str]) 
         .events
 }
 
-/// A string detail of an audit event ("" when it has none).
+/// A detail of an audit event as text ("" when it has none).
 pub fn detail(e: &pb::AuditEvent, key: &str) -> String {
     match e.details.as_ref().and_then(|d| d.fields.get(key)).and_then(|v| v.kind.clone()) {
         Some(prost_types::value::Kind::StringValue(s)) => s,
+        Some(prost_types::value::Kind::BoolValue(b)) => b.to_string(),
+        Some(prost_types::value::Kind::NumberValue(n)) => n.to_string(),
         _ => String::new(),
     }
 }

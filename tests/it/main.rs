@@ -24,6 +24,7 @@ mod scim;
 mod secrets_at_rest;
 mod server;
 mod sso;
+mod sso_attacks;
 mod stream_attacks;
 mod tenant_wall;
 mod tenants;

@@ -88,6 +88,8 @@ pub struct Returned {
 pub struct Browser {
     http: reqwest::Client,
     cookies: HashMap<String, String>,
+    /// The `Set-Cookie` headers of the last response, as sent.
+    pub last_set_cookies: Vec<String>,
 }
 
 impl Default for Browser {
@@ -95,6 +97,7 @@ impl Default for Browser {
         Browser {
             http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
             cookies: HashMap::new(),
+            last_set_cookies: Vec::new(),
         }
     }
 }
@@ -105,17 +108,25 @@ fn query_param(url: &url::Url, name: &str) -> String {
 
 impl Browser {
     fn keep_cookies(&mut self, r: &reqwest::Response) {
+        self.last_set_cookies.clear();
         for h in r.headers().get_all(reqwest::header::SET_COOKIE) {
             let Ok(h) = h.to_str() else { continue };
+            self.last_set_cookies.push(h.to_owned());
             let pair = h.split(';').next().unwrap_or_default();
             let Some((name, value)) = pair.split_once('=') else { continue };
-            let expired = h.to_ascii_lowercase().contains("expires=thu, 01 jan 1970");
+            let lower = h.to_ascii_lowercase();
+            let expired = lower.contains("expires=thu, 01 jan 1970") || lower.contains("max-age=0");
             if value.is_empty() || expired {
                 self.cookies.remove(name.trim());
             } else {
                 self.cookies.insert(name.trim().to_owned(), value.to_owned());
             }
         }
+    }
+
+    /// A cookie the browser holds.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.cookies.get(name).map(String::as_str)
     }
 
     fn cookie_header(&self) -> String {

@@ -17,13 +17,13 @@ use crate::{
 
 both_backends!(sign_in_links_provisions_maps_groups_and_refuses_attacks, sso_required_logout_and_key_rotation);
 
-const SECRET_A: &str = "client-secret-of-tenant-acme-0123456789";
-const SECRET_B: &str = "client-secret-of-tenant-beta-0123456789";
-const PASSWORD: &str = "velvet staircase under morning rain";
+pub(crate) const SECRET_A: &str = "client-secret-of-tenant-acme-0123456789";
+pub(crate) const SECRET_B: &str = "client-secret-of-tenant-beta-0123456789";
+pub(crate) const PASSWORD: &str = "velvet staircase under morning rain";
 /// The web front end's redirect URI (never visited: the test reads the code from the redirect).
-const APP: &str = "https://app.crm.example/sso/return";
+pub(crate) const APP: &str = "https://app.crm.example/sso/return";
 
-async fn start(backend: Backend) -> TestServer {
+pub(crate) async fn start(backend: Backend) -> TestServer {
     TestServer::start_with(backend, |c| {
         c.http_listen = Some("127.0.0.1:0".parse().unwrap());
         c.sso_allow_http_issuers = true;
@@ -31,17 +31,18 @@ async fn start(backend: Backend) -> TestServer {
     .await
 }
 
-fn accounts(ann_groups: &[&str]) -> Value {
+pub(crate) fn accounts(ann_groups: &[&str]) -> Value {
     json!({
         "ann": { "email": "ann@example.com", "email_verified": true, "given_name": "Ann", "family_name": "Lee", "groups": ann_groups },
         "bob": { "email": "Bob@Example.com", "email_verified": true, "given_name": "Bob", "family_name": "Stone", "groups": ["sales"], "department": "Sales" },
         "eve": { "email": "carol@example.com", "email_verified": false, "groups": ["admins"] },
         "mallory": { "email": "mallory@evil.test", "email_verified": true },
+        "root": { "email": "root@example.com", "email_verified": true },
     })
 }
 
 /// The provider with a client per tenant; crm-iam's HTTP listener is the back-channel target.
-fn provider(server: &TestServer) -> Provider {
+pub(crate) fn provider(server: &TestServer) -> Provider {
     let http = server.http_addr.expect("an HTTP listener");
     let client = |id: &str, secret: &str, tenant: &str| {
         json!({
@@ -60,7 +61,7 @@ fn provider(server: &TestServer) -> Provider {
     )
 }
 
-fn connection(idp: &Provider, server: &TestServer, client_id: &str, secret: &str) -> pb::IdentityProvider {
+pub(crate) fn connection(idp: &Provider, server: &TestServer, client_id: &str, secret: &str) -> pb::IdentityProvider {
     pb::IdentityProvider {
         name: "company".into(),
         issuer: idp.issuer.clone(),
@@ -75,7 +76,7 @@ fn connection(idp: &Provider, server: &TestServer, client_id: &str, secret: &str
     }
 }
 
-async fn connect(
+pub(crate) async fn connect(
     server: &TestServer,
     tenant: &str,
     p: pb::IdentityProvider,
@@ -84,7 +85,11 @@ async fn connect(
     Ok(server.tenants().await.create_identity_provider(req).await?.into_inner().identity_provider.unwrap())
 }
 
-async fn begin(server: &TestServer, tenant: &str, redirect_uri: &str) -> Result<pb::BeginSsoResponse, tonic::Status> {
+pub(crate) async fn begin(
+    server: &TestServer,
+    tenant: &str,
+    redirect_uri: &str,
+) -> Result<pb::BeginSsoResponse, tonic::Status> {
     let req = pb::BeginSsoRequest {
         tenant_id: tenant.into(),
         connection: "company".into(),
@@ -93,35 +98,45 @@ async fn begin(server: &TestServer, tenant: &str, redirect_uri: &str) -> Result<
     Ok(server.auth().await.begin_sso(req).await?.into_inner())
 }
 
-async fn complete(
+pub(crate) async fn complete(
     server: &TestServer,
     state: &str,
     code: &str,
     iss: &str,
+    browser_binding: &str,
 ) -> Result<pb::CompleteSsoResponse, tonic::Status> {
-    let req = pb::CompleteSsoRequest { state: state.into(), code: code.into(), iss: iss.into() };
+    let req = pb::CompleteSsoRequest {
+        state: state.into(),
+        code: code.into(),
+        iss: iss.into(),
+        browser_binding: browser_binding.into(),
+    };
     Ok(server.auth().await.complete_sso(req).await?.into_inner())
 }
 
 /// A whole sign-in as `account` in a fresh browser.
-async fn sso(server: &TestServer, tenant: &str, account: &str) -> Result<pb::CompleteSsoResponse, tonic::Status> {
+pub(crate) async fn sso(
+    server: &TestServer,
+    tenant: &str,
+    account: &str,
+) -> Result<pb::CompleteSsoResponse, tonic::Status> {
     let start = begin(server, tenant, APP).await.expect("begin");
     let back = Browser::default().sign_in(&start.authorization_url, account, APP).await;
     assert_eq!(back.state, start.state, "the provider returns the state");
-    complete(server, &back.state, &back.code, &back.iss).await
+    complete(server, &back.state, &back.code, &back.iss, &start.browser_binding).await
 }
 
 /// The reasons of the tenant's failed single sign-ons, oldest first.
-async fn sso_failures(server: &TestServer, tenant: &str) -> Vec<String> {
+pub(crate) async fn sso_failures(server: &TestServer, tenant: &str) -> Vec<String> {
     audit_events(server, tenant, &["auth.sso_login_failed"]).await.iter().map(|e| detail(e, "reason")).collect()
 }
 
-async fn roles_of(server: &TestServer, tenant: &str, user_id: &str) -> Vec<String> {
+pub(crate) async fn roles_of(server: &TestServer, tenant: &str, user_id: &str) -> Vec<String> {
     let req = pb::GetUserRequest { tenant_id: tenant.into(), user_id: user_id.into() };
     server.users().await.get_user(req).await.unwrap().into_inner().user.unwrap().role_ids
 }
 
-fn refused(r: Result<pb::CompleteSsoResponse, tonic::Status>) {
+pub(crate) fn refused(r: Result<pb::CompleteSsoResponse, tonic::Status>) {
     let s = expect_code(r, Code::Unauthenticated);
     assert_eq!(reason(&s), "SSO_FAILED");
 }
@@ -216,11 +231,11 @@ async fn sign_in_links_provisions_maps_groups_and_refuses_attacks(backend: Backe
     // Replay: the same state (and code) a second time.
     let start = begin(&server, "acme", APP).await.unwrap();
     let back = Browser::default().sign_in(&start.authorization_url, "ann", APP).await;
-    complete(&server, &back.state, &back.code, &back.iss).await.expect("first use");
-    refused(complete(&server, &back.state, &back.code, &back.iss).await);
+    complete(&server, &back.state, &back.code, &back.iss, &start.browser_binding).await.expect("first use");
+    refused(complete(&server, &back.state, &back.code, &back.iss, &start.browser_binding).await);
     assert_eq!(sso_failures(&server, "acme").await.last().unwrap(), "state_replayed");
     // The same state spelled with `:` for `.` is the same state.
-    refused(complete(&server, &back.state.replace('.', ":"), &back.code, &back.iss).await);
+    refused(complete(&server, &back.state.replace('.', ":"), &back.code, &back.iss, &start.browser_binding).await);
     assert_eq!(sso_failures(&server, "acme").await.last().unwrap(), "state_replayed");
 
     // A nonce swapped on the way to the provider: its ID token does not carry this sign-in's.
@@ -235,24 +250,24 @@ async fn sign_in_links_provisions_maps_groups_and_refuses_attacks(backend: Backe
         .collect();
     url.query_pairs_mut().clear().extend_pairs(pairs);
     let back = Browser::default().sign_in(url.as_str(), "ann", APP).await;
-    refused(complete(&server, &back.state, &back.code, &back.iss).await);
+    refused(complete(&server, &back.state, &back.code, &back.iss, &start.browser_binding).await);
     assert_eq!(sso_failures(&server, "acme").await.last().unwrap(), "wrong_nonce");
 
     // Another client's code (tenant beta's sign-in) presented with acme's state.
     let mine = begin(&server, "acme", APP).await.unwrap();
     let theirs = begin(&server, "beta", APP).await.unwrap();
     let back = Browser::default().sign_in(&theirs.authorization_url, "ann", APP).await;
-    refused(complete(&server, &mine.state, &back.code, &back.iss).await);
+    refused(complete(&server, &mine.state, &back.code, &back.iss, &mine.browser_binding).await);
     assert_eq!(sso_failures(&server, "acme").await.last().unwrap(), "idp_error");
 
     // Mix-up: a response the browser brings from another issuer.
     let start = begin(&server, "acme", APP).await.unwrap();
     let back = Browser::default().sign_in(&start.authorization_url, "ann", APP).await;
-    refused(complete(&server, &back.state, &back.code, "https://other-idp.example").await);
+    refused(complete(&server, &back.state, &back.code, "https://other-idp.example", &start.browser_binding).await);
     assert_eq!(sso_failures(&server, "acme").await.last().unwrap(), "issuer_mismatch");
 
     // A forged state.
-    refused(complete(&server, "enc:v1:0000000000000000:AAAA", "code", "").await);
+    refused(complete(&server, "enc:v1:0000000000000000:AAAA", "code", "", "binding").await);
 
     // Takeover by an unverified address: Eve's account claims Carol's address without proof.
     refused(sso(&server, "acme", "eve").await);
@@ -269,10 +284,18 @@ async fn sign_in_links_provisions_maps_groups_and_refuses_attacks(backend: Backe
     assert_eq!(sso_failures(&server, "acme").await.last().unwrap(), "user_not_active");
 
     // The HTTP callback path: the provider sends the browser to crm-iam, which answers tokens.
-    let callback = format!("http://{}/sso/callback", server.http_addr.unwrap());
-    let start = begin(&server, "acme", &callback).await.unwrap();
+    // /sso/start begins it and keeps the browser binding in a cookie for the callback.
+    let http = server.http_addr.unwrap();
+    let callback = format!("http://{http}/sso/callback");
+    let start_url = url::Url::parse_with_params(
+        &format!("http://{http}/sso/start"),
+        &[("tenant_id", "acme"), ("connection", "company"), ("redirect_uri", callback.as_str())],
+    )
+    .unwrap();
     let mut browser = Browser::default();
-    let back = browser.sign_in_until(&start.authorization_url, "bob", &callback).await;
+    let (status, to_provider, _) = browser.send(reqwest::Method::GET, start_url.as_str(), None).await;
+    assert_eq!(status, 302);
+    let back = browser.sign_in_until(&to_provider, "bob", &callback).await;
     let (status, _, body) = browser.send(reqwest::Method::GET, back.as_str(), None).await;
     assert_eq!(status, 200, "{body}");
     let tokens: Value = serde_json::from_str(&body).unwrap();
@@ -289,6 +312,7 @@ async fn sso_required_logout_and_key_rotation(backend: Backend) {
     let admin_role = server.builtin_role("acme", "administrator").await;
     let root = server.password_user("acme", "root@example.com", PASSWORD, &[admin_role]).await;
     let ann = server.password_user("acme", "ann@example.com", PASSWORD, &[]).await;
+    server.password_user("acme", "dan@example.com", PASSWORD, &[]).await;
     let before = server.login("acme", "ann@example.com", PASSWORD).await.access_token;
     let root_before = server.login("acme", "root@example.com", PASSWORD).await.access_token;
 
@@ -312,7 +336,7 @@ async fn sso_required_logout_and_key_rotation(backend: Backend) {
     let start = begin(&server, "acme", APP).await.unwrap();
     let mut browser = Browser::default();
     let back = browser.sign_in(&start.authorization_url, "ann", APP).await;
-    let t = complete(&server, &back.state, &back.code, &back.iss).await.expect("ann signs in");
+    let t = complete(&server, &back.state, &back.code, &back.iss, &start.browser_binding).await.expect("ann signs in");
     assert_eq!(t.user_id, ann);
     assert!(server.token_active(&t.access_token).await);
     browser.log_out_at(&idp.issuer).await;
@@ -341,6 +365,24 @@ async fn sso_required_logout_and_key_rotation(backend: Backend) {
     };
     expect_code(server.auth_as(&t2.access_token).await.change_password(req).await, Code::FailedPrecondition);
 
+    // The break-glass administrator signs in through the provider too and changes the password
+    // from that session: the new session is still the provider's, its logout ends it.
+    let start = begin(&server, "acme", APP).await.unwrap();
+    let mut root_browser = Browser::default();
+    let back = root_browser.sign_in(&start.authorization_url, "root", APP).await;
+    let r = complete(&server, &back.state, &back.code, &back.iss, &start.browser_binding).await.expect("root");
+    let req = pb::ChangePasswordRequest {
+        old_password: PASSWORD.into(),
+        new_password: "another long passphrase here".into(),
+    };
+    let changed = server.auth_as(&r.access_token).await.change_password(req).await.expect("change").into_inner();
+    assert!(server.token_active(&changed.access_token).await);
+    root_browser.log_out_at(&idp.issuer).await;
+    crate::common::eventually("the provider's logout ends the session ChangePassword opened", || async {
+        !server.token_active(&changed.access_token).await
+    })
+    .await;
+
     // The provider rotates its keys: the next ID token is signed by a key crm-iam has not seen.
     let before = idp.key_ids().await;
     idp.rotate_keys().await;
@@ -353,7 +395,10 @@ async fn sso_required_logout_and_key_rotation(backend: Backend) {
     assert!(!server.token_active(&t2.access_token).await);
     let s = expect_code(begin(&server, "acme", APP).await, Code::NotFound);
     assert_eq!(reason(&s), "IDENTITY_PROVIDER_NOT_FOUND");
-    // And password logins work again.
-    server.login("acme", "ann@example.com", PASSWORD).await;
+    // And password logins work again (Dan never linked; Ann's password went when her account was
+    // linked by its address).
+    server.login("acme", "dan@example.com", PASSWORD).await;
+    let s = expect_code(server.try_login("acme", "ann@example.com", PASSWORD, "").await, Code::Unauthenticated);
+    assert_eq!(reason(&s), "INVALID_CREDENTIALS");
     server.stop().await;
 }

@@ -65,6 +65,11 @@ impl Iam {
         }
         let hash = self.passwords.hash_admitted(hash_ticket, new).await?;
         let amr: Vec<String> = caller.amr.clone();
+        // The new session replaces the calling one: one the provider opened stays the provider's
+        // (its back-channel logout ends it).
+        let origin = sessions::find(self.db.conn(), caller.session_id)
+            .await?
+            .and_then(|s| s.idp_id.map(|idp| (idp, s.idp_sid.clone())));
         self.db
             .write(ctx, async |tx| {
                 let row = users::get_for_update(tx, tenant_id, user_id).await?;
@@ -91,7 +96,7 @@ impl Iam {
                 tx.audit(AuditRecord::new(Some(tenant_id), "user.password_changed", "user", user_id));
                 self.queue_notification(tx, &tenant, &row, NotificationKind::PasswordChanged, None, None).await?;
                 let amr: Vec<&str> = amr.iter().map(String::as_str).collect();
-                self.open_session(tx, ctx, &tenant, &row, false, &amr, None).await
+                self.open_session(tx, ctx, &tenant, &row, false, &amr, origin.clone()).await
             })
             .await
     }

@@ -6,6 +6,11 @@
 //! anyone may call) writes nothing. CompleteSso records the state's digest before it uses it (a
 //! unique row: one sign-in per state, one winner of a race), then exchanges the code, validates
 //! the ID token and opens the session in one transaction with its audit event.
+//!
+//! BeginSso also answers a `browser_binding` secret whose digest the state holds; CompleteSso
+//! requires it, so a state and code an attacker obtained for his own sign-in cannot be completed
+//! through a victim's browser (login CSRF): the front end keeps the binding where only the
+//! beginning browser brings it back (for `/sso/callback`, the cookie `/sso/start` sets).
 
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
@@ -46,6 +51,8 @@ pub struct BeginSso {
 pub struct SsoStart {
     pub authorization_url: String,
     pub state: String,
+    /// The secret binding the sign-in to the browser that began it.
+    pub browser_binding: String,
 }
 
 /// Auth.CompleteSso.
@@ -54,6 +61,8 @@ pub struct CompleteSso {
     pub code: String,
     /// RFC 9207 `iss` of the authorization response, empty when the provider sent none.
     pub iss: String,
+    /// The `browser_binding` of BeginSso.
+    pub browser_binding: String,
 }
 
 /// What the sealed state holds.
@@ -71,6 +80,12 @@ struct State {
     v: String,
     /// Expiry (Unix seconds).
     e: i64,
+    /// Digest of the browser binding.
+    b: String,
+}
+
+fn binding_digest(binding: &str) -> String {
+    crate::service::auth::sha256_hex(&format!("sso-browser:{binding}"))
 }
 
 /// A refused sign-in: audited with its reason (in the tenant's trail when the tenant is known).
@@ -130,6 +145,7 @@ impl Iam {
                 .set_redirect_uri(redirect);
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let nonce = Nonce::new_random();
+        let browser_binding = crate::service::auth::random_token();
         let state = State {
             t: tenant_id,
             p: row.idp_id,
@@ -137,6 +153,7 @@ impl Iam {
             n: nonce.secret().clone(),
             v: verifier.secret().clone(),
             e: now().timestamp() + STATE_TTL_SECS,
+            b: binding_digest(&browser_binding),
         };
         // The envelope with `.` for `:`, so the state needs no escaping in a query string.
         let sealed = self
@@ -158,7 +175,7 @@ impl Iam {
             request = request.add_scope(Scope::new(s));
         }
         let (url, _, _) = request.url();
-        Ok(SsoStart { authorization_url: url.to_string(), state: sealed })
+        Ok(SsoStart { authorization_url: url.to_string(), state: sealed, browser_binding })
     }
 
     /// Auth.CompleteSso.
@@ -197,7 +214,7 @@ impl Iam {
 
     /// The sign-in itself: tokens, a refusal, or an error of crm-iam itself.
     async fn sign_in(&self, call: &Anonymous, cmd: CompleteSso) -> Result<std::result::Result<Tokens, Refusal>> {
-        let CompleteSso { state: sealed, code, iss } = cmd;
+        let CompleteSso { state: sealed, code, iss, browser_binding } = cmd;
         let Some(state) = self
             .auth
             .secrets
@@ -219,6 +236,11 @@ impl Iam {
         };
         if state.e <= now().timestamp() {
             return Ok(Err(known("state_expired")));
+        }
+        // Before the state is used up: a wrong binding leaves it to the browser that began it.
+        let bound = subtle::ConstantTimeEq::ct_eq(binding_digest(&browser_binding).as_bytes(), state.b.as_bytes());
+        if !bool::from(bound) {
+            return Ok(Err(known("browser_mismatch")));
         }
         // RFC 9207: a response the browser brings from another provider (mix-up) is not this one's.
         if !iss.is_empty() && iss != row.issuer {
@@ -389,7 +411,7 @@ impl Iam {
                         }
                     }
                 };
-                let user = match user_id {
+                let mut user = match user_id {
                     Some(id) => match users::find(&**tx, tenant_id, id).await? {
                         Some(_) => users::get_for_update(tx, tenant_id, id).await?,
                         None => {
@@ -442,6 +464,25 @@ impl Iam {
                     )
                     .await?;
                 }
+                // Pre-account-hijacking: whoever prepared this account with the address (set by
+                // someone who could edit users, before its owner used the CRM) may know its
+                // password and hold its sessions. Linking by the verified address hands the account
+                // to the address's owner: the password and the sessions go (a break-glass
+                // administrator's password stays: the tenant named it for when SSO fails).
+                let mut password_removed = false;
+                let mut sessions_ended = 0;
+                if how == "email" && !config.break_glass_user_ids.contains(&user.user_id) {
+                    sessions_ended = sessions::end_all_of_user(tx, user.user_id, "sso_linked").await?.len();
+                    if user.password_hash.is_some() {
+                        let version = user.version;
+                        let mut cleared = user;
+                        cleared.password_hash = None;
+                        cleared.must_change_password = false;
+                        user = users::update(tx, cleared, version).await?;
+                        password_removed = true;
+                    }
+                    tx.policy_changed(tenant_id, Some(user.user_id));
+                }
                 if !mapped.is_empty() {
                     self.sync_mapped_roles(tx, tenant_id, &user, &mapped, &wanted).await?;
                 }
@@ -455,7 +496,9 @@ impl Iam {
                         .with_detail("session_id", tokens.session_id.to_string())
                         .with_detail("connection", row.name.clone())
                         .with_detail("linked_by", how)
-                        .with_detail("methods", amr.join(",")),
+                        .with_detail("methods", amr.join(","))
+                        .with_detail("password_removed", password_removed)
+                        .with_detail("sessions_ended", sessions_ended),
                 );
                 Ok(Outcome::Ok(tokens))
             })

@@ -16,7 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use self::flow::{BeginSso, CompleteSso, SsoStart};
+pub use self::flow::{BeginSso, CompleteSso, STATE_TTL_SECS, SsoStart};
 pub use self::logout::LogoutOutcome;
 pub use self::provider::Sso;
 use super::{Call, Iam};
