@@ -38,6 +38,7 @@ pub(crate) fn accounts(ann_groups: &[&str]) -> Value {
         "eve": { "email": "carol@example.com", "email_verified": false, "groups": ["admins"] },
         "mallory": { "email": "mallory@evil.test", "email_verified": true },
         "root": { "email": "root@example.com", "email_verified": true },
+        "ivy": { "email": "ivy@example.com", "email_verified": true },
     })
 }
 
@@ -276,6 +277,17 @@ async fn sign_in_links_provisions_maps_groups_and_refuses_attacks(backend: Backe
     // An address outside the allowed domains.
     refused(sso(&server, "acme", "mallory").await);
     assert_eq!(sso_failures(&server, "acme").await.last().unwrap(), "domain_not_allowed");
+
+    // An invited user signing in through the provider, which verified the address the invitation
+    // went to: the invitation is accepted and the user is active.
+    let invited = server.users().await.create_user(crate::common::invite("acme", "ivy@example.com")).await;
+    let ivy = invited.unwrap().into_inner().user.unwrap().user_id;
+    assert_eq!(sso(&server, "acme", "ivy").await.expect("ivy accepts by signing in").user_id, ivy);
+    let req = pb::GetUserRequest { tenant_id: "acme".into(), user_id: ivy.clone() };
+    let u = server.users().await.get_user(req).await.unwrap().into_inner().user.unwrap();
+    assert_eq!(u.state(), pb::UserState::Active);
+    let accepted = audit_events(&server, "acme", &["user.invitation_accepted"]).await;
+    assert_eq!(detail(accepted.last().unwrap(), "via"), "sso");
 
     // A deactivated user is refused whatever the provider says.
     let req = pb::DeactivateUserRequest { tenant_id: "acme".into(), user_id: ann.clone(), ..Default::default() };

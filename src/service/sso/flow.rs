@@ -447,6 +447,25 @@ impl Iam {
                         self.create_provisioned_user(tx, tenant_id, &row.name, profile).await?
                     }
                 };
+                // An invited user whose address the provider verified has proved it as the
+                // invitation's e-mail would: the sign-in accepts the invitation.
+                let mut accepted_invitation = false;
+                if how == "email" && users::state(&user)? == UserState::Invited {
+                    let before = self.to_user_in(&**tx, user.clone()).await?;
+                    let version = user.version;
+                    let mut active = user;
+                    active.state = UserState::Active.as_str().into();
+                    user = users::update(tx, active, version).await?;
+                    crate::store::tokens::revoke(tx, user.user_id, Some(crate::store::tokens::TokenKind::Invitation))
+                        .await?;
+                    let after = self.to_user_in(&**tx, user.clone()).await?;
+                    tx.audit(
+                        AuditRecord::new(Some(tenant_id), "user.invitation_accepted", "user", user.user_id)
+                            .with_changes(Some(&before), Some(&after), &["version", "update_time"])
+                            .with_detail("via", "sso"),
+                    );
+                    accepted_invitation = true;
+                }
                 if users::state(&user)? != UserState::Active {
                     tx.audit(fail("user_not_active", Some(user.user_id)));
                     return Ok(Outcome::Refused("user_not_active".into()));
@@ -498,6 +517,7 @@ impl Iam {
                         .with_detail("linked_by", how)
                         .with_detail("methods", amr.join(","))
                         .with_detail("password_removed", password_removed)
+                        .with_detail("accepted_invitation", accepted_invitation)
                         .with_detail("sessions_ended", sessions_ended),
                 );
                 Ok(Outcome::Ok(tokens))

@@ -88,7 +88,7 @@ impl Iam {
     }
 
     /// The user with its roles.
-    pub(super) async fn to_user_in(&self, conn: &impl crate::store::Conn, row: Row) -> Result<User> {
+    pub(crate) async fn to_user_in(&self, conn: &impl crate::store::Conn, row: Row) -> Result<User> {
         let role_ids = roles::of_user(conn, row.user_id).await?;
         users::to_domain(row, role_ids)
     }
