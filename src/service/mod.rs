@@ -104,15 +104,19 @@ impl<T> Page<T> {
 impl Iam {
     /// Deletes idempotency keys stored before `before` (they answer retries only that long).
     pub async fn sweep_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64> {
-        store::write::sweep_idempotency_keys(self.db.conn(), before).await
+        self.db.serialized(async |conn| store::write::sweep_idempotency_keys(conn, before).await).await
     }
 
     /// Deletes sessions a day after they expired (with their refresh tokens), and refresh tokens
     /// rotated more than a day ago (reuse detection needs them only while a stolen copy is fresh).
     pub async fn sweep_sessions(&self) -> Result<()> {
-        store::sessions::sweep(self.db.conn(), now() - chrono::Duration::days(1)).await?;
-        // Used single sign-on states past their expiry are refused as expired anyway.
-        store::sso::sweep_used_states(self.db.conn(), now()).await?;
-        Ok(())
+        self.db
+            .serialized(async |conn| {
+                store::sessions::sweep(conn, now() - chrono::Duration::days(1)).await?;
+                // Used single sign-on states past their expiry are refused as expired anyway.
+                store::sso::sweep_used_states(conn, now()).await?;
+                Ok(())
+            })
+            .await
     }
 }

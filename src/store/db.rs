@@ -212,6 +212,22 @@ impl Db {
         &self.conn
     }
 
+    /// Runs statements outside a transaction (sweeps) as this process's only writer. On SQLite a
+    /// transaction reads before it writes; a statement of another connection committing in between
+    /// makes SQLite refuse the transaction's first write at once (SQLITE_BUSY_SNAPSHOT, answered
+    /// UNAVAILABLE), without waiting for the busy timeout. Holding the write lock of
+    /// [`Db::write`] keeps them apart; on PostgreSQL it runs `f` as is.
+    pub async fn serialized<T>(
+        &self,
+        f: impl AsyncFnOnce(&DatabaseConnection) -> crate::domain::Result<T>,
+    ) -> crate::domain::Result<T> {
+        let _writer = match &self.write_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        f(&self.conn).await
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

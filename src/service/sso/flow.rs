@@ -181,6 +181,7 @@ impl Iam {
     /// Auth.CompleteSso.
     pub async fn complete_sso(&self, call: &Anonymous, cmd: CompleteSso) -> Result<Tokens> {
         let slot = self.auth.limiter.take(call.ip)?;
+        let _turn = self.sso.sign_in_turn().await?;
         match self.sign_in(call, cmd).await {
             Ok(Ok(tokens)) => {
                 slot.give_back();

@@ -56,7 +56,13 @@ pub struct Sso {
     /// `sso_allow_http_issuers`, for development against a provider on the same machine).
     pub allow_http: bool,
     documents: moka::sync::Cache<String, Slot>,
+    /// Sign-ins completing at once (one per core): a burst of sign-ins queues here instead of
+    /// taking the cores (its transactions, its provider's token endpoint) from `Access.Check`.
+    sign_ins: Arc<tokio::sync::Semaphore>,
 }
+
+/// How long a sign-in waits for its turn before it is refused as OVERLOADED.
+pub const SIGN_IN_WAIT: Duration = Duration::from_secs(5);
 
 impl Sso {
     pub fn new(allow_http: bool) -> Sso {
@@ -71,7 +77,30 @@ impl Sso {
             builder = builder.https_only(true).dns_resolver(Arc::new(crate::service::outbound::PublicResolver));
         }
         let client = builder.build().expect("a TLS backend is compiled in");
-        Sso { client, allow_http, documents: moka::sync::Cache::new(10_000) }
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Sso {
+            client,
+            allow_http,
+            documents: moka::sync::Cache::new(10_000),
+            sign_ins: Arc::new(tokio::sync::Semaphore::new(cores)),
+        }
+    }
+
+    /// A turn to complete a sign-in: waits at most [`SIGN_IN_WAIT`], then RESOURCE_EXHAUSTED
+    /// (`OVERLOADED`, retry after a second).
+    pub async fn sign_in_turn(&self) -> crate::domain::Result<tokio::sync::OwnedSemaphorePermit> {
+        match tokio::time::timeout(SIGN_IN_WAIT, self.sign_ins.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                let mut e = crate::domain::Error::new(
+                    crate::domain::Kind::ResourceExhausted,
+                    crate::domain::Reason::Overloaded,
+                    "too many single sign-ons are completing: retry shortly (with backoff)",
+                );
+                e.retry_after_ms = 1_000;
+                Err(e)
+            }
+        }
     }
 
     /// One HTTP exchange with a provider.
