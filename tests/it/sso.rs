@@ -115,6 +115,19 @@ pub(crate) async fn complete(
     Ok(server.auth().await.complete_sso(req).await?.into_inner())
 }
 
+/// The HTTP listener's `/sso/start` URL of a tenant's "company" connection, with crm-iam's
+/// `/sso/callback` as the redirect URI; and that callback URL.
+pub(crate) fn http_start(server: &TestServer, tenant: &str) -> (url::Url, String) {
+    let http = server.http_addr.expect("an HTTP listener");
+    let callback = format!("http://{http}/sso/callback");
+    let start = url::Url::parse_with_params(
+        &format!("http://{http}/sso/start"),
+        &[("tenant_id", tenant), ("connection", "company"), ("redirect_uri", callback.as_str())],
+    )
+    .expect("a URL");
+    (start, callback)
+}
+
 /// A whole sign-in as `account` in a fresh browser.
 pub(crate) async fn sso(
     server: &TestServer,
@@ -297,13 +310,7 @@ async fn sign_in_links_provisions_maps_groups_and_refuses_attacks(backend: Backe
 
     // The HTTP callback path: the provider sends the browser to crm-iam, which answers tokens.
     // /sso/start begins it and keeps the browser binding in a cookie for the callback.
-    let http = server.http_addr.unwrap();
-    let callback = format!("http://{http}/sso/callback");
-    let start_url = url::Url::parse_with_params(
-        &format!("http://{http}/sso/start"),
-        &[("tenant_id", "acme"), ("connection", "company"), ("redirect_uri", callback.as_str())],
-    )
-    .unwrap();
+    let (start_url, callback) = http_start(&server, "acme");
     let mut browser = Browser::default();
     let (status, to_provider, _) = browser.send(reqwest::Method::GET, start_url.as_str(), None).await;
     assert_eq!(status, 302);

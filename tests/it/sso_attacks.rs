@@ -16,7 +16,9 @@ use crate::{
     both_backends,
     common::{Backend, TestServer, expect_code, pb, reason},
     oidc::Browser,
-    sso::{APP, PASSWORD, SECRET_A, begin, complete, connect, connection, provider, refused, sso_failures, start},
+    sso::{
+        APP, PASSWORD, SECRET_A, begin, complete, connect, connection, http_start, provider, refused, sso_failures, start,
+    },
 };
 
 both_backends!(
@@ -104,13 +106,7 @@ async fn a_sign_in_completes_only_in_the_browser_that_began_it(backend: Backend)
     assert!(server.token_active(&t.expect("the beginning browser signs in").access_token).await);
 
     // The HTTP callback binds by a cookie that /sso/start sets (HttpOnly, on the callback path).
-    let http = server.http_addr.unwrap();
-    let callback = format!("http://{http}/sso/callback");
-    let start_url = url::Url::parse_with_params(
-        &format!("http://{http}/sso/start"),
-        &[("tenant_id", "acme"), ("connection", "company"), ("redirect_uri", callback.as_str())],
-    )
-    .unwrap();
+    let (start_url, callback) = http_start(&server, "acme");
     let mut victim = Browser::default();
     let (status, _, _) = victim.send(reqwest::Method::GET, start_url.as_str(), None).await;
     assert_eq!(status, 302);
