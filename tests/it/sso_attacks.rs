@@ -17,7 +17,8 @@ use crate::{
     common::{Backend, TestServer, expect_code, pb, reason},
     oidc::Browser,
     sso::{
-        APP, PASSWORD, SECRET_A, begin, complete, connect, connection, http_start, provider, refused, sso_failures, start,
+        APP, PASSWORD, SECRET_A, begin, complete, connect, connection, http_start, provider, refused, sso_failures,
+        start,
     },
 };
 
