@@ -200,3 +200,13 @@ converts! {
         Ok(CompleteSso { state: m.state, code: m.code, iss: m.iss, browser_binding: m.browser_binding })
     };
 }
+
+impl From<crate::service::sso::SsoStart> for pb::BeginSsoResponse {
+    fn from(s: crate::service::sso::SsoStart) -> Self {
+        pb::BeginSsoResponse {
+            authorization_url: s.authorization_url,
+            state: s.state,
+            browser_binding: s.browser_binding,
+        }
+    }
+}

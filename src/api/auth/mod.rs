@@ -142,12 +142,7 @@ impl Auth for AuthApi {
 
     async fn begin_sso(&self, req: Request<pb::BeginSsoRequest>) -> Result<Response<pb::BeginSsoResponse>, Status> {
         let (call, cmd) = self.anonymous(req)?;
-        let start = self.iam.begin_sso(&call, cmd).await?;
-        Ok(Response::new(pb::BeginSsoResponse {
-            authorization_url: start.authorization_url,
-            state: start.state,
-            browser_binding: start.browser_binding,
-        }))
+        Ok(Response::new(self.iam.begin_sso(&call, cmd).await?.into()))
     }
 
     async fn complete_sso(
