@@ -162,7 +162,8 @@ fn table() -> Vec<Row> {
                 tenant_id: t(),
                 identity_provider: Some(pb::IdentityProvider {
                     name: format!("idp-{i}"),
-                    issuer: "https://127.0.0.1:1".into(),
+                    // A name that never resolves (RFC 6761): past the rights check, the fetch fails.
+                    issuer: "https://idp.invalid".into(),
                     client_id: "crm".into(),
                     client_secret: "a-client-secret".into(),
                     allowed_email_domains: vec!["example.com".into()],
