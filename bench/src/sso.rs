@@ -63,8 +63,16 @@ fn start_provider(users: usize) -> anyhow::Result<Provider> {
         "grant_types": ["authorization_code"], "response_types": ["code"] }]);
     std::fs::write(&config, json!({ "port": 0, "clients": clients, "accounts_file": accounts_file }).to_string())?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/oidc/provider.mjs");
-    let mut child =
-        Command::new("node").arg(script).arg(&config).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    // The provider stands in for a remote service (Entra ID, Okta, ...): at the lowest CPU
+    // priority, so its RS256 signing takes only what crm-iam and its database leave of the
+    // two cores, as it would on its own machine (`nice` execs node: the pid stays the same).
+    let mut child = Command::new("nice")
+        .args(["-n", "19", "node"])
+        .arg(script)
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let issuer = loop {
         let line = lines
