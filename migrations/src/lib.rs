@@ -17,6 +17,7 @@ mod m20261207_000008_scim;
 mod m20261208_000009_key_activation;
 mod m20261209_000010_phone_login;
 mod m20261210_000011_sso;
+mod m20261211_000012_tenant_suspension;
 
 /// Applies the migrations in order (`crm-iam migrate`, or `crm-iam serve` unless `--no-migrate`).
 pub struct Migrator;
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261208_000009_key_activation::Migration),
             Box::new(m20261209_000010_phone_login::Migration),
             Box::new(m20261210_000011_sso::Migration),
+            Box::new(m20261211_000012_tenant_suspension::Migration),
         ]
     }
 }

@@ -230,6 +230,9 @@ pub fn tenant_to_proto(t: Tenant) -> pb::Tenant {
         create_time: Some(ts(t.create_time)),
         update_time: Some(ts(t.update_time)),
         etag: etag(t.version),
+        state: if t.suspension.is_some() { pb::TenantState::Suspended } else { pb::TenantState::Active }.into(),
+        suspend_reason: t.suspension.as_ref().map(|s| s.reason.clone()).unwrap_or_default(),
+        suspend_time: t.suspension.map(|s| ts(s.since)),
     }
 }
 

@@ -17,7 +17,7 @@ use crate::{
     service::{
         Iam,
         scim::{self as scim, CreateScimToken, ListScimTokens, ScimToken, ScimTokenRef},
-        tenants::{CreateTenant, GetTenant, ListTenants, UpdateTenant},
+        tenants::{CreateTenant, GetTenant, ListTenants, SetTenantSuspended, UpdateTenant},
     },
 };
 
@@ -66,6 +66,24 @@ impl TenantAdmin for TenantAdminApi {
         let (call, cmd) = accept(req)?;
         let tenant = self.iam.update_tenant(&call, cmd).await?;
         Ok(Response::new(pb::UpdateTenantResponse { tenant: Some(convert::tenant_to_proto(tenant)) }))
+    }
+
+    async fn suspend_tenant(
+        &self,
+        req: Request<pb::SuspendTenantRequest>,
+    ) -> Result<Response<pb::SuspendTenantResponse>, Status> {
+        let (call, cmd) = accept(req)?;
+        let tenant = self.iam.set_tenant_suspended(&call, cmd).await?;
+        Ok(Response::new(pb::SuspendTenantResponse { tenant: Some(convert::tenant_to_proto(tenant)) }))
+    }
+
+    async fn resume_tenant(
+        &self,
+        req: Request<pb::ResumeTenantRequest>,
+    ) -> Result<Response<pb::ResumeTenantResponse>, Status> {
+        let (call, cmd) = accept(req)?;
+        let tenant = self.iam.set_tenant_suspended(&call, cmd).await?;
+        Ok(Response::new(pb::ResumeTenantResponse { tenant: Some(convert::tenant_to_proto(tenant)) }))
     }
 
     async fn create_scim_token(
@@ -215,6 +233,30 @@ impl TryFrom<pb::GetTenantRequest> for GetTenant {
     fn try_from(msg: pb::GetTenantRequest) -> Result<Self, Error> {
         let tenant_id = validate::tenant_id(&msg.tenant_id).map_err(|d| Error::invalid_field("tenant_id", d))?;
         Ok(GetTenant { tenant_id })
+    }
+}
+
+fn suspension(tenant_id: &str, reason: &str, suspend: bool) -> Result<SetTenantSuspended, Error> {
+    let mut v = Violations::default();
+    let tenant_id = v.check("tenant_id", validate::tenant_id(tenant_id));
+    let reason = v.check("reason", validate::required_text(reason, 500));
+    v.finish()?;
+    Ok(SetTenantSuspended { tenant_id: tenant_id.expect("checked"), suspend, reason: reason.expect("checked") })
+}
+
+impl TryFrom<pb::SuspendTenantRequest> for SetTenantSuspended {
+    type Error = Error;
+
+    fn try_from(msg: pb::SuspendTenantRequest) -> Result<Self, Error> {
+        suspension(&msg.tenant_id, &msg.reason, true)
+    }
+}
+
+impl TryFrom<pb::ResumeTenantRequest> for SetTenantSuspended {
+    type Error = Error;
+
+    fn try_from(msg: pb::ResumeTenantRequest) -> Result<Self, Error> {
+        suspension(&msg.tenant_id, &msg.reason, false)
     }
 }
 

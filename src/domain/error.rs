@@ -66,6 +66,7 @@ pub enum Reason {
     IdentityProviderExists,
     IdentityProviderUnavailable,
     SsoFailed,
+    TenantSuspended,
 }
 
 impl Reason {

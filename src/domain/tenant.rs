@@ -18,6 +18,29 @@ pub struct Tenant {
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
     pub version: i64,
+    /// Set while the platform has the tenant suspended.
+    pub suspension: Option<Suspension>,
+}
+
+/// Why and since when a tenant is suspended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suspension {
+    pub reason: String,
+    pub since: DateTime<Utc>,
+}
+
+impl Tenant {
+    /// PERMISSION_DENIED (TENANT_SUSPENDED) while the tenant is suspended.
+    pub fn ensure_open(&self) -> crate::domain::Result<()> {
+        match self.suspension {
+            None => Ok(()),
+            Some(_) => Err(crate::domain::Error::new(
+                crate::domain::Kind::PermissionDenied,
+                crate::domain::Reason::TenantSuspended,
+                format!("tenant {:?} is suspended: ask the platform's operators", self.tenant_id),
+            )),
+        }
+    }
 }
 
 /// A tenant to create, already validated.

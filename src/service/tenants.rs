@@ -34,6 +34,13 @@ pub struct UpdateTenant {
     pub etag: String,
 }
 
+/// Suspend (`suspend`) or resume a tenant, with the platform's reason.
+pub struct SetTenantSuspended {
+    pub tenant_id: String,
+    pub suspend: bool,
+    pub reason: String,
+}
+
 /// Fields of a tenant that are bookkeeping, not content, in audit diffs.
 const TENANT_DIFF_IGNORE: &[&str] = &["version", "update_time", "create_time", "seats_used"];
 
@@ -115,6 +122,32 @@ impl Iam {
                     Some(&after),
                     TENANT_DIFF_IGNORE,
                 ));
+                Ok(after)
+            })
+            .await
+    }
+
+    /// Platform only: suspends or resumes the tenant. Every replica drops the tenant's cached row
+    /// (policy change), so the next login, token use or check sees the new state. Doing what is
+    /// already so changes nothing and is not audited.
+    pub async fn set_tenant_suspended(&self, call: &Call, cmd: SetTenantSuspended) -> Result<Tenant> {
+        require_platform(&call.caller)?;
+        let SetTenantSuspended { tenant_id, suspend, reason } = cmd;
+        self.db
+            .write(&call.ctx, async |tx| {
+                let before = tenants::lock(tx, &tenant_id).await?;
+                if before.suspension.is_some() == suspend {
+                    return tenants::get(&**tx, &tenant_id).await;
+                }
+                let mut after = before.clone();
+                after.suspension = suspend
+                    .then(|| crate::domain::tenant::Suspension { reason: reason.clone(), since: crate::domain::now() });
+                let after = tenants::update(tx, &after, before.version).await?;
+                tx.policy_changed(&tenant_id, None);
+                let action = if suspend { "tenant.suspended" } else { "tenant.resumed" };
+                tx.audit(
+                    AuditRecord::new(Some(&tenant_id), action, "tenant", &tenant_id).with_detail("reason", reason),
+                );
                 Ok(after)
             })
             .await

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::domain::{
     Error, Reason, Result,
-    tenant::{NewTenant, Tenant, TenantSettings},
+    tenant::{NewTenant, Suspension, Tenant, TenantSettings},
     user::UserState,
 };
 
@@ -23,6 +23,10 @@ fn to_domain(m: tenants::Model, seats_used: i32) -> Result<Tenant> {
         create_time: m.create_time,
         update_time: m.update_time,
         version: m.version,
+        suspension: match (m.suspend_time, m.suspend_reason) {
+            (Some(since), reason) => Some(Suspension { reason: reason.unwrap_or_default(), since }),
+            (None, _) => None,
+        },
     })
 }
 
@@ -93,6 +97,8 @@ pub async fn insert(tx: &Tx, new: NewTenant) -> Result<Tenant> {
         policy_version: Set(0),
         create_time: Set(t),
         update_time: Set(t),
+        suspend_time: Set(None),
+        suspend_reason: Set(None),
     };
     let m = row.insert(&**tx).await.map_err(|e| {
         map_unique(e, &["tenants", "tenant_id"], || {
@@ -110,6 +116,8 @@ pub async fn update(tx: &Tx, t: &Tenant, expected_version: i64) -> Result<Tenant
         settings: Set(serde_json::to_string(&t.settings).map_err(Error::internal)?),
         version: Set(expected_version + 1),
         update_time: Set(crate::domain::now()),
+        suspend_time: Set(t.suspension.as_ref().map(|s| s.since)),
+        suspend_reason: Set(t.suspension.as_ref().map(|s| s.reason.clone())),
         ..Default::default()
     };
     let done = tenants::Entity::update_many()

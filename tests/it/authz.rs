@@ -147,6 +147,17 @@ fn table() -> Vec<Row> {
             update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
             ..Default::default()
         }),
+        // A tenant nobody has (suspending the test's tenant would shut the rows after this one).
+        r!("TenantAdmin/SuspendTenant", platform(NF), tenants, suspend_tenant, |i, ids| pb::SuspendTenantRequest {
+            tenant_id: "no-such-tenant".into(),
+            reason: "authz".into(),
+            ..Default::default()
+        }),
+        r!("TenantAdmin/ResumeTenant", platform(OK), tenants, resume_tenant, |i, ids| pb::ResumeTenantRequest {
+            tenant_id: t(),
+            reason: "authz".into(),
+            ..Default::default()
+        }),
         r!("TenantAdmin/CreateScimToken", admin_not_service(OK), tenants, create_scim_token, |i, ids| {
             pb::CreateScimTokenRequest { tenant_id: t(), name: format!("idp-{i}"), ttl: None }
         }),

@@ -26,6 +26,7 @@ mod server;
 mod sso;
 mod sso_attacks;
 mod stream_attacks;
+mod tenant_suspension;
 mod tenant_wall;
 mod tenants;
 mod tls;

@@ -42,6 +42,9 @@ impl Iam {
         policy: &Policy,
         check: &CheckInput,
     ) -> Result<Decision> {
+        if self.entry_tenant(tenant, tenant_id).await?.suspension.is_some() {
+            return Ok(Decision::deny("the tenant is suspended"));
+        }
         let user = self.user_facts(tenant, tenant_id, check.user_id).await?;
         let mut resource = std::borrow::Cow::Borrowed(&check.resource);
         // OWN and DEPARTMENT scopes on a record whose owner the caller did not pass: ask the registry.

@@ -186,11 +186,24 @@ impl Iam {
     /// The tenant with its settings (seats not counted), cached until the tenant changes.
     pub async fn tenant_settings(&self, tenant_id: &str) -> Result<Arc<Tenant>> {
         let entry = self.tenant_entry(tenant_id).await?;
+        self.entry_tenant(&entry, tenant_id).await
+    }
+
+    /// The tenant's row of its cache entry (loaded again after the tenant changed).
+    pub(super) async fn entry_tenant(&self, entry: &TenantEntry, tenant_id: &str) -> Result<Arc<Tenant>> {
         let tenant = entry
             .tenant
             .get_or_try_init(async || tenants::get_settings(self.db.conn(), tenant_id).await.map(Arc::new))
             .await?;
         Ok(tenant.clone())
+    }
+
+    /// The tenant's row, PERMISSION_DENIED (TENANT_SUSPENDED) while the platform has it
+    /// suspended: what logins, refreshes, token and SCIM uses read.
+    pub async fn open_tenant(&self, tenant_id: &str) -> Result<Arc<Tenant>> {
+        let tenant = self.tenant_settings(tenant_id).await?;
+        tenant.ensure_open()?;
+        Ok(tenant)
     }
 
     /// A login session's facts (cached; every session-ending change flushes its user's sessions).

@@ -123,6 +123,10 @@ impl Iam {
             Err(e) if e.reason == crate::domain::Reason::TenantNotFound => None,
             Err(e) => return Err(e),
         };
+        if let Some(Err(e)) = tenant.as_ref().map(|t| t.ensure_open()) {
+            slot.give_back();
+            return Err(e);
+        }
         let tenant_exists = tenant.is_some();
         let found = match &tenant {
             Some(t) => self.user_for_login(tenant_id, &t.settings.login_identifiers, &login).await?,

@@ -46,7 +46,7 @@ impl Iam {
         let RequestPasswordReset { tenant_id, email } = cmd;
         let tenant_id = tenant_id.as_str();
         match self.tenant_settings(tenant_id).await {
-            Ok(_) => {}
+            Ok(t) => t.ensure_open()?,
             Err(e) if e.reason == Reason::TenantNotFound => return Ok(()),
             Err(e) => return Err(e),
         }

@@ -130,7 +130,7 @@ impl Iam {
         let Some(session) = sessions::find(self.db.conn(), stored.session_id).await? else {
             return Err(token_invalid("refresh token"));
         };
-        let tenant = self.tenant_settings(&session.tenant_id).await?;
+        let tenant = self.open_tenant(&session.tenant_id).await?;
         #[derive(Serialize, Deserialize)]
         enum Outcome {
             Ok(Tokens),
@@ -188,13 +188,21 @@ impl Iam {
             return Ok(false);
         };
         let facts = self.session_facts(&claims.tenant, session_id).await?;
-        Ok(facts.is_some_and(|f| f.user_id == user_id && f.active_at(now())))
+        let active = facts.is_some_and(|f| f.user_id == user_id && f.active_at(now()));
+        if active {
+            self.open_tenant(&claims.tenant).await?;
+        }
+        Ok(active)
     }
 
     /// `Auth.IntrospectToken` (any authenticated caller): a verified, active token, or None.
     pub async fn introspect(&self, q: IntrospectToken) -> Result<Option<std::sync::Arc<Verified>>> {
         let Some(v) = self.auth.keys.verify(&q.token).await else { return Ok(None) };
-        Ok(self.session_active(&v.claims).await?.then_some(v))
+        match self.session_active(&v.claims).await {
+            // A suspended tenant's token is not active.
+            Err(e) if e.reason == crate::domain::Reason::TenantSuspended => Ok(None),
+            active => Ok(active?.then_some(v)),
+        }
     }
 
     /// `Auth.Logout`.

@@ -176,7 +176,11 @@ impl Iam {
             }
             claims
         };
-        let open = self.session_active(&claims).await?;
+        let open = match self.session_active(&claims).await {
+            // A suspended tenant's token opens nothing (and Access.Check denies its users too).
+            Err(e) if e.reason == crate::domain::Reason::TenantSuspended => false,
+            open => open?,
+        };
         Ok(Ok((claims, open)))
     }
 }

@@ -238,6 +238,7 @@ impl Iam {
         if row.revoke_time.is_some() || row.expire_time.is_some_and(|e| e <= t) {
             return Err(refused());
         }
+        self.open_tenant(&row.tenant_id).await?;
         let due = {
             let mut touches = self.scim_touches.touches.lock().expect("not poisoned");
             let due = touches.get(&row.token_id).is_none_or(|last| t - *last >= TOUCH_EVERY);

@@ -133,6 +133,7 @@ impl Iam {
         let row = sso::find_by_name(self.db.conn(), &tenant_id, &connection)
             .await?
             .ok_or_else(|| sso::not_found(&connection))?;
+        self.open_tenant(&tenant_id).await?;
         let config = config_of(&row)?;
         if !config.redirect_uris.contains(&redirect_uri) {
             return Err(Error::invalid_field("redirect_uri", "is not one of the connection's redirect_uris"));
@@ -359,6 +360,7 @@ impl Iam {
     ) -> Result<std::result::Result<Tokens, Refusal>> {
         let tenant_id = row.tenant_id.as_str();
         let tenant = tenants::get_settings(self.db.conn(), tenant_id).await?;
+        tenant.ensure_open()?;
         let ctx = crate::service::auth::attempt_context(&call.ctx);
         let mapping = &config.claims;
         let wanted_groups = groups(&identity.claims, &mapping.groups);

@@ -14,6 +14,9 @@ pub struct Model {
     pub policy_version: i64,
     pub create_time: DateTimeUtc,
     pub update_time: DateTimeUtc,
+    pub suspend_time: Option<DateTimeUtc>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub suspend_reason: Option<String>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
