@@ -180,6 +180,15 @@ pub struct UserFilter {
     pub query: Option<String>,
     /// Only users of these departments may be shown at all (the caller's visibility; None: all).
     pub visible_department_ids: Option<Vec<Uuid>>,
+    /// Users who have not logged in since this time (never-logged-in users included).
+    pub last_login_before: Option<DateTime<Utc>>,
+    /// Users whose last login is at or after this time.
+    pub last_login_after: Option<DateTime<Utc>>,
+    pub never_logged_in: bool,
+    /// Some(true): only users with a second factor; Some(false): only users without.
+    pub mfa_enrolled: Option<bool>,
+    /// Only holders of this role.
+    pub role_id: Option<Uuid>,
 }
 
 #[cfg(test)]

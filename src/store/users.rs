@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     db::{Tx, map_unique},
-    entity::users,
+    entity::{user_roles, users},
 };
 use crate::domain::{
     Error, Reason, Result,
@@ -184,6 +184,29 @@ pub async fn list(
             any = any.add(Expr::expr(Func::lower(Expr::col(col))).like(LikeExpr::new(pattern.clone()).escape('\\')));
         }
         q = q.filter(any);
+    }
+    if let Some(before) = filter.last_login_before {
+        q = q.filter(
+            Condition::any().add(users::Column::LastLoginTime.is_null()).add(users::Column::LastLoginTime.lt(before)),
+        );
+    }
+    if let Some(since) = filter.last_login_after {
+        q = q.filter(users::Column::LastLoginTime.gte(since));
+    }
+    if filter.never_logged_in {
+        q = q.filter(users::Column::LastLoginTime.is_null());
+    }
+    if let Some(enrolled) = filter.mfa_enrolled {
+        q = q.filter(users::Column::MfaEnrolled.eq(enrolled));
+    }
+    if let Some(role_id) = filter.role_id {
+        let holders = sea_orm::sea_query::Query::select()
+            .column(user_roles::Column::UserId)
+            .from(user_roles::Entity)
+            .and_where(Expr::col(user_roles::Column::TenantId).eq(tenant_id))
+            .and_where(Expr::col(user_roles::Column::RoleId).eq(role_id))
+            .to_owned();
+        q = q.filter(users::Column::UserId.in_subquery(holders));
     }
     if let Some(after) = after {
         q = q.filter(users::Column::UserId.gt(after));

@@ -31,5 +31,6 @@ mod tenant_wall;
 mod tenants;
 mod tls;
 mod tracing;
+mod user_filters;
 mod users;
 mod users_concurrency;

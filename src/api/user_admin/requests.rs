@@ -12,8 +12,8 @@ use crate::{
     },
     proto::v1 as pb,
     service::users::{
-        ChangeUserState, CreateDepartment, CreateUser, DepartmentRef, ListDepartments, ListUsers, ResetPassword,
-        UpdateDepartment, UpdateUser, UserRef,
+        ActivityFilter, ChangeUserState, CreateDepartment, CreateUser, DepartmentRef, ListDepartments, ListUsers,
+        ResetPassword, UpdateDepartment, UpdateUser, UserRef,
     },
 };
 use secrecy::SecretString;
@@ -97,15 +97,16 @@ impl TryFrom<pb::ListUsersRequest> for ListUsers {
             v.add("include_subdepartments", "applies only together with department_id");
         }
         let query = v.check("query", validate::text(&msg.query, 200)).filter(|q| !q.is_empty());
+        let activity = activity_filter(&mut v, &msg);
         v.finish()?;
         let filters = format!(
-            "users|{tenant_id}|{}|{department:?}|{}|{query:?}",
+            "users|{tenant_id}|{}|{department:?}|{}|{query:?}|{activity:?}",
             states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
             msg.include_subdepartments
         );
         let after = decode_uuid_page_token(&msg.page_token, &filters)?;
         let department = department.map(|d| (d, msg.include_subdepartments));
-        Ok(ListUsers { tenant_id, states, department, query, after, limit, filters })
+        Ok(ListUsers { tenant_id, states, department, query, activity, after, limit, filters })
     }
 }
 
@@ -254,4 +255,37 @@ impl TryFrom<pb::UpdateDepartmentRequest> for UpdateDepartment {
         let etag = if msg.etag.is_empty() { d.etag } else { msg.etag };
         Ok(UpdateDepartment { tenant_id, department_id, patch, etag })
     }
+}
+
+/// ListUsers' last-login, second-factor and role filters.
+fn activity_filter(v: &mut Violations, msg: &pb::ListUsersRequest) -> ActivityFilter {
+    let mut time = |field: &str, t: &Option<prost_types::Timestamp>| {
+        let t = t.as_ref()?;
+        let parsed = crate::api::convert::from_ts(t);
+        if parsed.is_none() {
+            v.add(field, "must be a valid timestamp");
+        }
+        parsed
+    };
+    let last_login_before = time("last_login_before", &msg.last_login_before);
+    let last_login_after = time("last_login_after", &msg.last_login_after);
+    if let (Some(b), Some(a)) = (last_login_before, last_login_after)
+        && a >= b
+    {
+        v.add("last_login_after", "must be before last_login_before");
+    }
+    if msg.never_logged_in && last_login_after.is_some() {
+        v.add("never_logged_in", "excludes last_login_after: users who never logged in have no last login");
+    }
+    let mfa_enrolled = match pb::MfaFilter::try_from(msg.mfa) {
+        Ok(pb::MfaFilter::Unspecified) => None,
+        Ok(pb::MfaFilter::Enrolled) => Some(true),
+        Ok(pb::MfaFilter::NotEnrolled) => Some(false),
+        Err(_) => {
+            v.add("mfa", "must be a MfaFilter");
+            None
+        }
+    };
+    let role_id = v.check("role_id", validate::optional_uuid(&msg.role_id)).flatten();
+    ActivityFilter { last_login_before, last_login_after, never_logged_in: msg.never_logged_in, mfa_enrolled, role_id }
 }

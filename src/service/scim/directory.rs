@@ -106,6 +106,7 @@ impl Iam {
                         states: vec![UserState::Invited, UserState::Active, UserState::Deactivated],
                         department: None,
                         query: None,
+                        activity: Default::default(),
                         after,
                         limit: PAGE,
                         filters: String::new(),

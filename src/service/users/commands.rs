@@ -28,12 +28,23 @@ pub struct UserRef {
 }
 
 /// A page of a tenant's users.
+#[derive(Debug, Clone, Default)]
+pub struct ActivityFilter {
+    pub last_login_before: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_login_after: Option<chrono::DateTime<chrono::Utc>>,
+    pub never_logged_in: bool,
+    pub mfa_enrolled: Option<bool>,
+    pub role_id: Option<Uuid>,
+}
+
 pub struct ListUsers {
     pub tenant_id: String,
     pub states: Vec<UserState>,
     /// A department, and whether its sub-departments count.
     pub department: Option<(Uuid, bool)>,
     pub query: Option<String>,
+    /// Last-login, second-factor and role filters (`UserFilter`'s fields of the same names).
+    pub activity: ActivityFilter,
     pub after: Option<Uuid>,
     pub limit: u64,
     /// The query's filters, as its page tokens are bound to them.

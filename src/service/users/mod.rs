@@ -248,12 +248,25 @@ impl Iam {
 
     /// The users the caller may see (users.view: its scope decides which departments).
     pub async fn list_users(&self, call: &Call, cmd: ListUsers) -> Result<Page<User>> {
-        let ListUsers { tenant_id, states, department, query, after, limit, .. } = cmd;
+        let ListUsers { tenant_id, states, department, query, activity, after, limit, .. } = cmd;
         let tenant_id = tenant_id.as_str();
         let visible = self.visible_departments(&call.caller, tenant_id).await?;
-        let mut filter = UserFilter { states, department_ids: None, query, visible_department_ids: visible };
+        let mut filter = UserFilter {
+            states,
+            department_ids: None,
+            query,
+            visible_department_ids: visible,
+            last_login_before: activity.last_login_before,
+            last_login_after: activity.last_login_after,
+            never_logged_in: activity.never_logged_in,
+            mfa_enrolled: activity.mfa_enrolled,
+            role_id: activity.role_id,
+        };
         let conn = self.db.conn();
         self.tenant_settings(tenant_id).await?;
+        if let Some(role_id) = filter.role_id {
+            roles::get(conn, tenant_id, role_id).await?;
+        }
         if let Some((department_id, include_sub)) = department {
             departments::get(conn, tenant_id, department_id).await?;
             filter.department_ids = Some(if include_sub {
