@@ -33,7 +33,7 @@ async fn list_users_filters_by_activity_mfa_and_role(backend: Backend) {
     s.tenant("flt", 0).await;
     let manager = s.builtin_role("flt", "manager").await;
     s.password_user("flt", "never@flt.example", PASSWORD, &[]).await;
-    let early = s.password_user("flt", "early@flt.example", PASSWORD, &[manager.clone()]).await;
+    let early = s.password_user("flt", "early@flt.example", PASSWORD, std::slice::from_ref(&manager)).await;
     s.login("flt", "early@flt.example", PASSWORD).await;
     let early_login = last_login(&s, &early).await;
     let late = s.password_user("flt", "late@flt.example", PASSWORD, &[]).await;
