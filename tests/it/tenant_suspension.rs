@@ -27,6 +27,16 @@ async fn member(s: &TestServer, tenant: &str) -> Member {
     Member { user_id, tokens: s.login(tenant, &email, PASSWORD).await }
 }
 
+async fn suspend(s: &TestServer, tenant: &str, reason: &str) -> pb::Tenant {
+    let req = pb::SuspendTenantRequest { tenant_id: tenant.into(), reason: reason.into(), ..Default::default() };
+    s.tenants().await.suspend_tenant(req).await.unwrap().into_inner().tenant.unwrap()
+}
+
+async fn resume(s: &TestServer, tenant: &str, reason: &str) -> pb::Tenant {
+    let req = pb::ResumeTenantRequest { tenant_id: tenant.into(), reason: reason.into(), ..Default::default() };
+    s.tenants().await.resume_tenant(req).await.unwrap().into_inner().tenant.unwrap()
+}
+
 fn deals_edit(tenant: &str, user: &str) -> pb::CheckRequest {
     pb::CheckRequest {
         tenant_id: tenant.into(),
@@ -65,18 +75,7 @@ async fn a_suspended_tenant_is_shut_and_resuming_restores_it(backend: Backend) {
         (Scim::new(&s, &scim_token(&s, "sus-a", "idp").await), Scim::new(&s, &scim_token(&s, "sus-b", "idp").await));
     assert_eq!(doors(&s, "sus-a", &a, &scim_a).await, [Ok(()); 4], "all open before");
 
-    let mut t = s.tenants().await;
-    let suspended = t
-        .suspend_tenant(pb::SuspendTenantRequest {
-            tenant_id: "sus-a".into(),
-            reason: "invoice 42 unpaid".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tenant
-        .unwrap();
+    let suspended = suspend(&s, "sus-a", "invoice 42 unpaid").await;
     assert_eq!(suspended.state(), pb::TenantState::Suspended);
     assert_eq!(suspended.suspend_reason, "invoice 42 unpaid");
     assert!(suspended.suspend_time.is_some());
@@ -100,30 +99,10 @@ async fn a_suspended_tenant_is_shut_and_resuming_restores_it(backend: Backend) {
     assert_eq!(doors(&s, "sus-b", &b, &scim_b).await, [Ok(()); 4], "the other tenant notices nothing");
 
     // Suspending again changes nothing: the first reason stays, one event.
-    let again = t
-        .suspend_tenant(pb::SuspendTenantRequest {
-            tenant_id: "sus-a".into(),
-            reason: "again".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tenant
-        .unwrap();
+    let again = suspend(&s, "sus-a", "again").await;
     assert_eq!(again.suspend_reason, "invoice 42 unpaid");
 
-    let resumed = t
-        .resume_tenant(pb::ResumeTenantRequest {
-            tenant_id: "sus-a".into(),
-            reason: "paid".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tenant
-        .unwrap();
+    let resumed = resume(&s, "sus-a", "paid").await;
     assert_eq!(resumed.state(), pb::TenantState::Active);
     assert!(resumed.suspend_reason.is_empty() && resumed.suspend_time.is_none());
     assert_eq!(doors(&s, "sus-a", &a, &scim_a).await, [Ok(()); 4], "resuming restores, the held token included");

@@ -15,6 +15,9 @@ use crate::{
     store::users,
 };
 
+/// The reason of every decision in a suspended tenant.
+const SUSPENDED: &str = "the tenant is suspended";
+
 /// Most checks in one BatchCheck.
 pub const MAX_BATCH: usize = 1000;
 
@@ -42,9 +45,6 @@ impl Iam {
         policy: &Policy,
         check: &CheckInput,
     ) -> Result<Decision> {
-        if self.entry_tenant(tenant, tenant_id).await?.suspension.is_some() {
-            return Ok(Decision::deny("the tenant is suspended"));
-        }
         let user = self.user_facts(tenant, tenant_id, check.user_id).await?;
         let mut resource = std::borrow::Cow::Borrowed(&check.resource);
         // OWN and DEPARTMENT scopes on a record whose owner the caller did not pass: ask the registry.
@@ -146,6 +146,11 @@ impl Iam {
         Ok(())
     }
 
+    /// Whether the platform has the tenant suspended (its cached row: one lookup per request).
+    async fn suspended(&self, tenant: &TenantEntry, tenant_id: &str) -> Result<bool> {
+        Ok(self.entry_tenant(tenant, tenant_id).await?.suspension.is_some())
+    }
+
     /// `Access.Check`.
     pub async fn check(&self, tenant_id: &str, check: CheckInput) -> Result<Decision> {
         self.foreground.fetch_add(1, Ordering::Relaxed);
@@ -154,6 +159,9 @@ impl Iam {
         let mut v = Violations::default();
         Self::check_names(&policy, &mut v, String::new, &check.module, &check.action);
         v.finish()?;
+        if self.suspended(&tenant, tenant_id).await? {
+            return Ok(Decision::deny(SUSPENDED));
+        }
         self.decide(&tenant, tenant_id, &policy, &check).await
     }
 
@@ -167,6 +175,9 @@ impl Iam {
             Self::check_names(&policy, &mut v, || format!("checks[{i}]."), &c.module, &c.action);
         }
         v.finish()?;
+        if self.suspended(&tenant, tenant_id).await? {
+            return Ok(checks.iter().map(|_| Decision::deny(SUSPENDED)).collect());
+        }
         let mut out = Vec::with_capacity(checks.len());
         for c in &checks {
             out.push(self.decide(&tenant, tenant_id, &policy, c).await?);
